@@ -1,0 +1,297 @@
+"""Expectations + measurements -> outcomes with messages. Pure: no model, no I/O.
+
+Each property is one function in :data:`CHECKS`, dispatched by the spec's
+``property`` value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from interp_assert import scores
+from interp_assert.capture import CaptureRequest, Measurements
+from interp_assert.spec import (
+    AttentionStatBounds,
+    DominantLayer,
+    HeadScore,
+    HiddenNormRatio,
+    HiddenNormTrend,
+    LayerScore,
+    RoleFraction,
+    TopHeads,
+    _Bounded,
+    _Expectation,
+)
+from interp_assert.vocab import POSITIONAL_LABELS, Role, parse_head
+
+TOP_SHOWN = 5
+
+
+class CheckInputError(ValueError):
+    """The expectation names something the model does not have (a head or layer out of range)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    passed: bool
+    headline: str
+    details: tuple[str, ...] = ()
+    measured: dict[str, float | str] = field(default_factory=dict)
+    heads: tuple[str, ...] = ()  # the heads this outcome is about, most relevant first
+
+
+def requirements(expectation: _Expectation) -> CaptureRequest:
+    """What capture must compute for this expectation."""
+    if isinstance(expectation, HeadScore | TopHeads | LayerScore | DominantLayer):
+        return CaptureRequest(roles=frozenset([expectation.role]))
+    if isinstance(expectation, RoleFraction):
+        return CaptureRequest(roles=frozenset([*POSITIONAL_LABELS, "focus"]))
+    if isinstance(expectation, HiddenNormTrend | HiddenNormRatio):
+        return CaptureRequest(hidden_norms=True)
+    if isinstance(expectation, AttentionStatBounds):
+        if expectation.stat in ("focus", "breadth"):
+            return CaptureRequest(roles=frozenset([expectation.stat]))
+        return CaptureRequest(attention_stats=True)
+    raise TypeError(f"no requirements known for {type(expectation).__name__}")
+
+
+def evaluate(expectation: _Expectation, measurements: Measurements) -> Outcome:
+    check = CHECKS[expectation.property]  # type: ignore[attr-defined]
+    return check(expectation, measurements)
+
+
+# ---- helpers ----
+
+
+def _bounds_outcome(expectation: _Bounded, subject: str, value: float) -> tuple[bool, str]:
+    """Compare ``value`` to the expectation's bounds; the message says by how much."""
+    low, high = expectation.at_least, expectation.at_most
+    wanted = " and ".join(
+        part
+        for part in (
+            f"at_least {low:g}" if low is not None else "",
+            f"at_most {high:g}" if high is not None else "",
+        )
+        if part
+    )
+    if np.isnan(value):
+        return False, f"{subject} could not be measured (no query row had a target); expected {wanted}"
+    if low is not None and value < low:
+        return False, f"{subject} = {value:.4f}, expected {wanted}: short by {low - value:.4f}"
+    if high is not None and value > high:
+        return False, f"{subject} = {value:.4f}, expected {wanted}: over by {value - high:.4f}"
+    margins = [
+        m
+        for m in (value - low if low is not None else None, high - value if high is not None else None)
+        if m is not None
+    ]
+    return True, f"{subject} = {value:.4f}, expected {wanted} (margin {min(margins):.4f})"
+
+
+def _role_table(measurements: Measurements, role: Role) -> np.ndarray:
+    return measurements.role_scores[role]
+
+
+def _top_line(table: np.ndarray, role: str, k: int = TOP_SHOWN) -> str:
+    ranked = scores.ranked_heads(table)[:k]
+    return f"top {k} {role} heads: " + ", ".join(f"{name} {value:.4f}" for name, value in ranked)
+
+
+def _layer(index: int, count: int, what: str) -> int:
+    resolved = index + count if index < 0 else index
+    if not 0 <= resolved < count:
+        raise CheckInputError(f"{what} {index} is out of range: this model has {count} ({-count} to {count - 1})")
+    return resolved
+
+
+def _layer_range(bounds: list[int], count: int, what: str) -> tuple[int, int]:
+    first, last = (_layer(b, count, what) for b in bounds)
+    if first > last:
+        raise CheckInputError(f"{what} range {bounds} is empty: the first must not come after the last")
+    return first, last
+
+
+# ---- one function per property ----
+
+
+def _head_index(name: str, m: Measurements) -> tuple[int, int]:
+    layer, head = parse_head(name)
+    if not (0 <= layer < m.n_layers and 0 <= head < m.n_heads):
+        raise CheckInputError(
+            f"head {name} is out of range: this model has layers 0-{m.n_layers - 1} and heads 0-{m.n_heads - 1} "
+            f"(L0H0 to L{m.n_layers - 1}H{m.n_heads - 1})"
+        )
+    return layer, head
+
+
+def _head_score(e: HeadScore, m: Measurements) -> Outcome:
+    layer, head = _head_index(e.head, m)
+    table = _role_table(m, e.role)
+    value = float(table[layer, head])
+    passed, line = _bounds_outcome(e, f"{e.head} {e.role}", value)
+    ranked = [name for name, _ in scores.ranked_heads(table)[:TOP_SHOWN]]
+    return Outcome(passed, line, (_top_line(table, e.role),), {e.head: value}, (e.head, *ranked))
+
+
+def _top_heads(e: TopHeads, m: Measurements) -> Outcome:
+    table = _role_table(m, e.role)
+    ranked = scores.ranked_heads(table)
+    top = [name for name, _ in ranked[: e.k]]
+    wanted = e.include or e.equals or []
+    for name in wanted:
+        _head_index(name, m)
+    missing = [name for name in wanted if name not in top]
+    values = dict(ranked)
+    passed = not missing if e.include else set(top) == set(wanted)
+    relation = "include" if e.include else "equal"
+    if passed:
+        headline = f"top {e.k} {e.role} heads {relation} {', '.join(wanted)}"
+    else:
+        shown = ", ".join(f"{n} {values[n]:.4f} (rank {[r for r, _ in ranked].index(n) + 1})" for n in missing)
+        extra = [n for n in top if n not in wanted]
+        headline = f"top {e.k} {e.role} heads do not {relation} the expected set; missing: {shown}"
+        if e.equals and extra:
+            headline += f"; unexpected: {', '.join(extra)}"
+    kth = ranked[e.k - 1][1]
+    return Outcome(
+        passed,
+        headline,
+        (_top_line(table, e.role, max(e.k, TOP_SHOWN)),),
+        {f"top{e.k}": ",".join(top), f"rank{e.k}_score": kth},
+        tuple(missing or top),
+    )
+
+
+def _layer_score(e: LayerScore, m: Measurements) -> Outcome:
+    layer = _layer(e.layer, m.n_layers, "layer")
+    table = _role_table(m, e.role)
+    value = float(scores.layer_means(table)[layer])
+    passed, line = _bounds_outcome(e, f"layer {layer} mean {e.role}", value)
+    return Outcome(passed, line, (_layer_line(table, e.role),), {f"layer{layer}": value})
+
+
+def _layer_line(table: np.ndarray, role: str) -> str:
+    means = scores.layer_means(table)
+    order = np.argsort(-means, kind="stable")[:TOP_SHOWN]
+    return f"layers by mean {role}: " + ", ".join(f"{int(i)} {means[i]:.4f}" for i in order)
+
+
+def _dominant_layer(e: DominantLayer, m: Measurements) -> Outcome:
+    layer = _layer(e.layer, m.n_layers, "layer")
+    table = _role_table(m, e.role)
+    means = scores.layer_means(table)
+    best = scores.dominant_layer(table)
+    passed = best == layer
+    if passed:
+        runner_up = float(np.sort(means)[-2]) if len(means) > 1 else float("nan")
+        headline = f"layer {layer} dominates {e.role} (mean {means[layer]:.4f}; next best {runner_up:.4f})"
+    else:
+        headline = (
+            f"layer {best} dominates {e.role} (mean {means[best]:.4f}), not layer {layer} "
+            f"(mean {means[layer]:.4f}, short by {means[best] - means[layer]:.4f})"
+        )
+    return Outcome(
+        passed,
+        headline,
+        (_layer_line(table, e.role),),
+        {"dominant_layer": best, f"layer{layer}": float(means[layer])},
+    )
+
+
+def _role_fraction(e: RoleFraction, m: Measurements) -> Outcome:
+    first, last = _layer_range(e.layers, m.n_layers, "layer")
+    labels = scores.head_labels(m.role_scores, e.label_threshold)
+    value = scores.label_fraction(labels, e.label, first, last)
+    passed, line = _bounds_outcome(e, f"fraction of {e.label} heads in layers {first}-{last}", value)
+    counts = {
+        label: int((labels[first : last + 1] == label).sum()) for label in sorted(set(labels[first : last + 1].ravel()))
+    }
+    detail = f"labels in layers {first}-{last} (threshold {e.label_threshold:g}): " + ", ".join(
+        f"{label} {n}" for label, n in counts.items()
+    )
+    return Outcome(passed, line, (detail,), {"fraction": value})
+
+
+def _norms(m: Measurements, include_first: bool) -> np.ndarray:
+    norms = m.hidden_norms if include_first else m.hidden_norms_without_first
+    assert norms is not None
+    return norms
+
+
+def _hidden_norm_trend(e: HiddenNormTrend, m: Measurements) -> Outcome:
+    norms = _norms(m, e.include_first_position)
+    first, last = _layer_range(e.layers, len(norms), "hidden-state index")
+    sign = 1.0 if e.direction == "increasing" else -1.0
+    breaks = []
+    for k in range(first, last):
+        before, after = norms[k], norms[k + 1]
+        change = sign * (after - before) / abs(before) if before else sign * (after - before)
+        if change < -e.tolerance:
+            breaks.append(f"{k}->{k + 1}: {before:.4g} -> {after:.4g} ({change * sign * 100:+.1f}%)")
+    span = f"hidden norms over indices {first}-{last}"
+    shown = "norms: " + ", ".join(f"{k}:{norms[k]:.4g}" for k in range(first, last + 1))
+    if breaks:
+        headline = (
+            f"{span} are not {e.direction} within tolerance {e.tolerance:g}; {len(breaks)} step(s) break it: "
+            + "; ".join(breaks[:TOP_SHOWN])
+        )
+        return Outcome(False, headline, (shown,), {"breaks": len(breaks)})
+    return Outcome(True, f"{span} are {e.direction} within tolerance {e.tolerance:g}", (shown,), {"breaks": 0})
+
+
+def _hidden_norm_ratio(e: HiddenNormRatio, m: Measurements) -> Outcome:
+    norms = _norms(m, e.include_first_position)
+    top = _layer(e.numerator, len(norms), "hidden-state index")
+    bottom = _layer(e.denominator, len(norms), "hidden-state index")
+    value = float(norms[top] / norms[bottom])
+    passed, line = _bounds_outcome(
+        e, f"hidden norm ratio [{top}]/[{bottom}] ({norms[top]:.4g}/{norms[bottom]:.4g})", value
+    )
+    return Outcome(passed, line, (), {"ratio": value})
+
+
+def _attention_stat(e: AttentionStatBounds, m: Measurements) -> Outcome:
+    first, last = _layer_range(e.layers, m.n_layers, "layer")
+    per_layer = _stat_by_layer(e.stat, m)
+    failing = []
+    for layer in range(first, last + 1):
+        ok, line = _bounds_outcome(e, f"layer {layer} {e.stat}", float(per_layer[layer]))
+        if not ok:
+            failing.append(line)
+    shown = f"{e.stat} by layer: " + ", ".join(f"{k}:{per_layer[k]:.4f}" for k in range(first, last + 1))
+    if failing:
+        return Outcome(
+            False,
+            f"{len(failing)} of {last - first + 1} layers out of bounds: " + "; ".join(failing[:TOP_SHOWN]),
+            (shown,),
+            {"failing_layers": len(failing)},
+        )
+    return Outcome(True, f"attention {e.stat} within bounds in layers {first}-{last}", (shown,), {"failing_layers": 0})
+
+
+def _stat_by_layer(stat: str, m: Measurements) -> np.ndarray:
+    """Per layer: ``max`` = largest weight of any head; ``mean`` = mean visible weight over heads;
+    ``focus``/``breadth`` = the role score averaged over the layer's heads."""
+    if stat == "max":
+        assert m.max_weight is not None
+        return m.max_weight.max(axis=1)
+    if stat == "mean":
+        assert m.mean_weight is not None
+        return m.mean_weight.mean(axis=1)
+    return scores.layer_means(m.role_scores[stat])  # type: ignore[index]
+
+
+CHECKS: dict[str, Callable[[Any, Measurements], Outcome]] = {
+    "head_score": _head_score,
+    "top_heads": _top_heads,
+    "layer_score": _layer_score,
+    "dominant_layer": _dominant_layer,
+    "role_fraction": _role_fraction,
+    "hidden_norm_trend": _hidden_norm_trend,
+    "hidden_norm_ratio": _hidden_norm_ratio,
+    "attention_stat": _attention_stat,
+}

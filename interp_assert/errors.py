@@ -1,0 +1,54 @@
+"""The exception hierarchy: one root, small documented subclasses.
+
+Every error a user can cause by what they wrote or passed is an
+:class:`InterpAssertError`; its ``str`` is a complete, one-paragraph message
+that names the file, line and column or the offending value and says what
+would be valid.  Nothing below this module raises a bare library exception at
+a user.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Location:
+    """A position in a spec file (1-based line and column, as editors show)."""
+
+    path: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}:{self.column}"
+
+
+class InterpAssertError(Exception):
+    """Root of every error interp_assert raises on purpose."""
+
+
+class SpecError(InterpAssertError):
+    """A spec file is invalid. Carries every problem found, each with its location."""
+
+    def __init__(self, problems: list[tuple[Location | None, str]]) -> None:
+        self.problems = problems
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        lines = []
+        for location, message in self.problems:
+            lines.append(f"{location}: {message}" if location else message)
+        return "\n".join(lines)
+
+
+class SpecSyntaxError(SpecError):
+    """The file is not YAML at all (or repeats a key); the whole file is rejected."""
+
+
+class ModelLoadError(InterpAssertError):
+    """A model could not be found or loaded (offline, unsafe format, bad path)."""
+
+
+class CaptureError(InterpAssertError):
+    """The model's internals could not be captured or failed validation."""

@@ -1,0 +1,74 @@
+"""Prompt sets -> token id batches. Needs a tokenizer, never a model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from interp_assert.spec import PromptSet
+
+
+class PromptError(ValueError):
+    """A prompt set cannot be built for this model (the caller adds the location)."""
+
+
+@dataclass(frozen=True)
+class PromptBatch:
+    """``tokens[B, T]``: B sequences of equal length, BOS already applied per the set's policy."""
+
+    tokens: torch.Tensor
+
+
+def build_batches(
+    prompt_set: PromptSet,
+    tokenizer: Any,
+    *,
+    vocab_size: int,
+    max_positions: int | None,
+) -> list[PromptBatch]:
+    """Tokenise a prompt set. Texts of different lengths become separate batches (no padding)."""
+    prefix = _bos_prefix(prompt_set, tokenizer)
+    if prompt_set.texts is not None:
+        sequences = [prefix + list(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in prompt_set.texts]
+        by_length: dict[int, list[list[int]]] = {}
+        for sequence in sequences:
+            by_length.setdefault(len(sequence), []).append(sequence)
+        batches = [PromptBatch(torch.tensor(group, dtype=torch.long)) for group in by_length.values()]
+    else:
+        assert prompt_set.random_tokens is not None
+        batches = [PromptBatch(_random_repeated(prompt_set, tokenizer, vocab_size, prefix))]
+    for batch in batches:
+        length = batch.tokens.shape[1]
+        if length < 2:
+            raise PromptError(f"a prompt is {length} token(s) long; at least 2 are needed to score any query row")
+        if max_positions is not None and length > max_positions:
+            raise PromptError(
+                f"a prompt is {length} tokens long but the model's context is {max_positions} tokens; "
+                "shorten it (or lower random_tokens.length / repeats)"
+            )
+    return batches
+
+
+def _bos_prefix(prompt_set: PromptSet, tokenizer: Any) -> list[int]:
+    if prompt_set.bos == "none":
+        return []
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        raise PromptError("bos: prepend, but this model's tokenizer has no BOS token; use bos: none")
+    return [int(bos)]
+
+
+def _random_repeated(prompt_set: PromptSet, tokenizer: Any, vocab_size: int, prefix: list[int]) -> torch.Tensor:
+    spec = prompt_set.random_tokens
+    assert spec is not None
+    special = set(getattr(tokenizer, "all_special_ids", []) or [])
+    allowed = torch.tensor([i for i in range(vocab_size) if i not in special], dtype=torch.long)
+    generator = torch.Generator().manual_seed(spec.seed)
+    picks = torch.randint(len(allowed), (spec.count, spec.length), generator=generator)
+    blocks = allowed[picks]
+    repeated = blocks.repeat(1, spec.repeats)
+    if prefix:
+        repeated = torch.cat([torch.tensor(prefix).expand(spec.count, -1), repeated], dim=1)
+    return repeated

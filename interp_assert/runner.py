@@ -1,0 +1,109 @@
+"""Runs spec expectations: loads each model once, captures once per prompt set, evaluates.
+
+Shared by the pytest plugin and the command line. Models are kept one at a
+time (the plugin orders items so no model is loaded twice); measurements are
+kept for the session.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from interp_assert import checks
+from interp_assert.capture import CaptureRequest, Measurements, max_positions, measure
+from interp_assert.errors import SpecError
+from interp_assert.models import LoadedModel, LoadOptions, load_model
+from interp_assert.prompts import PromptError, build_batches
+from interp_assert.spec import Entry, SpecFile
+
+MissingPolicy = Literal["error", "skip"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    overrides: dict[str, str] = field(default_factory=dict)
+    device: str | None = None
+    dtype: str | None = None
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    missing: MissingPolicy = "error"
+    cache_dir: Path | None = None
+
+
+def model_key(spec: SpecFile, options: RunOptions) -> tuple[str, str, str]:
+    """Which model a spec runs on, after ``--interp-model`` overrides and device/dtype options."""
+    assert spec.header is not None
+    reference = options.overrides.get(spec.header.model, spec.header.model)
+    if reference == spec.header.model and not Path(reference).is_absolute():
+        candidate = Path(spec.path).parent / reference
+        reference = str(candidate.resolve()) if candidate.exists() else reference
+    return reference, options.dtype or spec.header.dtype, options.device or spec.header.device
+
+
+class Runner:
+    def __init__(self, options: RunOptions) -> None:
+        self.options = options
+        self._model: tuple[tuple[str, str, str], LoadedModel] | None = None
+        self._measurements: dict[tuple[object, ...], Measurements] = {}
+
+    def model_for(self, spec: SpecFile) -> LoadedModel:
+        key = model_key(spec, self.options)
+        if self._model is None or self._model[0] != key:
+            self._model = None  # release the previous model before loading the next
+            reference, dtype, device = key
+            load = LoadOptions(
+                device=device,
+                dtype=dtype,  # type: ignore[arg-type]
+                trust_remote_code=self.options.trust_remote_code,
+                allow_pickle=self.options.allow_pickle,
+                cache_dir=self.options.cache_dir,
+            )
+            self._model = (key, load_model(reference, load, Path(spec.path).parent))
+        return self._model[1]
+
+    def evaluate(self, spec: SpecFile, entry: Entry) -> checks.Outcome:
+        """Evaluate one valid entry. Raises :class:`SpecError` (with the entry's location) for a
+        head, layer or prompt the model cannot have."""
+        assert spec.header is not None and entry.expectation is not None
+        expectation = entry.expectation
+        measurements = self.measurements(spec, expectation.prompts)
+        try:
+            return checks.evaluate(expectation, measurements)
+        except checks.CheckInputError as exc:
+            raise SpecError([(entry.location, f"{entry.name}: {exc} (model {spec.header.model!r})")]) from None
+
+    def measurements(self, spec: SpecFile, prompt_name: str) -> Measurements:
+        assert spec.header is not None
+        loaded = self.model_for(spec)
+        request = _spec_request(spec, prompt_name)
+        prompt_set = spec.header.prompts[prompt_name]
+        key = (model_key(spec, self.options), prompt_set.model_dump_json(), request)
+        if key not in self._measurements:
+            try:
+                batches = build_batches(
+                    prompt_set,
+                    loaded.tokenizer,
+                    vocab_size=int(loaded.config.vocab_size),
+                    max_positions=max_positions(loaded),
+                )
+            except PromptError as exc:
+                where = spec.prompt_locations.get(prompt_name)
+                raise SpecError([(where, f"prompt set {prompt_name!r}: {exc}")]) from None
+            self._measurements[key] = measure(loaded, batches, request)
+        return self._measurements[key]
+
+
+def _spec_request(spec: SpecFile, prompt_name: str) -> CaptureRequest:
+    """Everything any valid expectation of ``spec`` needs from ``prompt_name``: one capture serves all."""
+    request = CaptureRequest()
+    for entry in spec.entries:
+        if entry.expectation is not None and entry.expectation.prompts == prompt_name:
+            request = request | checks.requirements(entry.expectation)
+    return request
+
+
+def outcome_json(outcome: checks.Outcome) -> str:
+    return json.dumps({"passed": outcome.passed, "headline": outcome.headline, "measured": outcome.measured})

@@ -1,0 +1,374 @@
+"""Spec files: YAML -> validated, frozen models, with every problem's position.
+
+A spec has a header (model, prompt sets) and a list of expectations. The
+header is validated as a whole; each expectation is validated on its own, so
+one bad expectation fails alone while its neighbours still run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
+
+from interp_assert.errors import Location, SpecError
+from interp_assert.vocab import (
+    AttentionStat,
+    BosPolicy,
+    DType,
+    Label,
+    Role,
+    parse_head,
+)
+from interp_assert.yamlsource import SourceDocument, load_source
+
+NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class RandomTokens(_Strict):
+    """``count`` sequences, each one random block of ``length`` tokens repeated ``repeats`` times."""
+
+    length: int = Field(ge=1)
+    repeats: int = Field(default=2, ge=2)
+    count: int = Field(default=4, ge=1)
+    seed: int = 0
+
+
+class PromptSet(_Strict):
+    """Literal texts or repeated random tokens; BOS policy always explicit."""
+
+    bos: BosPolicy
+    texts: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
+    random_tokens: RandomTokens | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PromptSet:
+        if (self.texts is None) == (self.random_tokens is None):
+            raise ValueError("give exactly one of 'texts' or 'random_tokens'")
+        return self
+
+
+class SpecHeader(_Strict):
+    """Everything in a spec file except its expectations."""
+
+    schema_url: str | None = Field(default=None, alias="$schema")
+    model: str = Field(min_length=1)
+    dtype: DType = "float32"
+    device: str = "cpu"
+    prompts: dict[str, PromptSet] = Field(min_length=1)
+    expectations: list[Any] = Field(min_length=1)
+
+
+def _valid_head(name: str) -> str:
+    parse_head(name)
+    return name
+
+
+HeadName = Annotated[str, AfterValidator(_valid_head)]
+
+
+class _Expectation(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    prompts: str
+    description: str | None = None
+
+
+class _Bounded(_Expectation):
+    at_least: float | None = None
+    at_most: float | None = None
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> _Bounded:
+        if self.at_least is None and self.at_most is None:
+            raise ValueError("give at least one bound: 'at_least' and/or 'at_most'")
+        if self.at_least is not None and self.at_most is not None and self.at_least > self.at_most:
+            raise ValueError(f"at_least ({self.at_least}) is greater than at_most ({self.at_most})")
+        if self._unit_bounds():
+            for key in ("at_least", "at_most"):
+                value = getattr(self, key)
+                if value is not None and not 0.0 <= value <= 1.0:
+                    raise ValueError(f"{key}: {value} is outside [0, 1], the range of this score")
+        return self
+
+    def _unit_bounds(self) -> bool:
+        return True
+
+
+class HeadScore(_Bounded):
+    property: Literal["head_score"]
+    head: HeadName
+    role: Role
+
+
+class TopHeads(_Expectation):
+    property: Literal["top_heads"]
+    role: Role
+    k: int = Field(ge=1)
+    include: list[HeadName] | None = Field(default=None, min_length=1)
+    equals: list[HeadName] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_set(self) -> TopHeads:
+        if (self.include is None) == (self.equals is None):
+            raise ValueError("give exactly one of 'include' or 'equals'")
+        heads = self.include or self.equals or []
+        if len(heads) > self.k:
+            raise ValueError(f"{len(heads)} heads listed but k is {self.k}; they cannot all be in the top {self.k}")
+        if self.equals is not None and len(self.equals) != self.k:
+            raise ValueError(f"'equals' lists {len(self.equals)} heads; it must list exactly k={self.k}")
+        return self
+
+
+class LayerScore(_Bounded):
+    property: Literal["layer_score"]
+    role: Role
+    layer: int
+
+
+class DominantLayer(_Expectation):
+    property: Literal["dominant_layer"]
+    role: Role
+    layer: int
+
+
+LayerRange = Annotated[list[int], Field(min_length=2, max_length=2)]
+
+
+class RoleFraction(_Bounded):
+    property: Literal["role_fraction"]
+    label: Label
+    layers: LayerRange
+    label_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
+class HiddenNormTrend(_Expectation):
+    property: Literal["hidden_norm_trend"]
+    layers: LayerRange
+    direction: Literal["increasing", "decreasing"]
+    tolerance: float = Field(default=0.0, ge=0.0)
+    include_first_position: bool = False
+
+
+class HiddenNormRatio(_Bounded):
+    property: Literal["hidden_norm_ratio"]
+    numerator: int = -1
+    denominator: int = 0
+    include_first_position: bool = False
+
+    def _unit_bounds(self) -> bool:
+        return False
+
+
+class AttentionStatBounds(_Bounded):
+    property: Literal["attention_stat"]
+    stat: AttentionStat
+    layers: LayerRange
+
+
+Expectation = Annotated[
+    HeadScore
+    | TopHeads
+    | LayerScore
+    | DominantLayer
+    | RoleFraction
+    | HiddenNormTrend
+    | HiddenNormRatio
+    | AttentionStatBounds,
+    Field(discriminator="property"),
+]
+EXPECTATION_TYPES: dict[str, type[_Expectation]] = {
+    cls.model_fields["property"].annotation.__args__[0]: cls  # type: ignore[union-attr]
+    for cls in (
+        HeadScore,
+        TopHeads,
+        LayerScore,
+        DominantLayer,
+        RoleFraction,
+        HiddenNormTrend,
+        HiddenNormRatio,
+        AttentionStatBounds,
+    )
+}
+_EXPECTATION_ADAPTER: TypeAdapter[Any] = TypeAdapter(Expectation)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One expectation as written: its name, where it is, and either the model or its problems."""
+
+    name: str
+    location: Location
+    expectation: _Expectation | None
+    problems: tuple[tuple[Location | None, str], ...]
+
+
+@dataclass(frozen=True)
+class SpecFile:
+    path: str
+    header: SpecHeader | None
+    header_problems: tuple[tuple[Location | None, str], ...]
+    entries: tuple[Entry, ...]
+    prompt_locations: dict[str, Location]
+
+    def problems(self) -> list[tuple[Location | None, str]]:
+        found = list(self.header_problems)
+        for entry in self.entries:
+            found.extend(entry.problems)
+        return found
+
+
+def load_spec(path: str | Path, *, shown: str | None = None) -> SpecFile:
+    """Read and validate a spec file. Malformed YAML raises :class:`SpecSyntaxError`;
+    schema problems are returned inside the :class:`SpecFile` so they fail only their own items.
+    ``shown`` is how positions name the file (default: ``path``)."""
+    text = Path(path).read_text(encoding="utf-8")
+    return parse_spec(text, str(path), shown=shown)
+
+
+def parse_spec(text: str, path: str, *, shown: str | None = None) -> SpecFile:
+    doc = load_source(text, shown or path)
+    if not isinstance(doc.data, dict):
+        raise SpecError([(doc.locate(()), "a spec must be a mapping with 'model', 'prompts' and 'expectations'")])
+    header: SpecHeader | None = None
+    header_problems: list[tuple[Location | None, str]] = []
+    try:
+        header = SpecHeader.model_validate(doc.data)
+    except ValidationError as exc:
+        header_problems = _describe(exc, doc, (), SpecHeader)
+    raw = doc.data.get("expectations")
+    entries = _entries(raw if isinstance(raw, list) else [], doc, header)
+    prompts = doc.data.get("prompts")
+    prompt_locations = (
+        {str(name): doc.locate(("prompts", str(name)), key=True) for name in prompts}
+        if isinstance(prompts, dict)
+        else {}
+    )
+    return SpecFile(path, header, tuple(header_problems), tuple(entries), prompt_locations)
+
+
+def _entries(raw: list[Any], doc: SourceDocument, header: SpecHeader | None) -> list[Entry]:
+    entries: list[Entry] = []
+    seen: dict[str, Location] = {}
+    for index, item in enumerate(raw):
+        at: tuple[str | int, ...] = ("expectations", index)
+        location = doc.locate(at)
+        name = item.get("name") if isinstance(item, dict) else None
+        name = name if isinstance(name, str) and name else f"expectations[{index}]"
+        problems: list[tuple[Location | None, str]] = []
+        expectation = None
+        try:
+            expectation = _EXPECTATION_ADAPTER.validate_python(item)
+        except ValidationError as exc:
+            tag = item.get("property") if isinstance(item, dict) else None
+            cls = EXPECTATION_TYPES.get(tag) if isinstance(tag, str) else None
+            problems = _describe(exc, doc, at, cls)
+        if name in seen:
+            problems.append(
+                (
+                    doc.locate((*at, "name")),
+                    f"duplicate expectation name {name!r} (first on line {seen[name].line}); "
+                    "names are test ids and snapshot keys, so each must be unique in its file",
+                )
+            )
+        else:
+            seen[name] = location
+        prompts = item.get("prompts") if isinstance(item, dict) else None
+        if isinstance(prompts, str) and header is not None and prompts not in header.prompts:
+            problems.append(
+                (
+                    doc.locate((*at, "prompts")),
+                    f"prompt set {prompts!r} is not defined; defined prompt sets: {', '.join(sorted(header.prompts))}",
+                )
+            )
+        entries.append(Entry(name, location, expectation if not problems else None, tuple(problems)))
+    return entries
+
+
+def _describe(
+    exc: ValidationError, doc: SourceDocument, base: tuple[str | int, ...], cls: type[BaseModel] | None
+) -> list[tuple[Location | None, str]]:
+    problems: list[tuple[Location | None, str]] = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        if base and loc and cls is not None and loc[0] in EXPECTATION_TYPES:
+            loc = loc[1:]  # drop the discriminator tag pydantic inserts
+        path = (*base, *loc)
+        kind = error["type"]
+        dotted = ".".join(str(p) for p in loc)
+        if kind == "extra_forbidden":
+            valid = _valid_keys(cls, loc[:-1])
+            message = f"unknown key {loc[-1]!r}" + (f"; valid keys here: {', '.join(valid)}" if valid else "")
+            problems.append((doc.locate(path, key=True), message))
+        elif kind == "union_tag_invalid":
+            tags = ", ".join(EXPECTATION_TYPES)
+            message = f"unknown property {error['input'].get('property')!r}; valid properties: {tags}"
+            problems.append((doc.locate((*path, "property")), message))
+        elif kind == "union_tag_not_found":
+            tags = ", ".join(EXPECTATION_TYPES)
+            problems.append((doc.locate(path), f"missing 'property'; valid properties: {tags}"))
+        elif kind == "missing":
+            problems.append((doc.locate(path[:-1]), f"missing required key {loc[-1]!r}"))
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            shown = repr(error["input"]) if not isinstance(error["input"], dict | list) else None
+            detail = f" (got {shown})" if shown and kind != "value_error" else ""
+            prefix = f"{dotted}: " if dotted else ""
+            problems.append((doc.locate(path), f"{prefix}{message}{detail}"))
+    return problems
+
+
+def _valid_keys(cls: type[BaseModel] | None, loc: tuple[str | int, ...]) -> list[str]:
+    """Field names of the model found by walking ``loc`` from ``cls``."""
+    current: Any = cls or SpecHeader
+    for part in loc:
+        if isinstance(part, int) or not (isinstance(current, type) and issubclass(current, BaseModel)):
+            continue
+        field = current.model_fields.get(str(part))
+        if field is None:
+            if current is SpecHeader and "prompts" in loc:
+                continue
+            return []
+        current = _model_in(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [f.alias or n for n, f in current.model_fields.items()]
+    return []
+
+
+def _model_in(annotation: Any) -> Any:
+    for arg in getattr(annotation, "__args__", ()):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def head_of(expectation: HeadScore) -> tuple[int, int]:
+    return parse_head(expectation.head)
+
+
+def spec_json_schema() -> dict[str, Any]:
+    """JSON Schema of a spec file, for editors (``$schema``)."""
+    document = TypeAdapter(_SpecDocumentSchema).json_schema(by_alias=True)
+    document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    document["title"] = "interp_assert spec"
+    return document
+
+
+class _SpecDocumentSchema(SpecHeader):
+    expectations: list[Expectation] = Field(min_length=1)

@@ -1,0 +1,74 @@
+"""Small real transformers models built from configs, saved to disk like any checkpoint.
+
+``zero_queries`` zeroes every query projection, so every head attends
+uniformly over the keys it can see: a model whose scores are known exactly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+VOCAB = 64
+
+
+def word_tokenizer(directory: Path) -> Any:
+    """A whitespace word-level tokenizer: <bos>=0, <eos>=1, <pad>=2, <unk>=3, then t4..t63."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<bos>": 0, "<eos>": 1, "<pad>": 2, "<unk>": 3} | {f"t{i}": i for i in range(4, VOCAB)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>", unk_token="<unk>"
+    )
+    tokenizer.save_pretrained(directory)
+    return tokenizer
+
+
+def llama_config(**overrides: Any) -> Any:
+    from transformers import LlamaConfig
+
+    settings: dict[str, Any] = dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+    )
+    return LlamaConfig(**(settings | overrides))
+
+
+def save_model(config: Any, directory: Path, *, zero_queries: bool = False, seed: int = 0) -> Path:
+    """Build a causal LM from ``config`` with seeded random weights and save it with a tokenizer."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    if zero_queries:
+        with torch.no_grad():
+            for name, parameter in model.named_parameters():
+                if _is_query(name):
+                    parameter.zero_()
+    directory.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(directory)
+    word_tokenizer(directory)
+    return directory
+
+
+def _is_query(name: str) -> bool:
+    return any(part in name for part in ("q_proj", "query.", "c_attn")) or name.endswith("query_key_value.weight")
+
+
+def uniform_first_token_score(n_tokens: int) -> float:
+    """first_token (= previous_token = self) score of a uniform causal head on one sequence of n_tokens."""
+    rows = range(1, n_tokens)
+    return sum(1.0 / (i + 1) for i in rows) / len(rows)

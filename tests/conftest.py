@@ -1,0 +1,38 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# pytester points HOME at a temporary folder; keep the converted-GGUF cache where it is for real.
+os.environ.setdefault("INTERP_ASSERT_CACHE", str(Path.home() / ".cache" / "interp_assert"))
+
+# pytester's in-process runs drop modules first imported inside them; transformers' lazy
+# modules do not survive that, so import what the runs need here, once.
+import transformers
+import transformers.modeling_gguf_pytorch_utils  # noqa: F401
+from transformers import GPTNeoForCausalLM, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: F401
+
+from tests.builders import llama_config, save_model
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def uniform_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer, 4-head (2 KV heads) Llama whose heads all attend uniformly."""
+    return save_model(llama_config(), tmp_path_factory.mktemp("uniform_llama"), zero_queries=True)
+
+
+@pytest.fixture(scope="session")
+def random_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_model(llama_config(), tmp_path_factory.mktemp("random_llama"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """SmolLM2's GGUF converted (once, cached) to a safetensors directory."""
+    from interp_assert.models import ALIASES, LoadOptions, gguf_as_safetensors
+
+    return gguf_as_safetensors(ALIASES["smollm2-135m-instruct"](), LoadOptions())

@@ -1,0 +1,54 @@
+"""The shipped specs, run as a user runs them, on the real models."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+
+from tests.conftest import REPO
+
+SMOLLM2_SPEC = REPO / "model_specs" / "smollm2-135m-instruct.yaml"
+
+
+def copy_spec(pytester: pytest.Pytester, text: str | None = None) -> None:
+    target = pytester.path / "model_specs" / SMOLLM2_SPEC.name
+    target.parent.mkdir(exist_ok=True)
+    if text is None:
+        shutil.copy(SMOLLM2_SPEC, target)
+    else:
+        target.write_text(text)
+
+
+def test_smollm2_spec_passes(pytester: pytest.Pytester, smollm2_dir: object) -> None:
+    copy_spec(pytester)
+    result = pytester.runpytest("model_specs")
+    n_expectations = SMOLLM2_SPEC.read_text().count("\n  - name: ")
+    assert n_expectations >= 12
+    result.assert_outcomes(passed=n_expectations)
+
+
+def test_smollm2_false_claim_fails_with_location_value_and_real_heads(
+    pytester: pytest.Pytester, smollm2_dir: object
+) -> None:
+    text = SMOLLM2_SPEC.read_text()
+    claim = "  - name: l16h0_previous_token\n"
+    assert claim in text
+    edited = text.replace(claim, claim.replace("previous_token", "first_token"), 1)
+    edited = re.sub(
+        r"(- name: l16h0_first_token\n(?:    .*\n)*?    role: )previous_token(\n(?:    .*\n)*?    at_least: )0\.65",
+        r"\1first_token\g<2>0.9",
+        edited,
+    )
+    line = edited.splitlines().index("  - name: l16h0_first_token") + 1
+    copy_spec(pytester, edited)
+    result = pytester.runpytest("model_specs")
+    result.assert_outcomes(failed=1, passed=text.count("\n  - name: ") - 1)
+    result.stdout.fnmatch_lines(
+        [
+            f"*model_specs/smollm2-135m-instruct.yaml:{line}:5: expectation 'l16h0_first_token' (head_score) failed",
+            "*L16H0 first_token = 0.1*, expected at_least 0.9: short by 0.*",
+            "*top 5 first_token heads: L18H8 1.0000, L18H7 1.0000*",
+        ]
+    )
