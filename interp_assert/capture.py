@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -26,19 +26,24 @@ from interp_assert.vocab import Role
 
 @dataclass(frozen=True, kw_only=True)
 class CaptureRequest:
+    """What to compute. ``patterns`` asks for the full ``[T, T]`` attention of a few
+    ``(layer, head)`` pairs on the first sequence only (for pictures, never for scores)."""
+
     roles: frozenset[Role] = frozenset()
     attention_stats: bool = False
     hidden_norms: bool = False
+    patterns: frozenset[tuple[int, int]] = frozenset()
 
     @property
     def needs_attention(self) -> bool:
-        return bool(self.roles) or self.attention_stats
+        return bool(self.roles) or self.attention_stats or bool(self.patterns)
 
     def __or__(self, other: CaptureRequest) -> CaptureRequest:
         return CaptureRequest(
             roles=self.roles | other.roles,
             attention_stats=self.attention_stats or other.attention_stats,
             hidden_norms=self.hidden_norms or other.hidden_norms,
+            patterns=self.patterns | other.patterns,
         )
 
 
@@ -54,6 +59,11 @@ class Measurements:
     # index k: the residual stream after k blocks (0 = embeddings; last = before the final norm)
     hidden_norms: np.ndarray | None = None
     hidden_norms_without_first: np.ndarray | None = None
+    # (layer, head) -> [T, T] attention on the first sequence, and that sequence's tokens as text
+    patterns: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+    pattern_tokens: tuple[str, ...] = ()
+    # for prompt sets with ``generate``: each sequence's greedy continuation, decoded
+    generated_texts: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -86,7 +96,11 @@ def measure(loaded: LoadedModel, batches: list[PromptBatch], request: CaptureReq
     accumulator = _Accumulator(n_layers, arch.n_heads)
     tolerance = 1e-4 if loaded.options.dtype == "float32" else 5e-2
     roles = tuple(sorted(request.roles))
-    current: dict[str, torch.Tensor] = {}
+    current: dict[str, Any] = {}
+    patterns: dict[tuple[int, int], np.ndarray] = {}
+    for layer, head in request.patterns:
+        if not (0 <= layer < n_layers and 0 <= head < arch.n_heads):
+            raise CaptureError(f"no head L{layer}H{head}: layers 0-{n_layers - 1}, heads 0-{arch.n_heads - 1}")
 
     def attention_hook(layer: int) -> Any:
         def hook(module: Any, args: Any, output: Any) -> Any:
@@ -100,6 +114,10 @@ def measure(loaded: LoadedModel, batches: list[PromptBatch], request: CaptureReq
             if problems:
                 raise CaptureError(f"invalid attention captured at layer {layer}: " + "; ".join(problems))
             accumulator.add(layer, score_block(weights, current["tokens"], 0, roles, arch.windows[layer]))
+            if current["first_batch"]:
+                for wanted_layer, head in request.patterns:
+                    if wanted_layer == layer:
+                        patterns[(layer, head)] = weights[0, head].float().cpu().numpy().copy()
             return (output[0], None, *output[2:])  # drop the weights now
 
         return hook
@@ -112,6 +130,8 @@ def measure(loaded: LoadedModel, batches: list[PromptBatch], request: CaptureReq
 
         return hook
 
+    if not request.needs_attention and not request.hidden_norms:
+        return Measurements(n_layers, arch.n_heads)
     handles = []
     try:
         if request.needs_attention:
@@ -120,13 +140,43 @@ def measure(loaded: LoadedModel, batches: list[PromptBatch], request: CaptureReq
             handles.append(arch.blocks[0].register_forward_pre_hook(norm_hook(0), with_kwargs=True))
             handles += [b.register_forward_hook(_output_only(norm_hook(i + 1))) for i, b in enumerate(arch.blocks)]
         with torch.inference_mode(), _quiet():
-            for batch in batches:
+            for index, batch in enumerate(batches):
                 current["tokens"] = batch.tokens.to(loaded.options.device)
+                current["first_batch"] = index == 0
                 _base_model(loaded.model)(input_ids=current["tokens"], use_cache=False)
     finally:
         for handle in handles:
             handle.remove()
-    return accumulator.result(roles, request)
+    result = accumulator.result(roles, request)
+    if request.patterns:
+        first = batches[0].tokens[0].tolist()
+        words = tuple(loaded.tokenizer.convert_ids_to_tokens(first))
+        result = replace(result, patterns=patterns, pattern_tokens=words)
+    return result
+
+
+def generate(loaded: LoadedModel, batches: list[PromptBatch], max_new_tokens: int) -> list[PromptBatch]:
+    """Greedy (deterministic) continuation of every sequence by ``max_new_tokens`` tokens.
+
+    The returned batches hold prompt + continuation; measuring them with one forward
+    pass gives every generated position the same attention it had while being
+    generated with a KV cache, since attention is causal.
+    """
+    extended = []
+    with torch.inference_mode(), _quiet():
+        for batch in batches:
+            tokens = batch.tokens.to(loaded.options.device)
+            output = loaded.model.generate(
+                input_ids=tokens,
+                attention_mask=torch.ones_like(tokens),
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                pad_token_id=loaded.tokenizer.pad_token_id or loaded.tokenizer.eos_token_id or 0,
+            )
+            extended.append(PromptBatch(output.cpu()))
+    return extended
 
 
 def _output_only(hook: Any) -> Any:

@@ -17,6 +17,7 @@ from interp_assert.capture import CaptureRequest, Measurements
 from interp_assert.spec import (
     AttentionStatBounds,
     DominantLayer,
+    GeneratedText,
     HeadScore,
     HiddenNormRatio,
     HiddenNormTrend,
@@ -56,6 +57,8 @@ def requirements(expectation: _Expectation) -> CaptureRequest:
         if expectation.stat in ("focus", "breadth"):
             return CaptureRequest(roles=frozenset([expectation.stat]))
         return CaptureRequest(attention_stats=True)
+    if isinstance(expectation, GeneratedText):
+        return CaptureRequest()  # generation happens for the prompt set itself
     raise TypeError(f"no requirements known for {type(expectation).__name__}")
 
 
@@ -285,6 +288,22 @@ def _stat_by_layer(stat: str, m: Measurements) -> np.ndarray:
     return scores.layer_means(m.role_scores[stat])  # type: ignore[index]
 
 
+def _generated_text(e: GeneratedText, m: Measurements) -> Outcome:
+    texts = m.generated_texts
+    if not texts:
+        raise CheckInputError(f"prompt set {e.prompts!r} generates nothing; give it 'generate: N'")
+    indices = range(len(texts)) if e.sequence is None else [_layer(e.sequence, len(texts), "sequence")]
+    wanted = f"contain {e.contains!r}" if e.contains is not None else f"equal {e.equals!r}"
+    failing = [
+        i for i in indices if (e.contains not in texts[i] if e.contains is not None else texts[i] != e.equals)
+    ]
+    shown = tuple(f"sequence {i} generated: {texts[i]!r}" for i in indices)
+    if failing:
+        headline = f"{len(failing)} of {len(indices)} generated text(s) do not {wanted}"
+        return Outcome(False, headline, shown, {"failing_sequences": len(failing)})
+    return Outcome(True, f"generated text(s) {wanted}", shown, {"failing_sequences": 0})
+
+
 CHECKS: dict[str, Callable[[Any, Measurements], Outcome]] = {
     "head_score": _head_score,
     "top_heads": _top_heads,
@@ -294,4 +313,5 @@ CHECKS: dict[str, Callable[[Any, Measurements], Outcome]] = {
     "hidden_norm_trend": _hidden_norm_trend,
     "hidden_norm_ratio": _hidden_norm_ratio,
     "attention_stat": _attention_stat,
+    "generated_text": _generated_text,
 }

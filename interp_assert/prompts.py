@@ -27,8 +27,10 @@ def build_batches(
     *,
     vocab_size: int,
     max_positions: int | None,
+    extra_tokens: int = 0,
 ) -> list[PromptBatch]:
-    """Tokenise a prompt set. Texts of different lengths become separate batches (no padding)."""
+    """Tokenise a prompt set. Texts of different lengths become separate batches (no padding).
+    ``extra_tokens`` (to be generated) count toward the context limit."""
     prefix = _bos_prefix(prompt_set, tokenizer)
     if prompt_set.texts is not None:
         sequences = [prefix + list(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in prompt_set.texts]
@@ -43,10 +45,11 @@ def build_batches(
         length = batch.tokens.shape[1]
         if length < 2:
             raise PromptError(f"a prompt is {length} token(s) long; at least 2 are needed to score any query row")
-        if max_positions is not None and length > max_positions:
+        if max_positions is not None and length + extra_tokens > max_positions:
+            generated = f" + {extra_tokens} generated" if extra_tokens else ""
             raise PromptError(
-                f"a prompt is {length} tokens long but the model's context is {max_positions} tokens; "
-                "shorten it (or lower random_tokens.length / repeats)"
+                f"a prompt is {length}{generated} tokens long but the model's context is {max_positions} tokens; "
+                "shorten it (or lower random_tokens.length / repeats / generate)"
             )
     return batches
 

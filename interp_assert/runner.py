@@ -8,12 +8,12 @@ kept for the session.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
 from interp_assert import checks
-from interp_assert.capture import CaptureRequest, Measurements, max_positions, measure
+from interp_assert.capture import CaptureRequest, Measurements, generate, max_positions, measure
 from interp_assert.errors import SpecError
 from interp_assert.models import LoadedModel, LoadOptions, load_model
 from interp_assert.prompts import PromptError, build_batches
@@ -88,11 +88,22 @@ class Runner:
                     loaded.tokenizer,
                     vocab_size=int(loaded.config.vocab_size),
                     max_positions=max_positions(loaded),
+                    extra_tokens=prompt_set.generate,
                 )
             except PromptError as exc:
                 where = spec.prompt_locations.get(prompt_name)
                 raise SpecError([(where, f"prompt set {prompt_name!r}: {exc}")]) from None
-            self._measurements[key] = measure(loaded, batches, request)
+            texts: tuple[str, ...] = ()
+            if prompt_set.generate:
+                prompt_lengths = [batch.tokens.shape[1] for batch in batches]
+                batches = generate(loaded, batches, prompt_set.generate)
+                texts = tuple(
+                    loaded.tokenizer.decode(row[start:], skip_special_tokens=True)
+                    for batch, start in zip(batches, prompt_lengths, strict=True)
+                    for row in batch.tokens.tolist()
+                )
+            measured = measure(loaded, batches, request)
+            self._measurements[key] = replace(measured, generated_texts=texts)
         return self._measurements[key]
 
 

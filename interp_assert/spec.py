@@ -54,6 +54,7 @@ class PromptSet(_Strict):
     bos: BosPolicy
     texts: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
     random_tokens: RandomTokens | None = None
+    generate: int = Field(default=0, ge=0, le=4096)
 
     @model_validator(mode="after")
     def _one_source(self) -> PromptSet:
@@ -179,6 +180,21 @@ class AttentionStatBounds(_Bounded):
     layers: LayerRange
 
 
+class GeneratedText(_Expectation):
+    """A behavioural check beside the mechanistic ones: the prompt set's greedy continuation."""
+
+    property: Literal["generated_text"]
+    contains: str | None = Field(default=None, min_length=1)
+    equals: str | None = None
+    sequence: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _one_test(self) -> GeneratedText:
+        if (self.contains is None) == (self.equals is None):
+            raise ValueError("give exactly one of 'contains' or 'equals'")
+        return self
+
+
 Expectation = Annotated[
     HeadScore
     | TopHeads
@@ -187,7 +203,8 @@ Expectation = Annotated[
     | RoleFraction
     | HiddenNormTrend
     | HiddenNormRatio
-    | AttentionStatBounds,
+    | AttentionStatBounds
+    | GeneratedText,
     Field(discriminator="property"),
 ]
 EXPECTATION_TYPES: dict[str, type[_Expectation]] = {
@@ -201,6 +218,7 @@ EXPECTATION_TYPES: dict[str, type[_Expectation]] = {
         HiddenNormTrend,
         HiddenNormRatio,
         AttentionStatBounds,
+        GeneratedText,
     )
 }
 _EXPECTATION_ADAPTER: TypeAdapter[Any] = TypeAdapter(Expectation)
