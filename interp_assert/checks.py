@@ -23,6 +23,7 @@ from interp_assert.spec import (
     HiddenNormTrend,
     LayerScore,
     RoleFraction,
+    Snapshot,
     TopHeads,
     _Bounded,
     _Expectation,
@@ -59,6 +60,19 @@ def requirements(expectation: _Expectation) -> CaptureRequest:
         return CaptureRequest(attention_stats=True)
     if isinstance(expectation, GeneratedText):
         return CaptureRequest()  # generation happens for the prompt set itself
+    if isinstance(expectation, Snapshot):
+        roles: set[Role] = set()
+        if "role_scores" in expectation.covers:
+            roles |= set(expectation.roles)
+        if "role_labels" in expectation.covers:
+            roles |= {*POSITIONAL_LABELS, "focus"}
+        if "layer_stats" in expectation.covers:
+            roles |= {"focus", "breadth"}
+        return CaptureRequest(
+            roles=frozenset(roles),
+            attention_stats="layer_stats" in expectation.covers,
+            hidden_norms="hidden_norms" in expectation.covers,
+        )
     raise TypeError(f"no requirements known for {type(expectation).__name__}")
 
 
@@ -294,9 +308,7 @@ def _generated_text(e: GeneratedText, m: Measurements) -> Outcome:
         raise CheckInputError(f"prompt set {e.prompts!r} generates nothing; give it 'generate: N'")
     indices = range(len(texts)) if e.sequence is None else [_layer(e.sequence, len(texts), "sequence")]
     wanted = f"contain {e.contains!r}" if e.contains is not None else f"equal {e.equals!r}"
-    failing = [
-        i for i in indices if (e.contains not in texts[i] if e.contains is not None else texts[i] != e.equals)
-    ]
+    failing = [i for i in indices if (e.contains not in texts[i] if e.contains is not None else texts[i] != e.equals)]
     shown = tuple(f"sequence {i} generated: {texts[i]!r}" for i in indices)
     if failing:
         headline = f"{len(failing)} of {len(indices)} generated text(s) do not {wanted}"

@@ -12,6 +12,7 @@ from interp_assert.errors import InterpAssertError, ModelLoadError, SpecError
 from interp_assert.spec import Entry, SpecFile, load_spec
 
 RUNNER_KEY = pytest.StashKey["Any"]()
+RAN_SPECS_KEY = pytest.StashKey[dict[str, SpecFile]]()
 
 
 def runner_for(config: pytest.Config) -> Any:
@@ -39,6 +40,7 @@ def run_options(config: pytest.Config) -> Any:
         trust_remote_code=config.getoption("--interp-trust-remote-code"),
         allow_pickle=config.getoption("--interp-allow-pickle"),
         missing=config.getoption("--interp-missing"),
+        update_snapshots=bool(getattr(config.option, "update_snapshots", False)),
     )
 
 
@@ -102,6 +104,7 @@ class SpecItem(pytest.Item):
         if self.problems:
             raise SpecError(self.problems)
         assert self.entry is not None
+        self.config.stash.setdefault(RAN_SPECS_KEY, {})[self.spec.path] = self.spec
         outcome = runner_for(self.config).evaluate(self.spec, self.entry)
         for key, value in outcome.measured.items():
             self.user_properties.append((key, value))
@@ -127,9 +130,37 @@ class SpecItem(pytest.Item):
             f"  {outcome.headline}",
             *(f"  {detail}" for detail in outcome.details),
             f"  prompts: {expectation.prompts!r}; model: {self.spec.header.model!r}",
-            "  if the model changed on purpose, edit the bound in the spec",
         ]
+        if expectation.property not in ("snapshot", "generated_text"):  # type: ignore[attr-defined]
+            lines.append("  if the model changed on purpose, edit the bound in the spec")
         return "\n".join(lines)
+
+
+def stale_snapshots(config: pytest.Config) -> list[str]:
+    """After the run: delete (under --snapshot-update) or list snapshots whose expectation is gone.
+
+    Only spec files with a valid header, at least one of whose items ran, are looked at;
+    a skipped or deselected expectation still exists in its spec, so its snapshot is kept.
+    """
+    from interp_assert import snapshot
+
+    update = bool(getattr(config.option, "update_snapshots", False))
+    lines = []
+    for spec in config.stash.get(RAN_SPECS_KEY, {}).values():
+        current = {entry.name for entry in spec.entries}
+        stale = snapshot.stored_names(spec.path) - current
+        if not stale:
+            continue
+        where = snapshot.snapshot_file(spec.path)
+        if update:
+            snapshot.delete(spec.path, stale)
+            lines.append(f"deleted {len(stale)} stale snapshot(s) from {where}: {', '.join(sorted(stale))}")
+        else:
+            lines.append(
+                f"{where}: snapshot(s) {', '.join(sorted(stale))} match no expectation in {spec.path}; "
+                "kept (pytest --snapshot-update deletes them)"
+            )
+    return lines
 
 
 def order_by_model(config: pytest.Config, items: list[pytest.Item]) -> list[pytest.Item]:

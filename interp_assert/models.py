@@ -65,6 +65,46 @@ class LoadedModel:
         return self.model.config.get_text_config()
 
 
+def environment(loaded: LoadedModel) -> dict[str, str]:
+    """What produced a set of numbers: recorded beside a snapshot, never compared."""
+    import torch
+    import transformers
+
+    return {
+        "model": loaded.reference,
+        "content_hash": content_hash(loaded.source),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "dtype": loaded.options.dtype,
+        "device": loaded.options.device,
+        "attention": str(loaded.model.config._attn_implementation),
+    }
+
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+
+
+def content_hash(source: str) -> str:
+    """sha256 (first 16 hex digits) of a model directory's weight files; ``unknown`` for hub ids."""
+    directory = Path(source)
+    patterns = ("*.safetensors", "*.bin", "adapter_config.json")
+    files = [f for pattern in patterns for f in sorted(directory.glob(pattern))] if directory.is_dir() else []
+    if not files:
+        return "unknown"
+    digest = hashlib.sha256()
+    for file in files:
+        stat = file.stat()
+        key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
+        if key not in _HASHES:
+            file_digest = hashlib.sha256()
+            with file.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 24), b""):
+                    file_digest.update(block)
+            _HASHES[key] = file_digest.hexdigest()
+        digest.update(_HASHES[key].encode())
+    return digest.hexdigest()[:16]
+
+
 def cache_root(options: LoadOptions) -> Path:
     if options.cache_dir is not None:
         return options.cache_dir
@@ -94,6 +134,8 @@ def load_model(reference: str, options: LoadOptions, base_dir: Path | None = Non
         raise ModelLoadError(f"model {reference!r}: {source} is neither a directory nor a .gguf file")
     if isinstance(source, Path):
         _refuse_pickles(reference, source, options)
+        if (source / "adapter_config.json").exists():
+            return _load_adapter(reference, source, options)
     model, tokenizer = _from_pretrained(reference, source, options)
     model.eval()
     model.requires_grad_(False)
@@ -112,6 +154,37 @@ def _quiet_progress() -> None:
         logging.enable_progress_bar()
     else:
         logging.disable_progress_bar()
+
+
+def _load_adapter(reference: str, directory: Path, options: LoadOptions) -> LoadedModel:
+    """A PEFT adapter (e.g. LoRA) on top of its base model, merged into the weights for capture."""
+    import json
+
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ModelLoadError(f"model {reference!r} is a PEFT adapter; install peft to load it") from None
+    config = json.loads((directory / "adapter_config.json").read_text())
+    base_reference = config.get("base_model_name_or_path")
+    if not base_reference:
+        raise ModelLoadError(f"adapter {directory} does not name its base model (base_model_name_or_path)")
+    base = load_model(str(base_reference), options, base_dir=directory)
+    try:
+        merged = PeftModel.from_pretrained(base.model, directory, is_trainable=False).merge_and_unload()
+    except (OSError, ValueError, KeyError) as exc:
+        problem = _first_line(exc)
+        raise ModelLoadError(f"adapter {directory} does not fit its base {base_reference!r}: {problem}") from None
+    merged.eval()
+    merged.requires_grad_(False)
+    has_tokenizer = any((directory / name).exists() for name in ("tokenizer.json", "tokenizer_config.json"))
+    tokenizer = _from_pretrained_tokenizer(directory, options) if has_tokenizer else base.tokenizer
+    return LoadedModel(reference, str(directory), merged, tokenizer, options)
+
+
+def _from_pretrained_tokenizer(directory: Path, options: LoadOptions) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=options.trust_remote_code)
 
 
 def _from_pretrained(reference: str, source: Path | str, options: LoadOptions) -> tuple[Any, Any]:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 SPEC_DIR_NAME = "model_specs"
+STALE_KEY = pytest.StashKey[list[str]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -68,6 +69,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     from interp_assert.collect import order_by_model
 
     items[:] = order_by_model(config, items)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    from interp_assert.collect import RAN_SPECS_KEY, stale_snapshots
+
+    if RAN_SPECS_KEY in session.config.stash:
+        session.config.stash[STALE_KEY] = stale_snapshots(session.config)
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    lines = config.stash.get(STALE_KEY, [])
+    if lines:
+        terminalreporter.section("interp_assert snapshots")
+        for line in lines:
+            terminalreporter.write_line(line)
 
 
 def pytest_report_header(config: pytest.Config) -> Any:

@@ -12,12 +12,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from interp_assert import checks
+from interp_assert import checks, snapshot
+from interp_assert import fingerprint as fp
 from interp_assert.capture import CaptureRequest, Measurements, generate, max_positions, measure
 from interp_assert.errors import SpecError
-from interp_assert.models import LoadedModel, LoadOptions, load_model
+from interp_assert.models import LoadedModel, LoadOptions, environment, load_model
 from interp_assert.prompts import PromptError, build_batches
-from interp_assert.spec import Entry, SpecFile
+from interp_assert.spec import Entry, Snapshot, SpecFile
 
 MissingPolicy = Literal["error", "skip"]
 
@@ -31,6 +32,7 @@ class RunOptions:
     allow_pickle: bool = False
     missing: MissingPolicy = "error"
     cache_dir: Path | None = None
+    update_snapshots: bool = False
 
 
 def model_key(spec: SpecFile, options: RunOptions) -> tuple[str, str, str]:
@@ -69,11 +71,40 @@ class Runner:
         head, layer or prompt the model cannot have."""
         assert spec.header is not None and entry.expectation is not None
         expectation = entry.expectation
+        if isinstance(expectation, Snapshot):
+            return self._snapshot(spec, expectation)
         measurements = self.measurements(spec, expectation.prompts)
         try:
             return checks.evaluate(expectation, measurements)
         except checks.CheckInputError as exc:
             raise SpecError([(entry.location, f"{entry.name}: {exc} (model {spec.header.model!r})")]) from None
+
+    def fingerprint(self, spec: SpecFile, expectation: Snapshot) -> fp.Fingerprint:
+        loaded = self.model_for(spec)
+        measured = self.measurements(spec, expectation.prompts)
+        env = environment(loaded) | {"prompts": expectation.prompts}
+        return fp.build(measured, tuple(expectation.covers), tuple(expectation.roles), env)
+
+    def tolerances(self, spec: SpecFile, expectation: Snapshot) -> tuple[dict[str, fp.Tolerance], set[str]]:
+        """Effective tolerances and the quantities the spec set explicitly."""
+        assert spec.header is not None
+        given = spec.header.snapshot_tolerance | expectation.tolerance
+        tolerances = dict(fp.DEFAULT_TOLERANCES)
+        for quantity, tolerance in given.items():
+            tolerances[quantity] = fp.Tolerance(rtol=tolerance.rtol, atol=tolerance.atol)
+        return tolerances, set(given)
+
+    def _snapshot(self, spec: SpecFile, expectation: Snapshot) -> checks.Outcome:
+        tolerances, explicit = self.tolerances(spec, expectation)
+        result = snapshot.check(
+            spec.path,
+            expectation.name,
+            self.fingerprint(spec, expectation),
+            tolerances,
+            explicit=explicit,
+            update=self.options.update_snapshots,
+        )
+        return checks.Outcome(result.passed, result.headline, result.details, result.measured, result.heads)
 
     def measurements(self, spec: SpecFile, prompt_name: str) -> Measurements:
         assert spec.header is not None

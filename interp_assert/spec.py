@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -63,6 +63,19 @@ class PromptSet(_Strict):
         return self
 
 
+class ToleranceSpec(_Strict):
+    """Allowed change of a snapshot value: ``|new - old| <= atol + rtol * |old|``."""
+
+    rtol: float = Field(default=0.0, ge=0.0)
+    atol: float = Field(default=0.0, ge=0.0)
+
+
+ToleranceQuantity = Literal["role_scores", "layer_stats", "hidden_norms"]
+SnapshotPart = Literal["role_scores", "role_labels", "layer_stats", "hidden_norms"]
+SNAPSHOT_PARTS: tuple[SnapshotPart, ...] = get_args(SnapshotPart)
+SNAPSHOT_ROLES: tuple[Role, ...] = ("previous_token", "first_token", "self", "focus", "breadth")
+
+
 class SpecHeader(_Strict):
     """Everything in a spec file except its expectations."""
 
@@ -71,6 +84,7 @@ class SpecHeader(_Strict):
     dtype: DType = "float32"
     device: str = "cpu"
     prompts: dict[str, PromptSet] = Field(min_length=1)
+    snapshot_tolerance: dict[ToleranceQuantity, ToleranceSpec] = Field(default_factory=dict)
     expectations: list[Any] = Field(min_length=1)
 
 
@@ -180,6 +194,23 @@ class AttentionStatBounds(_Bounded):
     layers: LayerRange
 
 
+class Snapshot(_Expectation):
+    """A syrupy snapshot of the model's numeric fingerprint on one prompt set."""
+
+    property: Literal["snapshot"]
+    covers: list[SnapshotPart] = Field(default_factory=lambda: list(SNAPSHOT_PARTS), min_length=1)
+    roles: list[Role] = Field(default_factory=lambda: list(SNAPSHOT_ROLES), min_length=1)
+    tolerance: dict[ToleranceQuantity, ToleranceSpec] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Snapshot:
+        for key in ("covers", "roles"):
+            values = getattr(self, key)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{key} lists a value twice")
+        return self
+
+
 class GeneratedText(_Expectation):
     """A behavioural check beside the mechanistic ones: the prompt set's greedy continuation."""
 
@@ -204,7 +235,8 @@ Expectation = Annotated[
     | HiddenNormTrend
     | HiddenNormRatio
     | AttentionStatBounds
-    | GeneratedText,
+    | GeneratedText
+    | Snapshot,
     Field(discriminator="property"),
 ]
 EXPECTATION_TYPES: dict[str, type[_Expectation]] = {
@@ -219,6 +251,7 @@ EXPECTATION_TYPES: dict[str, type[_Expectation]] = {
         HiddenNormRatio,
         AttentionStatBounds,
         GeneratedText,
+        Snapshot,
     )
 }
 _EXPECTATION_ADAPTER: TypeAdapter[Any] = TypeAdapter(Expectation)

@@ -72,3 +72,27 @@ def uniform_first_token_score(n_tokens: int) -> float:
     """first_token (= previous_token = self) score of a uniform causal head on one sequence of n_tokens."""
     rows = range(1, n_tokens)
     return sum(1.0 / (i + 1) for i in rows) / len(rows)
+
+
+def perturbed_copy(
+    source: Path, target: Path, *, zero_query_head: tuple[int, int] | None = None, noise: float = 0.0, seed: int = 0
+) -> Path:
+    """Copy a Llama-family checkpoint, zeroing one query head's weights and/or adding relative noise."""
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(source, target)
+    weights = load_file(source / "model.safetensors")
+    generator = torch.Generator().manual_seed(seed)
+    if noise:
+        for name, tensor in weights.items():
+            weights[name] = tensor + noise * tensor.abs() * torch.randn(tensor.shape, generator=generator)
+    if zero_query_head is not None:
+        layer, head = zero_query_head
+        config = json.loads((source / "config.json").read_text())
+        head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+        weights[f"model.layers.{layer}.self_attn.q_proj.weight"][head * head_dim : (head + 1) * head_dim] = 0
+    save_file(weights, target / "model.safetensors", metadata={"format": "pt"})
+    return target

@@ -1,0 +1,114 @@
+"""Fine-tuned checkpoints built from the SmolLM2 weights: a broken head, tiny noise, a LoRA adapter.
+
+The spec names SmolLM2; each checkpoint runs in its place through --interp-model
+(pytest) and through ``interp-assert audit``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from interp_assert.audit import main_audit
+from tests.builders import perturbed_copy
+
+SPEC = """\
+model: smollm2-135m-instruct
+prompts:
+  prose:
+    bos: prepend
+    texts: ["The old lighthouse keeper climbed the spiral stairs every evening to light the lamp."]
+expectations:
+  - name: l16h0_previous_token
+    property: head_score
+    head: L16H0
+    role: previous_token
+    prompts: prose
+    at_least: 0.6
+  - name: l18h8_first_token
+    property: head_score
+    head: L18H8
+    role: first_token
+    prompts: prose
+    at_least: 0.95
+  - name: fingerprint
+    property: snapshot
+    prompts: prose
+"""
+MODEL = "smollm2-135m-instruct"
+
+
+@pytest.fixture(scope="module")
+def checkpoints(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("checkpoints")
+    zeroed = perturbed_copy(smollm2_dir, root / "zeroed", zero_query_head=(16, 0))
+    noisy = perturbed_copy(smollm2_dir, root / "noisy", noise=1e-4)
+    return {"zeroed": zeroed, "noisy": noisy, "lora": lora_adapter(smollm2_dir, root / "lora")}
+
+
+def lora_adapter(base: Path, target: Path) -> Path:
+    """A LoRA adapter as initialised by peft: B is zero, so it changes nothing."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base)
+    torch.manual_seed(0)
+    adapted = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=True))
+    b_weights = [p for name, p in adapted.named_parameters() if "lora_B" in name]
+    assert b_weights and all(float(p.detach().abs().max()) == 0.0 for p in b_weights)
+    adapted.save_pretrained(target)
+    config = json.loads((target / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(base)
+    return target
+
+
+@pytest.fixture
+def spec_dir(pytester: pytest.Pytester) -> Path:
+    path = pytester.path / "model_specs" / "smol.yaml"
+    path.parent.mkdir()
+    path.write_text(SPEC)
+    pytester.runpytest("model_specs", "--snapshot-update").assert_outcomes(passed=3)
+    return path
+
+
+def test_zeroed_head_fails_its_expectation_and_the_snapshot(
+    pytester: pytest.Pytester, spec_dir: Path, checkpoints: dict[str, Path]
+) -> None:
+    result = pytester.runpytest("model_specs", f"--interp-model={MODEL}={checkpoints['zeroed']}")
+    result.assert_outcomes(passed=1, failed=2)
+    out = result.stdout.str()
+    assert "L16H0 previous_token = 0.1" in out
+    report = out.split("heads that moved most:")[1].splitlines()
+    assert report[1].strip().startswith("L16H0 "), report[:3]
+    assert "(label previous_token -> " in report[1]
+
+
+def test_tiny_noise_passes(pytester: pytest.Pytester, spec_dir: Path, checkpoints: dict[str, Path]) -> None:
+    before = (spec_dir.parent / "__snapshots__" / "smol.ambr").read_text()
+    result = pytester.runpytest("model_specs", f"--interp-model={MODEL}={checkpoints['noisy']}")
+    result.assert_outcomes(passed=3)
+    assert (spec_dir.parent / "__snapshots__" / "smol.ambr").read_text() == before
+
+
+def test_zero_lora_adapter_passes(pytester: pytest.Pytester, spec_dir: Path, checkpoints: dict[str, Path]) -> None:
+    result = pytester.runpytest("model_specs", f"--interp-model={MODEL}={checkpoints['lora']}")
+    result.assert_outcomes(passed=3)
+
+
+def test_audit_table_and_exit_codes(spec_dir: Path, checkpoints: dict[str, Path]) -> None:
+    out = io.StringIO()
+    assert main_audit(str(spec_dir), str(checkpoints["zeroed"]), as_json=False, out=out) == 1
+    table = out.getvalue()
+    assert "l16h0_previous_token  FAIL" in table and "l18h8_first_token     pass" in table
+    assert "snapshot 'fingerprint' drifted" in table and "1 of 3 expectations hold on the checkpoint" in table
+
+    out = io.StringIO()
+    assert main_audit(str(spec_dir), str(checkpoints["noisy"]), as_json=True, out=out) == 0
+    report = json.loads(out.getvalue())
+    assert report["passed"] is True
+    row = report["expectations"][0]
+    assert row["name"] == "l16h0_previous_token" and abs(row["base_value"] - row["checkpoint_value"]) < 0.01
