@@ -68,8 +68,13 @@ def run_audit(spec_path: str, checkpoint: str, options: RunOptions | None = None
         after = on_checkpoint.evaluate(spec, entry)
         rows.append(
             AuditRow(
-                entry.name, expectation.property, after.passed, before.passed,  # type: ignore[attr-defined]
-                _first_value(before.measured), _first_value(after.measured), after.headline,
+                entry.name,
+                expectation.property,
+                after.passed,
+                before.passed,
+                _first_value(before.measured),
+                _first_value(after.measured),
+                after.headline,
             )
         )
     return Audit(spec_path, spec.header.model, checkpoint, tuple(rows), tuple(drifts))

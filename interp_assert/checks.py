@@ -77,7 +77,7 @@ def requirements(expectation: _Expectation) -> CaptureRequest:
 
 
 def evaluate(expectation: _Expectation, measurements: Measurements) -> Outcome:
-    check = CHECKS[expectation.property]  # type: ignore[attr-defined]
+    check = CHECKS[expectation.property]
     return check(expectation, measurements)
 
 

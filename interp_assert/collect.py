@@ -126,12 +126,12 @@ class SpecItem(pytest.Item):
         assert self.entry is not None and self.entry.expectation is not None and self.spec.header is not None
         expectation = self.entry.expectation
         lines = [
-            f"{self.entry.location}: expectation {self.name!r} ({expectation.property}) failed",  # type: ignore[attr-defined]
+            f"{self.entry.location}: expectation {self.name!r} ({expectation.property}) failed",
             f"  {outcome.headline}",
             *(f"  {detail}" for detail in outcome.details),
             f"  prompts: {expectation.prompts!r}; model: {self.spec.header.model!r}",
         ]
-        if expectation.property not in ("snapshot", "generated_text"):  # type: ignore[attr-defined]
+        if expectation.property not in ("snapshot", "generated_text"):
             lines.append("  if the model changed on purpose, edit the bound in the spec")
         return "\n".join(lines)
 

@@ -97,6 +97,7 @@ HeadName = Annotated[str, AfterValidator(_valid_head)]
 
 
 class _Expectation(_Strict):
+    property: str  # each subclass narrows this to its own tag
     name: str = Field(pattern=NAME_PATTERN)
     prompts: str
     description: str | None = None

@@ -65,9 +65,7 @@ def test_compare_uses_per_quantity_tolerance() -> None:
     assert fp.compare(before, before, fp.DEFAULT_TOLERANCES).within
 
 
-def test_lifecycle_create_pass_drift_update_pass(
-    pytester: pytest.Pytester, random_llama: Path, tmp_path: Path
-) -> None:
+def test_lifecycle_create_pass_drift_update_pass(pytester: pytest.Pytester, random_llama: Path, tmp_path: Path) -> None:
     write_spec(pytester, random_llama)
     first = pytester.runpytest("model_specs")
     first.assert_outcomes(passed=1, failed=1)
