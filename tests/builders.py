@@ -65,7 +65,9 @@ def save_model(config: Any, directory: Path, *, zero_queries: bool = False, seed
 
 
 def _is_query(name: str) -> bool:
-    return any(part in name for part in ("q_proj", "query.", "c_attn")) or name.endswith("query_key_value.weight")
+    """Query projections (weights and biases). Fused projections (GPT-2's c_attn, GPT-NeoX's
+    query_key_value) are zeroed whole: every key is then the same vector, which is uniform too."""
+    return any(part in name for part in ("q_proj", "c_attn", "query_key_value"))
 
 
 def uniform_first_token_score(n_tokens: int) -> float:
@@ -96,3 +98,87 @@ def perturbed_copy(
         weights[f"model.layers.{layer}.self_attn.q_proj.weight"][head * head_dim : (head + 1) * head_dim] = 0
     save_file(weights, target / "model.safetensors", metadata={"format": "pt"})
     return target
+
+
+def tiny_config(architecture: str, **overrides: Any) -> Any:
+    """A 2-layer, 64-wide config of each architecture the capture tests cover (vocab 64)."""
+    import transformers
+
+    common: dict[str, Any] = dict(vocab_size=VOCAB, bos_token_id=0, eos_token_id=1, pad_token_id=2)
+    configs: dict[str, tuple[str, dict[str, Any]]] = {
+        "gpt2": ("GPT2Config", dict(n_embd=64, n_layer=2, n_head=4, n_positions=128)),
+        "gpt_neo": (
+            "GPTNeoConfig",
+            dict(
+                hidden_size=64,
+                num_layers=2,
+                num_heads=4,
+                max_position_embeddings=128,
+                attention_types=[[["global", "local"], 1]],
+                window_size=8,
+            ),
+        ),
+        "gpt_neox": (
+            "GPTNeoXConfig",
+            dict(
+                hidden_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=128,
+                max_position_embeddings=128,
+            ),
+        ),
+        "llama": (
+            "LlamaConfig",
+            dict(
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=128,
+            ),
+        ),
+        "qwen2": (
+            "Qwen2Config",
+            dict(
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=128,
+                use_sliding_window=True,
+                sliding_window=8,
+                max_window_layers=1,
+                layer_types=["full_attention", "sliding_attention"],
+            ),
+        ),
+        "gemma": (
+            "GemmaConfig",
+            dict(
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=1,
+                head_dim=16,
+                max_position_embeddings=128,
+            ),
+        ),
+        "phi": (
+            "PhiConfig",
+            dict(
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=128,
+            ),
+        ),
+    }
+    class_name, settings = configs[architecture]
+    return getattr(transformers, class_name)(**(common | settings | overrides))
+
+
+ARCHITECTURES = ("gpt2", "gpt_neo", "gpt_neox", "llama", "qwen2", "gemma", "phi")

@@ -52,3 +52,21 @@ def test_smollm2_false_claim_fails_with_location_value_and_real_heads(
             "*top 5 first_token heads: L18H8 1.0000, L18H7 1.0000*",
         ]
     )
+
+
+GPT_NEO_SPEC = REPO / "model_specs" / "gpt-neo-125m.yaml"
+
+
+def test_gpt_neo_125m_spec_is_a_clear_error_offline(pytester: pytest.Pytester) -> None:
+    target = pytester.path / "model_specs" / GPT_NEO_SPEC.name
+    target.parent.mkdir()
+    shutil.copy(GPT_NEO_SPEC, target)
+    n_expectations = GPT_NEO_SPEC.read_text().count("\n  - name: ")
+    failed = pytester.runpytest("model_specs")
+    failed.assert_outcomes(errors=n_expectations)
+    failed.stdout.fnmatch_lines(
+        ["*model not available: model 'EleutherAI/gpt-neo-125m' is not a known alias*cannot be downloaded offline*"]
+    )
+    skipped = pytester.runpytest("model_specs", "--interp-missing=skip", "-rs")
+    skipped.assert_outcomes(skipped=n_expectations)
+    assert skipped.ret == 0
