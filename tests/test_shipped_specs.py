@@ -15,6 +15,7 @@ SMOLLM2_SPEC = REPO / "model_specs" / "smollm2-135m-instruct.yaml"
 def copy_spec(pytester: pytest.Pytester, text: str | None = None) -> None:
     target = pytester.path / "model_specs" / SMOLLM2_SPEC.name
     target.parent.mkdir(exist_ok=True)
+    shutil.copytree(SMOLLM2_SPEC.parent / "__snapshots__", target.parent / "__snapshots__", dirs_exist_ok=True)
     if text is None:
         shutil.copy(SMOLLM2_SPEC, target)
     else:
