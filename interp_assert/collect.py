@@ -110,6 +110,18 @@ class SpecItem(pytest.Item):
             self.user_properties.append((key, value))
         self.user_properties.append(("headline", outcome.headline))
         if not outcome.passed:
+            artifacts = self.config.getoption("--interp-artifacts")
+            if artifacts:
+                from interp_assert.report import write_failure_artifacts
+
+                here = self.config.invocation_params.dir
+                try:
+                    written = write_failure_artifacts(
+                        runner_for(self.config), self.spec, self.entry, outcome, here / artifacts
+                    )
+                    self.artifact_lines = [f"  heatmap: {_shown_path(path, here)}" for path in written]
+                except (InterpAssertError, OSError) as exc:  # a picture must never hide the failure itself
+                    self.artifact_lines = [f"  heatmap not written: {exc}"]
             raise ExpectationFailed(outcome)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
@@ -131,9 +143,16 @@ class SpecItem(pytest.Item):
             *(f"  {detail}" for detail in outcome.details),
             f"  prompts: {expectation.prompts!r}; model: {self.spec.header.model!r}",
         ]
+        lines += getattr(self, "artifact_lines", [])
         if expectation.property not in ("snapshot", "generated_text"):
             lines.append("  if the model changed on purpose, edit the bound in the spec")
         return "\n".join(lines)
+
+
+def _shown_path(path: Any, base: Any) -> str:
+    """``path`` relative to where pytest was invoked, or absolute when it lies outside."""
+    relative = os.path.relpath(path, base)
+    return str(path) if relative.startswith("..") else relative
 
 
 def stale_snapshots(config: pytest.Config) -> list[str]:

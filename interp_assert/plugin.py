@@ -49,6 +49,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="allow pickled (.bin/.pt) weights; by default only safetensors load",
     )
+    group.addoption(
+        "--interp-artifacts",
+        default=None,
+        metavar="DIR",
+        help="for each failed expectation, write heatmaps of the head concerned into DIR and name them in the failure",
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

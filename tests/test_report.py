@@ -1,0 +1,182 @@
+"""`interp-assert report` pages and the heatmaps pytest writes for failures (--interp-artifacts)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from interp_assert.cli import main
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+SPEC = """\
+model: {model}
+prompts:
+  words:
+    bos: prepend
+    texts: ["t5 t6 t7 t8 t9 t10 t11 t12", "t20 t21 t22 t23 t24 t25 t26 t27 t28 t29"]
+  repeats:
+    bos: prepend
+    random_tokens: {{length: 10, repeats: 2, count: 2, seed: 0}}
+expectations:
+  - name: sink_is_weak
+    property: head_score
+    head: L0H1
+    role: first_token
+    prompts: words
+    at_most: 0.5
+  - name: sink_claim
+    description: a false claim, to be marked failed
+    property: head_score
+    head: L1H2
+    role: first_token
+    prompts: words
+    at_least: 0.99
+  - name: induction_top
+    property: top_heads
+    role: induction
+    k: 4
+    include: [L0H2]
+    prompts: repeats
+  - name: norms_fall
+    property: hidden_norm_trend
+    layers: [0, 2]
+    direction: decreasing
+    prompts: words
+  - name: broad_everywhere
+    property: role_fraction
+    label: broad
+    layers: [0, 1]
+    prompts: words
+    at_least: 0.5
+  - name: peaks_sharp
+    description: uniform heads put at most 1/2 on any key (row 1 sees two keys)
+    property: attention_stat
+    stat: max
+    layers: [0, 1]
+    prompts: words
+    at_least: 0.9
+  - name: no_such_head
+    property: head_score
+    head: LxH0
+    role: self
+    prompts: words
+    at_least: 0.1
+"""
+
+
+@pytest.fixture(scope="module")
+def report_dir(tmp_path_factory: pytest.TempPathFactory, uniform_llama: Path) -> Path:
+    folder = tmp_path_factory.mktemp("report")
+    spec = folder / "uniform.yaml"
+    spec.write_text(SPEC.format(model=uniform_llama))
+    assert main(["report", str(spec), "-o", str(folder / "out")]) == 0
+    return folder / "out"
+
+
+def test_every_png_is_shown_and_valid(report_dir: Path) -> None:
+    page = (report_dir / "index.html").read_text()
+    shown = re.findall(r"<img src='([^']+)'", page)
+    written = sorted(path.name for path in report_dir.glob("*.png"))
+    assert sorted(shown) == written
+    for name in written:
+        data = (report_dir / name).read_bytes()
+        assert data.startswith(PNG_SIGNATURE), name
+        with Image.open(report_dir / name) as image:
+            image.verify()
+    # one figure of each kind the spec calls for
+    for name in (
+        "scores-words-first_token.png",
+        "scores-repeats-induction.png",
+        "pattern-words-L0H1.png",
+        "pattern-words-L1H2.png",
+        "pattern-repeats-L0H2.png",
+        "norms-words.png",
+        "fractions-words.png",
+        "attention-words.png",
+    ):
+        assert name in written
+
+
+def test_failed_expectations_are_marked(report_dir: Path) -> None:
+    page = (report_dir / "index.html").read_text()
+    rows = {name: status for status, name in re.findall(r"<tr class='(\w+)' id='exp-([\w.-]+)'>", page)}
+    assert rows == {
+        "sink_is_weak": "passed",
+        "sink_claim": "failed",
+        "induction_top": "passed",
+        "norms_fall": "failed",
+        "broad_everywhere": "passed",
+        "peaks_sharp": "failed",
+        "no_such_head": "invalid",
+    }
+    failed_row = re.search(r"<tr class='failed' id='exp-sink_claim'>.*?</tr>", page)
+    assert failed_row is not None
+    assert "FAILED" in failed_row.group(0) and "expected at_least 0.99" in failed_row.group(0)
+    assert "pattern-words-L1H2.png" in failed_row.group(0)  # linked to the figure of its head
+    assert "<figure id='fig-pattern-words-L1H2' class='failed'>" in page
+    assert "<figure id='fig-pattern-words-L0H1' class='passed'>" in page
+    assert "3 failed or invalid" not in page and "4 failed or invalid" in page
+
+
+def test_report_against_another_checkpoint(
+    tmp_path: Path, uniform_llama: Path, random_llama: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = tmp_path / "uniform.yaml"
+    spec.write_text(SPEC.format(model=uniform_llama))
+    assert main(["report", str(spec), "-o", str(tmp_path / "out"), "--model", str(random_llama)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"wrote {tmp_path / 'out' / 'index.html'}: ")
+    assert str(random_llama) in (tmp_path / "out" / "index.html").read_text()
+
+
+# ---- pytest --interp-artifacts ----
+
+FAILING = """\
+model: {model}
+prompts:
+  words:
+    bos: prepend
+    texts: ["t5 t6 t7 t8 t9 t10 t11"]
+expectations:
+  - name: sink
+    property: head_score
+    head: L1H3
+    role: first_token
+    prompts: words
+    at_least: 0.9
+  - name: norms
+    property: hidden_norm_ratio
+    prompts: words
+    at_least: 1000
+"""
+
+
+def test_failure_writes_heatmaps_and_names_them(pytester: pytest.Pytester, uniform_llama: Path) -> None:
+    spec = pytester.path / "model_specs" / "claims.yaml"
+    spec.parent.mkdir()
+    spec.write_text(FAILING.format(model=uniform_llama))
+    result = pytester.runpytest("model_specs", "--interp-artifacts", "artifacts")
+    result.assert_outcomes(failed=2)
+    out = result.stdout.str()
+    pattern = Path("artifacts/claims/sink-L1H3-pattern.png")
+    scores = Path("artifacts/claims/sink-first_token-scores.png")
+    assert f"  heatmap: {scores}" in out and f"  heatmap: {pattern}" in out
+    for path in (pattern, scores):
+        assert (pytester.path / path).read_bytes().startswith(PNG_SIGNATURE)
+    assert sorted(p.name for p in (pytester.path / "artifacts" / "claims").iterdir()) == sorted(
+        [pattern.name, scores.name]
+    )  # a failure with no head or role has no heatmap
+
+
+def test_no_heatmaps_without_the_option(pytester: pytest.Pytester, uniform_llama: Path) -> None:
+    spec = pytester.path / "model_specs" / "claims.yaml"
+    spec.parent.mkdir()
+    spec.write_text(FAILING.format(model=uniform_llama))
+    result = pytester.runpytest("model_specs")
+    result.assert_outcomes(failed=2)
+    assert "heatmap: " not in result.stdout.str()
+    assert not (pytester.path / "artifacts").exists()
