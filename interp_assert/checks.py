@@ -244,9 +244,11 @@ def _hidden_norm_trend(e: HiddenNormTrend, m: Measurements) -> Outcome:
     first, last = _layer_range(e.layers, len(norms), "hidden-state index")
     sign = 1.0 if e.direction == "increasing" else -1.0
     breaks = []
+    worst = float("inf")  # smallest relative step in the expected direction
     for k in range(first, last):
         before, after = norms[k], norms[k + 1]
         change = sign * (after - before) / abs(before) if before else sign * (after - before)
+        worst = min(worst, float(change))
         if change < -e.tolerance:
             breaks.append(f"{k}->{k + 1}: {before:.4g} -> {after:.4g} ({change * sign * 100:+.1f}%)")
     span = f"hidden norms over indices {first}-{last}"
@@ -256,8 +258,9 @@ def _hidden_norm_trend(e: HiddenNormTrend, m: Measurements) -> Outcome:
             f"{span} are not {e.direction} within tolerance {e.tolerance:g}; {len(breaks)} step(s) break it: "
             + "; ".join(breaks[:TOP_SHOWN])
         )
-        return Outcome(False, headline, (shown,), {"breaks": len(breaks)})
-    return Outcome(True, f"{span} are {e.direction} within tolerance {e.tolerance:g}", (shown,), {"breaks": 0})
+        return Outcome(False, headline, (shown,), {"worst_step": worst, "breaks": len(breaks)})
+    headline = f"{span} are {e.direction} within tolerance {e.tolerance:g} (smallest step {worst:+.1%})"
+    return Outcome(True, headline, (shown,), {"worst_step": worst, "breaks": 0})
 
 
 def _hidden_norm_ratio(e: HiddenNormRatio, m: Measurements) -> Outcome:
@@ -280,14 +283,15 @@ def _attention_stat(e: AttentionStatBounds, m: Measurements) -> Outcome:
         if not ok:
             failing.append(line)
     shown = f"{e.stat} by layer: " + ", ".join(f"{k}:{per_layer[k]:.4f}" for k in range(first, last + 1))
+    in_range = per_layer[first : last + 1]
+    # the layer closest to breaking its bound: the lowest under at_least, else the highest
+    worst = float(in_range.min() if e.at_least is not None else in_range.max())
+    measured: dict[str, float | str] = {f"{e.stat}_worst_layer": worst, "failing_layers": len(failing)}
     if failing:
-        return Outcome(
-            False,
-            f"{len(failing)} of {last - first + 1} layers out of bounds: " + "; ".join(failing[:TOP_SHOWN]),
-            (shown,),
-            {"failing_layers": len(failing)},
-        )
-    return Outcome(True, f"attention {e.stat} within bounds in layers {first}-{last}", (shown,), {"failing_layers": 0})
+        headline = f"{len(failing)} of {last - first + 1} layers out of bounds: " + "; ".join(failing[:TOP_SHOWN])
+        return Outcome(False, headline, (shown,), measured)
+    headline = f"attention {e.stat} within bounds in layers {first}-{last} (worst layer {worst:.4f})"
+    return Outcome(True, headline, (shown,), measured)
 
 
 def _stat_by_layer(stat: str, m: Measurements) -> np.ndarray:

@@ -104,23 +104,14 @@ def read_prompt_sets(path: Path) -> dict[str, PromptSet]:
 
 
 def measure_prompt_set(loaded: Any, name: str, prompt_set: PromptSet, request: Any) -> Any:
-    """Tokenise (and, for ``generate``, continue) a prompt set as the runner does, then measure it."""
-    from interp_assert.capture import generate, max_positions, measure
-    from interp_assert.prompts import PromptError, build_batches
+    """The runner's measurement of one prompt set, with errors naming the set."""
+    from interp_assert.prompts import PromptError
+    from interp_assert.runner import measure_prompt_set as measure
 
     try:
-        batches = build_batches(
-            prompt_set,
-            loaded.tokenizer,
-            vocab_size=int(loaded.config.vocab_size),
-            max_positions=max_positions(loaded),
-            extra_tokens=prompt_set.generate,
-        )
+        return measure(loaded, prompt_set, request)
     except PromptError as exc:
         raise InterpAssertError(f"prompt set {name!r}: {exc}") from None
-    if prompt_set.generate:
-        batches = generate(loaded, batches, prompt_set.generate)
-    return measure(loaded, batches, request)
 
 
 def roles_for(prompt_set: PromptSet) -> tuple[Role, ...]:

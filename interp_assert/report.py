@@ -87,10 +87,16 @@ def build_report(
     runner = Runner(options)
     progress(f"loading {model or spec.header.model}")
     loaded = runner.model_for(spec)
+    config = loaded.config
+    # Ask for the figures' needs up front, so evaluation and figures share one capture per prompt set.
+    for prompt_name, plan in _plans(spec, [Result(entry, "pending", "") for entry in spec.entries]).items():
+        if not plan.empty:
+            request = plan.request(int(config.num_hidden_layers), int(config.num_attention_heads))
+            runner.also_capture(spec, prompt_name, request)
     progress("evaluating expectations")
     results = [_evaluate(runner, spec, entry) for entry in spec.entries]
     out_dir.mkdir(parents=True, exist_ok=True)
-    figures = _draw(spec, loaded, results, out_dir, progress)
+    figures = _draw(spec, runner, results, out_dir, progress)
     index = out_dir / "index.html"
     index.write_text(_page(spec, loaded, results, figures), encoding="utf-8")
     counts = {status: sum(r.status == status for r in results) for status in ("passed", "failed")}
@@ -197,19 +203,14 @@ def _plans(spec: SpecFile, results: list[Result]) -> dict[str, _Plan]:
     return plans
 
 
-def _draw(spec: SpecFile, loaded: Any, results: list[Result], out_dir: Path, progress: Progress) -> list[_Figure]:
-    from interp_assert.discover import measure_prompt_set
-
+def _draw(spec: SpecFile, runner: Any, results: list[Result], out_dir: Path, progress: Progress) -> list[_Figure]:
     assert spec.header is not None
     figures: list[_Figure] = []
-    config = loaded.config
     for prompt_name, plan in _plans(spec, results).items():
         if plan.empty:
             continue  # e.g. a prompt set with only generated_text or snapshot expectations
-        progress(f"measuring {prompt_name!r} for figures")
-        request = plan.request(int(config.num_hidden_layers), int(config.num_attention_heads))
         try:
-            measured = measure_prompt_set(loaded, prompt_name, spec.header.prompts[prompt_name], request)
+            measured = runner.measurements(spec, prompt_name)  # the evaluation's capture, already widened
         except InterpAssertError:
             continue  # the expectations on this prompt set already show the error in the table
         progress(f"drawing {prompt_name!r}")

@@ -7,7 +7,6 @@ kept for the session.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -18,7 +17,7 @@ from interp_assert.capture import CaptureRequest, Measurements, generate, max_po
 from interp_assert.errors import SpecError
 from interp_assert.models import LoadedModel, LoadOptions, environment, load_model
 from interp_assert.prompts import PromptError, build_batches
-from interp_assert.spec import Entry, Snapshot, SpecFile
+from interp_assert.spec import Entry, PromptSet, Snapshot, SpecFile
 
 MissingPolicy = Literal["error", "skip"]
 
@@ -50,6 +49,7 @@ class Runner:
         self.options = options
         self._model: tuple[tuple[str, str, str], LoadedModel] | None = None
         self._measurements: dict[tuple[object, ...], Measurements] = {}
+        self._extra: dict[tuple[str, str], CaptureRequest] = {}
 
     def model_for(self, spec: SpecFile) -> LoadedModel:
         key = model_key(spec, self.options)
@@ -106,36 +106,47 @@ class Runner:
         )
         return checks.Outcome(result.passed, result.headline, result.details, result.measured, result.heads)
 
+    def also_capture(self, spec: SpecFile, prompt_name: str, request: CaptureRequest) -> None:
+        """Widen what the next capture of ``prompt_name`` computes (pictures: patterns, labels),
+        so evaluation and figures share one pass."""
+        key = (spec.path, prompt_name)
+        self._extra[key] = self._extra.get(key, CaptureRequest()) | request
+
     def measurements(self, spec: SpecFile, prompt_name: str) -> Measurements:
         assert spec.header is not None
         loaded = self.model_for(spec)
-        request = _spec_request(spec, prompt_name)
+        request = _spec_request(spec, prompt_name) | self._extra.get((spec.path, prompt_name), CaptureRequest())
         prompt_set = spec.header.prompts[prompt_name]
         key = (model_key(spec, self.options), prompt_set.model_dump_json(), request)
         if key not in self._measurements:
             try:
-                batches = build_batches(
-                    prompt_set,
-                    loaded.tokenizer,
-                    vocab_size=int(loaded.config.vocab_size),
-                    max_positions=max_positions(loaded),
-                    extra_tokens=prompt_set.generate,
-                )
+                self._measurements[key] = measure_prompt_set(loaded, prompt_set, request)
             except PromptError as exc:
                 where = spec.prompt_locations.get(prompt_name)
                 raise SpecError([(where, f"prompt set {prompt_name!r}: {exc}")]) from None
-            texts: tuple[str, ...] = ()
-            if prompt_set.generate:
-                prompt_lengths = [batch.tokens.shape[1] for batch in batches]
-                batches = generate(loaded, batches, prompt_set.generate)
-                texts = tuple(
-                    loaded.tokenizer.decode(row[start:], skip_special_tokens=True)
-                    for batch, start in zip(batches, prompt_lengths, strict=True)
-                    for row in batch.tokens.tolist()
-                )
-            measured = measure(loaded, batches, request)
-            self._measurements[key] = replace(measured, generated_texts=texts)
         return self._measurements[key]
+
+
+def measure_prompt_set(loaded: LoadedModel, prompt_set: PromptSet, request: CaptureRequest) -> Measurements:
+    """Tokenise a prompt set, continue it greedily if it asks to ``generate``, and measure it.
+    Raises :class:`PromptError` when the set cannot be built for this model."""
+    batches = build_batches(
+        prompt_set,
+        loaded.tokenizer,
+        vocab_size=int(loaded.config.vocab_size),
+        max_positions=max_positions(loaded),
+        extra_tokens=prompt_set.generate,
+    )
+    texts: tuple[str, ...] = ()
+    if prompt_set.generate:
+        prompt_lengths = [batch.tokens.shape[1] for batch in batches]
+        batches = generate(loaded, batches, prompt_set.generate)
+        texts = tuple(
+            loaded.tokenizer.decode(row[start:], skip_special_tokens=True)
+            for batch, start in zip(batches, prompt_lengths, strict=True)
+            for row in batch.tokens.tolist()
+        )
+    return replace(measure(loaded, batches, request), generated_texts=texts)
 
 
 def _spec_request(spec: SpecFile, prompt_name: str) -> CaptureRequest:
@@ -147,5 +158,3 @@ def _spec_request(spec: SpecFile, prompt_name: str) -> CaptureRequest:
     return request
 
 
-def outcome_json(outcome: checks.Outcome) -> str:
-    return json.dumps({"passed": outcome.passed, "headline": outcome.headline, "measured": outcome.measured})
