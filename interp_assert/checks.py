@@ -44,6 +44,7 @@ class Outcome:
     details: tuple[str, ...] = ()
     measured: dict[str, float | str] = field(default_factory=dict)
     heads: tuple[str, ...] = ()  # the heads this outcome is about, most relevant first
+    notes: tuple[str, ...] = ()  # said even when the outcome passes (e.g. loosened tolerances)
 
 
 def requirements(expectation: _Expectation) -> CaptureRequest:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from interp_assert.errors import InterpAssertError, ModelLoadError, SpecError
+from interp_assert.plugin import NOTES_KEY
 from interp_assert.spec import Entry, SpecFile, load_spec
 
 RUNNER_KEY = pytest.StashKey["Any"]()
@@ -109,6 +110,9 @@ class SpecItem(pytest.Item):
         for key, value in outcome.measured.items():
             self.user_properties.append((key, value))
         self.user_properties.append(("headline", outcome.headline))
+        for note in outcome.notes:
+            self.user_properties.append(("note", note))
+            self.config.stash.setdefault(NOTES_KEY, []).append(f"{self.nodeid}: {note}")
         if not outcome.passed:
             artifacts = self.config.getoption("--interp-artifacts")
             if artifacts:

@@ -13,6 +13,7 @@ import pytest
 
 SPEC_DIR_NAME = "model_specs"
 STALE_KEY = pytest.StashKey[list[str]]()
+NOTES_KEY = pytest.StashKey[list[str]]()  # lines for the terminal summary, filled by spec items
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -85,7 +86,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    lines = config.stash.get(STALE_KEY, [])
+    lines = config.stash.get(NOTES_KEY, []) + config.stash.get(STALE_KEY, [])
     if lines:
         terminalreporter.section("interp_assert snapshots")
         for line in lines:

@@ -104,7 +104,9 @@ class Runner:
             explicit=explicit,
             update=self.options.update_snapshots,
         )
-        return checks.Outcome(result.passed, result.headline, result.details, result.measured, result.heads)
+        return checks.Outcome(
+            result.passed, result.headline, result.details, result.measured, result.heads, result.notes
+        )
 
     def also_capture(self, spec: SpecFile, prompt_name: str, request: CaptureRequest) -> None:
         """Widen what the next capture of ``prompt_name`` computes (pictures: patterns, labels),

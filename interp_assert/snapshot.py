@@ -113,6 +113,7 @@ class SnapshotResult:
     details: tuple[str, ...] = ()
     heads: tuple[str, ...] = ()
     measured: dict[str, float | str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
 
 
 def check(
@@ -147,11 +148,13 @@ def check(
     drift = fp.compare(stored, current, effective)
     measured: dict[str, float | str] = {"values_moved": drift.moved, "values_compared": drift.compared}
     if drift.within:
-        return SnapshotResult(True, f"snapshot {name!r} matches within tolerance", tuple(notes), measured=measured)
+        headline = f"snapshot {name!r} matches within tolerance"
+        return SnapshotResult(True, headline, tuple(notes), measured=measured, notes=tuple(notes))
     if update:
         write(spec_path, name, current)
-        return SnapshotResult(True, f"snapshot {name!r} updated in {shown} ({drift.moved} values had moved)")
-    return SnapshotResult(False, *drift_report(name, drift, notes), measured=measured)
+        headline = f"snapshot {name!r} updated in {shown} ({drift.moved} values had moved)"
+        return SnapshotResult(True, headline, notes=tuple(notes))
+    return SnapshotResult(False, *drift_report(name, drift, notes), measured=measured, notes=tuple(notes))
 
 
 def drift_report(name: str, drift: fp.Drift, notes: list[str]) -> tuple[str, tuple[str, ...], tuple[str, ...]]:

@@ -146,3 +146,16 @@ def test_xdist_loadfile_same_results_each_snapshot_written_once(pytester: pytest
     parallel = pytester.runpytest_subprocess("model_specs", "-n", "2", "--dist", "loadfile")
     parallel.assert_outcomes(passed=4)
     assert snapshot_path(pytester, "a").read_text() == a
+
+
+def test_other_dtype_loosens_default_tolerances_and_says_so(pytester: pytest.Pytester, random_llama: Path) -> None:
+    write_spec(pytester, random_llama)
+    pytester.runpytest("model_specs", "--snapshot-update").assert_outcomes(passed=2)
+    result = pytester.runpytest("model_specs", "--interp-dtype=bfloat16")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*spec.yaml::fingerprint: environment differs from the snapshot (dtype float32 -> bfloat16): "
+            "default tolerances loosened x10"
+        ]
+    )
