@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -12,12 +13,16 @@ from tests.conftest import REPO
 SMOLLM2_SPEC = REPO / "model_specs" / "smollm2-135m-instruct.yaml"
 
 
-def copy_spec(pytester: pytest.Pytester, text: str | None = None) -> None:
-    target = pytester.path / "model_specs" / SMOLLM2_SPEC.name
+TINY_NEO_SPEC = REPO / "model_specs" / "tiny-neo.yaml"
+
+
+def copy_spec(pytester: pytest.Pytester, text: str | None = None, spec: Path = SMOLLM2_SPEC) -> None:
+    """The spec and its snapshots, as a user's checkout has them."""
+    target = pytester.path / "model_specs" / spec.name
     target.parent.mkdir(exist_ok=True)
-    shutil.copytree(SMOLLM2_SPEC.parent / "__snapshots__", target.parent / "__snapshots__", dirs_exist_ok=True)
+    shutil.copytree(spec.parent / "__snapshots__", target.parent / "__snapshots__", dirs_exist_ok=True)
     if text is None:
-        shutil.copy(SMOLLM2_SPEC, target)
+        shutil.copy(spec, target)
     else:
         target.write_text(text)
 
@@ -28,6 +33,12 @@ def test_smollm2_spec_passes(pytester: pytest.Pytester, smollm2_dir: object) -> 
     n_expectations = SMOLLM2_SPEC.read_text().count("\n  - name: ")
     assert n_expectations >= 12
     result.assert_outcomes(passed=n_expectations)
+
+
+def test_tiny_neo_spec_passes(pytester: pytest.Pytester) -> None:
+    copy_spec(pytester, spec=TINY_NEO_SPEC)
+    result = pytester.runpytest("model_specs")
+    result.assert_outcomes(passed=TINY_NEO_SPEC.read_text().count("\n  - name: "))
 
 
 def test_smollm2_false_claim_fails_with_location_value_and_real_heads(
