@@ -94,7 +94,8 @@ class SpecItem(pytest.Item):
             runner_for(self.config).model_for(self.spec)
         except ModelLoadError as exc:
             if self.config.getoption("--interp-missing") == "skip":
-                pytest.skip(f"model not available: {exc}")
+                # reported at the expectation's line in the spec, not at this line
+                raise pytest.skip.Exception(f"model not available: {exc}", _use_item_location=True) from None
             pytest.fail(
                 f"{self.nodeid}: model not available: {exc}\n"
                 "(pass --interp-missing=skip to skip specs whose model is missing)",

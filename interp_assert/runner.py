@@ -14,7 +14,7 @@ from typing import Literal
 from interp_assert import checks, snapshot
 from interp_assert import fingerprint as fp
 from interp_assert.capture import CaptureRequest, Measurements, generate, max_positions, measure
-from interp_assert.errors import SpecError
+from interp_assert.errors import ModelLoadError, SpecError
 from interp_assert.models import LoadedModel, LoadOptions, environment, load_model
 from interp_assert.prompts import PromptError, build_batches
 from interp_assert.spec import Entry, PromptSet, Snapshot, SpecFile
@@ -50,9 +50,12 @@ class Runner:
         self._model: tuple[tuple[str, str, str], LoadedModel] | None = None
         self._measurements: dict[tuple[object, ...], Measurements] = {}
         self._extra: dict[tuple[str, str], CaptureRequest] = {}
+        self._unloadable: dict[tuple[str, str, str], ModelLoadError] = {}
 
     def model_for(self, spec: SpecFile) -> LoadedModel:
         key = model_key(spec, self.options)
+        if key in self._unloadable:
+            raise self._unloadable[key]  # tried once this session already; do not retry per item
         if self._model is None or self._model[0] != key:
             self._model = None  # release the previous model before loading the next
             reference, dtype, device = key
@@ -63,7 +66,11 @@ class Runner:
                 allow_pickle=self.options.allow_pickle,
                 cache_dir=self.options.cache_dir,
             )
-            self._model = (key, load_model(reference, load, Path(spec.path).parent))
+            try:
+                self._model = (key, load_model(reference, load, Path(spec.path).parent))
+            except ModelLoadError as exc:
+                self._unloadable[key] = exc
+                raise
         return self._model[1]
 
     def evaluate(self, spec: SpecFile, entry: Entry) -> checks.Outcome:
