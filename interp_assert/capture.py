@@ -1,9 +1,11 @@
-"""The only module that runs a model.
+"""The only module that runs a model (with :mod:`interp_assert.blockwise`, its attention function).
 
 Capture is driven by a :class:`CaptureRequest`: the roles whose scores are
-needed and whether hidden-state norms are needed. Each layer's attention is
-reduced to per-head sums the moment it is produced and then dropped, so peak
-memory holds one layer's attention, never all layers'. Raw tensors never leave
+needed, attention statistics, hidden-state norms, patterns. Only those are
+computed. Attention is reduced to per-head sums as it is produced and then
+dropped: a row block at a time where the model's attention goes through
+transformers' ``AttentionInterface``, a layer at a time (eager hooks) elsewhere,
+and not computed at all (SDPA) when nothing needs it. Raw tensors never leave
 this module; :class:`Measurements` holds numbers only.
 """
 
@@ -12,16 +14,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from interp_assert import blockwise
 from interp_assert.errors import CaptureError
 from interp_assert.models import LoadedModel
 from interp_assert.prompts import PromptBatch
-from interp_assert.scores import BlockSums, check_block, score_block
+from interp_assert.scores import BlockSums, BlockTargets, block_targets, check_block, check_rows, score_block
 from interp_assert.vocab import Role
+
+AttentionPath = Literal["auto", "blockwise", "eager"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -89,70 +94,158 @@ def max_positions(loaded: LoadedModel) -> int | None:
     return int(value) if value else None
 
 
-def measure(loaded: LoadedModel, batches: list[PromptBatch], request: CaptureRequest) -> Measurements:
-    """Run the model over ``batches`` and reduce what ``request`` asks for."""
+def measure(
+    loaded: LoadedModel, batches: list[PromptBatch], request: CaptureRequest, *, attention: AttentionPath = "auto"
+) -> Measurements:
+    """Run the model over ``batches`` and reduce what ``request`` asks for.
+
+    Three ways, cheapest first (``attention="auto"``): no attention needed -> SDPA, no weights
+    computed at all; attention through transformers' ``AttentionInterface`` -> ``blockwise``
+    (weights computed and scored a row block at a time, see :mod:`interp_assert.blockwise`);
+    otherwise ``eager`` attention with a forward hook that scores each layer's weights and
+    drops them. ``attention`` forces one of the last two (for comparisons and benchmarks).
+    """
     arch = describe(loaded)
     n_layers = len(arch.blocks)
-    accumulator = _Accumulator(n_layers, arch.n_heads)
-    tolerance = 1e-4 if loaded.options.dtype == "float32" else 5e-2
-    roles = tuple(sorted(request.roles))
-    current: dict[str, Any] = {}
-    patterns: dict[tuple[int, int], np.ndarray] = {}
     for layer, head in request.patterns:
         if not (0 <= layer < n_layers and 0 <= head < arch.n_heads):
             raise CaptureError(f"no head L{layer}H{head}: layers 0-{n_layers - 1}, heads 0-{arch.n_heads - 1}")
+    if not request.needs_attention and not request.hidden_norms:
+        return Measurements(n_layers, arch.n_heads)
+    model = loaded.model
+    with torch.inference_mode(), _quiet():
+        if not request.needs_attention:
+            with blockwise.attention_implementation(model, "sdpa"):
+                return _Run(loaded, arch, request).forward(batches, hooks="norms")
+        if attention != "eager":
+            run = _Run(loaded, arch, request)
+            capture = blockwise.BlockwiseCapture(
+                run.score_rows, {id(m): i for i, m in enumerate(arch.attention)}, "breadth" in request.roles
+            )
+            with blockwise.capturing(model, capture) as switched:
+                if switched:
+                    result = run.forward(batches, hooks="norms")
+                    if capture.layers_seen == set(range(n_layers)):
+                        return result
+            if attention == "blockwise":
+                raise CaptureError(
+                    f"{type(model).__name__}: attention does not go through transformers' AttentionInterface "
+                    "in every layer, so it cannot be captured blockwise"
+                )
+        # Some layer's attention bypasses the interface: measure it all from eager attention weights.
+        return _Run(loaded, arch, request).forward(batches, hooks="attention+norms")
 
-    def attention_hook(layer: int) -> Any:
+
+class _Run:
+    """One measurement: the accumulator, the tokens of the batch being run, and the hooks."""
+
+    def __init__(self, loaded: LoadedModel, arch: Architecture, request: CaptureRequest) -> None:
+        self.loaded, self.arch, self.request = loaded, arch, request
+        self.accumulator = _Accumulator(len(arch.blocks), arch.n_heads)
+        self.tolerance = 1e-4 if loaded.options.dtype == "float32" else 5e-2
+        self.roles = tuple(sorted(request.roles))
+        self.tokens = torch.zeros(0, 0, dtype=torch.long)
+        self.first_batch = True
+        self.patterns: dict[tuple[int, int], np.ndarray] = {}
+        self.targets: dict[tuple[int, int, int, int | None], BlockTargets] = {}
+
+    def forward(self, batches: list[PromptBatch], hooks: Literal["norms", "attention+norms"]) -> Measurements:
+        arch, request = self.arch, self.request
+        handles = []
+        try:
+            if hooks == "attention+norms":
+                handles += [m.register_forward_hook(self._attention_hook(i)) for i, m in enumerate(arch.attention)]
+            if request.hidden_norms:
+                handles.append(arch.blocks[0].register_forward_pre_hook(self._norm_hook(0), with_kwargs=True))
+                handles += [
+                    b.register_forward_hook(_output_only(self._norm_hook(i + 1))) for i, b in enumerate(arch.blocks)
+                ]
+            for index, batch in enumerate(batches):
+                self.tokens = batch.tokens.to(self.loaded.options.device)
+                self.first_batch = index == 0
+                self.targets = {}
+                _base_model(self.loaded.model)(input_ids=self.tokens, use_cache=False)
+        finally:
+            for handle in handles:
+                handle.remove()
+        result = self.accumulator.result(self.roles, request)
+        if request.patterns:
+            first = batches[0].tokens[0].tolist()
+            words = tuple(self.loaded.tokenizer.convert_ids_to_tokens(first))
+            result = replace(result, patterns=self.patterns, pattern_tokens=words)
+        return result
+
+    def score_rows(
+        self,
+        layer: int,
+        weights: torch.Tensor,
+        row_start: int,
+        window: int | None,
+        shifted_logits: torch.Tensor | None = None,
+        masked: bool = False,
+    ) -> None:
+        """Score rows ``row_start ..`` of ``layer``'s attention (``weights[B, H, R, K]``, K >= last row + 1).
+
+        ``masked``: the weights come from :mod:`interp_assert.blockwise`, which gives hidden keys
+        weight exactly 0 and rows that sum to 1 by construction (checked all the same)."""
+        n_rows, n_keys = weights.shape[2], weights.shape[3]
+        where = (row_start, n_rows, n_keys, window)
+        if where not in self.targets:  # the same for every layer of this batch
+            self.targets[where] = block_targets(self.tokens, row_start, n_rows, n_keys, self.roles, window)
+        sums = score_block(
+            weights,
+            self.tokens,
+            row_start,
+            self.roles,
+            window,
+            shifted_logits=shifted_logits,
+            targets=self.targets[where],
+            attention_stats=self.request.attention_stats,
+            hidden_are_zero=masked,
+        )
+        if sums.row_sums is not None:
+            problems = check_rows(sums.row_sums, self.tolerance)
+            if problems:
+                raise CaptureError(f"invalid attention captured at layer {layer}: " + "; ".join(problems))
+        self.accumulator.add(layer, sums)
+        if self.first_batch:
+            n_tokens = self.tokens.shape[1]
+            for wanted_layer, head in self.request.patterns:
+                if wanted_layer == layer:
+                    pattern = self.patterns.setdefault((layer, head), np.zeros((n_tokens, n_tokens), np.float32))
+                    pattern[row_start : row_start + n_rows, :n_keys] = weights[0, head].float().cpu().numpy()
+
+    def _attention_hook(self, layer: int) -> Any:
+        window = self.arch.windows[layer]
+
         def hook(module: Any, args: Any, output: Any) -> Any:
             weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
             if not isinstance(weights, torch.Tensor) or weights.dim() != 4:
                 raise CaptureError(
-                    f"{type(loaded.model).__name__}: layer {layer} attention ({type(module).__name__}) returned "
+                    f"{type(self.loaded.model).__name__}: layer {layer} attention ({type(module).__name__}) returned "
                     "no attention weights; this architecture cannot report attention in eager mode"
                 )
-            problems = check_block(weights, 0, arch.windows[layer], tolerance)
-            if problems:
-                raise CaptureError(f"invalid attention captured at layer {layer}: " + "; ".join(problems))
-            accumulator.add(layer, score_block(weights, current["tokens"], 0, roles, arch.windows[layer]))
-            if current["first_batch"]:
-                for wanted_layer, head in request.patterns:
-                    if wanted_layer == layer:
-                        patterns[(layer, head)] = weights[0, head].float().cpu().numpy().copy()
+            batch, heads, n_rows, n_keys = weights.shape
+            # in row blocks, so that checking and scoring add only a block's worth of temporaries
+            height = max(blockwise.MIN_BLOCK_ROWS, blockwise.BLOCK_BYTES // 4 // (batch * heads * n_keys))
+            for start in range(0, n_rows, height):
+                stop = min(n_rows, start + height)
+                block = weights[:, :, start:stop]  # every key, so weight on any hidden key is caught
+                problems = check_block(block, start, window, self.tolerance)
+                if problems:
+                    raise CaptureError(f"invalid attention captured at layer {layer}: " + "; ".join(problems))
+                self.score_rows(layer, block, start, window)
             return (output[0], None, *output[2:])  # drop the weights now
 
         return hook
 
-    def norm_hook(index: int) -> Any:
+    def _norm_hook(self, index: int) -> Any:
         def hook(module: Any, args: Any, kwargs: Any, output: Any = None) -> None:
             hidden = output if output is not None else (args[0] if args else kwargs["hidden_states"])
             hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-            accumulator.add_norms(index, hidden.float().norm(dim=-1))
+            self.accumulator.add_norms(index, hidden.float().norm(dim=-1))
 
         return hook
-
-    if not request.needs_attention and not request.hidden_norms:
-        return Measurements(n_layers, arch.n_heads)
-    handles = []
-    try:
-        if request.needs_attention:
-            handles += [m.register_forward_hook(attention_hook(i)) for i, m in enumerate(arch.attention)]
-        if request.hidden_norms:
-            handles.append(arch.blocks[0].register_forward_pre_hook(norm_hook(0), with_kwargs=True))
-            handles += [b.register_forward_hook(_output_only(norm_hook(i + 1))) for i, b in enumerate(arch.blocks)]
-        with torch.inference_mode(), _quiet():
-            for index, batch in enumerate(batches):
-                current["tokens"] = batch.tokens.to(loaded.options.device)
-                current["first_batch"] = index == 0
-                _base_model(loaded.model)(input_ids=current["tokens"], use_cache=False)
-    finally:
-        for handle in handles:
-            handle.remove()
-    result = accumulator.result(roles, request)
-    if request.patterns:
-        first = batches[0].tokens[0].tolist()
-        words = tuple(loaded.tokenizer.convert_ids_to_tokens(first))
-        result = replace(result, patterns=patterns, pattern_tokens=words)
-    return result
 
 
 def generate(loaded: LoadedModel, batches: list[PromptBatch], max_new_tokens: int) -> list[PromptBatch]:
@@ -216,9 +309,10 @@ def _windows(config: Any, n_layers: int) -> list[int | None]:
         return [config.window_size if kind == "local" else None for kind in attention_layers]
     layer_types = getattr(config, "layer_types", None)
     sliding = getattr(config, "sliding_window", None)
-    if layer_types is not None and sliding:
-        return [sliding if kind == "sliding_attention" else None for kind in layer_types]
-    return [None] * n_layers
+    if layer_types is not None:
+        return [sliding if kind == "sliding_attention" and sliding else None for kind in layer_types]
+    # No per-layer types (Mistral, Mixtral, Phi-3, Starcoder2): a configured window applies to every layer.
+    return [sliding if sliding else None] * n_layers
 
 
 @contextmanager

@@ -165,5 +165,3 @@ def _spec_request(spec: SpecFile, prompt_name: str) -> CaptureRequest:
         if entry.expectation is not None and entry.expectation.prompts == prompt_name:
             request = request | checks.requirements(entry.expectation)
     return request
-
-
