@@ -66,9 +66,12 @@ def test_grouped_query_heads_are_query_heads(tmp_path: Path) -> None:
     assert measured.role_scores["previous_token"].shape == (2, 4)
 
 
-def test_windows_are_recognised() -> None:
-    assert [kind for kind in tiny_config("gpt_neo").attention_layers] == ["global", "local"]
-    assert tiny_config("qwen2").layer_types == ["full_attention", "sliding_attention"]
+@pytest.mark.parametrize(
+    ("architecture", "windows"), [("gpt_neo", [None, 8]), ("qwen2", [None, 8]), ("llama", [None, None])]
+)
+def test_windows_are_read_from_the_config(architecture: str, windows: list[int | None], tmp_path: Path) -> None:
+    loaded = load_model(str(save_model(tiny_config(architecture), tmp_path / architecture)), LoadOptions())
+    assert describe(loaded).windows == windows
 
 
 @pytest.fixture(scope="module")
