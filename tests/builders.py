@@ -166,6 +166,18 @@ def tiny_config(architecture: str, **overrides: Any) -> Any:
                 max_position_embeddings=128,
             ),
         ),
+        "mistral": (
+            "MistralConfig",
+            dict(
+                hidden_size=64,
+                intermediate_size=128,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                num_key_value_heads=2,
+                max_position_embeddings=128,
+                sliding_window=8,
+            ),
+        ),
         "phi": (
             "PhiConfig",
             dict(
@@ -181,4 +193,4 @@ def tiny_config(architecture: str, **overrides: Any) -> Any:
     return getattr(transformers, class_name)(**(common | settings | overrides))
 
 
-ARCHITECTURES = ("gpt2", "gpt_neo", "gpt_neox", "llama", "qwen2", "gemma", "phi")
+ARCHITECTURES = ("gpt2", "gpt_neo", "gpt_neox", "llama", "qwen2", "mistral", "gemma", "phi")

@@ -23,50 +23,27 @@ from interp_assert.errors import CaptureError
 from interp_assert.models import LoadedModel, LoadOptions, load_model
 from interp_assert.prompts import PromptBatch
 from interp_assert.vocab import ROLES, TARGET_ROLES, Role
-from tests.builders import VOCAB, llama_config, save_model
+from tests.builders import VOCAB, llama_config, save_model, tiny_config
 
 EVERYTHING = CaptureRequest(
     roles=frozenset(ROLES), attention_stats=True, hidden_norms=True, patterns=frozenset({(1, 0), (0, 3)})
 )
-COMMON: dict[str, Any] = dict(vocab_size=VOCAB, bos_token_id=0, eos_token_id=1, pad_token_id=2)
-SMALL: dict[str, Any] = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128)
+# test name -> (architecture in tests/builders.py, config overrides)
+KINDS: dict[str, tuple[str, dict[str, Any]]] = {
+    "llama_gqa": ("llama", {}),
+    "gpt2": ("gpt2", {"scale_attn_by_inverse_layer_idx": True}),
+    "gpt_neox": ("gpt_neox", {}),
+    "qwen2_sliding": ("qwen2", {}),  # layer 0 full attention, layer 1 a window of 8
+    "mistral_sliding": ("mistral", {}),
+    "gemma": ("gemma", {}),
+    "phi": ("phi", {}),
+    "gpt_neo": ("gpt_neo", {}),
+}
 
 
 def _config(kind: str) -> Any:
-    import transformers as tf
-
-    configs: dict[str, Callable[[], Any]] = {
-        "llama_gqa": lambda: llama_config(),
-        "gpt2": lambda: tf.GPT2Config(
-            n_embd=64, n_layer=2, n_head=4, n_positions=128, scale_attn_by_inverse_layer_idx=True, **COMMON
-        ),
-        "gpt_neox": lambda: tf.GPTNeoXConfig(**SMALL, max_position_embeddings=128, **COMMON),
-        "qwen2_sliding": lambda: tf.Qwen2Config(
-            **SMALL | COMMON,
-            num_key_value_heads=2,
-            max_position_embeddings=128,
-            use_sliding_window=True,
-            sliding_window=8,
-            max_window_layers=1,  # layer 0 full attention, layer 1 a window of 8
-        ),
-        "mistral_sliding": lambda: tf.MistralConfig(
-            **SMALL, num_key_value_heads=2, max_position_embeddings=128, sliding_window=8, **COMMON
-        ),
-        "gemma": lambda: tf.GemmaConfig(
-            **SMALL, num_key_value_heads=1, head_dim=16, max_position_embeddings=128, **COMMON
-        ),
-        "phi": lambda: tf.PhiConfig(**SMALL, max_position_embeddings=128, **COMMON),
-        "gpt_neo": lambda: tf.GPTNeoConfig(
-            **COMMON,
-            hidden_size=64,
-            num_layers=2,
-            num_heads=4,
-            attention_types=[[["global", "local"], 1]],
-            window_size=8,
-            max_position_embeddings=128,
-        ),
-    }
-    return configs[kind]()
+    architecture, overrides = KINDS[kind]
+    return tiny_config(architecture, **overrides)
 
 
 INTERFACE_KINDS = ["llama_gqa", "gpt2", "gpt_neox", "qwen2_sliding", "mistral_sliding", "gemma", "phi"]
