@@ -19,6 +19,7 @@ from typing import Any
 
 from syrupy.exceptions import SnapshotDoesNotExist, TaintedSnapshotError
 from syrupy.extensions.amber import AmberSnapshotExtension
+from syrupy.extensions.amber.serializer import MalformedAmberFile, MissingVersionError
 from syrupy.location import PyTestLocation
 
 from interp_assert import fingerprint as fp
@@ -79,8 +80,11 @@ def read(spec_path: str | Path, name: str) -> fp.Fingerprint | None:
         text = extension.read_snapshot(test_location=location(spec_path, name), index=0, session_id=uuid.uuid4().hex)
     except SnapshotDoesNotExist:
         return None
-    except (TaintedSnapshotError, Exception) as exc:
-        raise SnapshotFileError(f"{snapshot_file(spec_path)}: cannot read snapshot {name!r}: {exc}") from None
+    except (TaintedSnapshotError, MalformedAmberFile, MissingVersionError, OSError, UnicodeDecodeError) as exc:
+        problem = str(exc) or type(exc).__name__
+        if isinstance(exc, TaintedSnapshotError | MissingVersionError):
+            problem = "the file has no current syrupy amber version header; re-record it with --snapshot-update"
+        raise SnapshotFileError(f"{snapshot_file(spec_path)}: cannot read snapshot {name!r}: {problem}") from None
     try:
         return fp.parse(str(text))
     except ValueError as exc:

@@ -159,3 +159,13 @@ def test_other_dtype_loosens_default_tolerances_and_says_so(pytester: pytest.Pyt
             "default tolerances loosened x10"
         ]
     )
+
+
+def test_unreadable_snapshot_file_is_a_clear_error(pytester: pytest.Pytester, random_llama: Path) -> None:
+    write_spec(pytester, random_llama)
+    snapshot_path(pytester).parent.mkdir()
+    snapshot_path(pytester).write_text("# name: fingerprint\n  not a fingerprint\n# ---\n")  # no version header
+    result = pytester.runpytest("model_specs")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*spec.ambr: cannot read snapshot 'fingerprint': the file has no current syrupy*"])
+    assert "Traceback" not in result.stdout.str()
