@@ -1,30 +1,59 @@
-"""``interp-assert audit SPEC --checkpoint PATH``: which expectations hold on a checkpoint,
-and how far each number moved from the spec's own (base) model."""
+"""``interp-assert audit SPEC --checkpoint PATH [--base PATH]``: which expectations hold on a
+checkpoint, each one's headline value on base and checkpoint, and what moved, by layer and role."""
 
 from __future__ import annotations
 
 import json
 import math
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, TextIO
 
 from interp_assert import fingerprint as fp
-from interp_assert.errors import SpecError
+from interp_assert.checks import Outcome
+from interp_assert.errors import InterpAssertError, SpecError
 from interp_assert.runner import Runner, RunOptions
 from interp_assert.snapshot import drift_report
 from interp_assert.spec import Snapshot, SpecFile, load_spec
+
+MAX_CELL = 48
+
+
+@dataclass(frozen=True)
+class Side:
+    """One expectation measured on one model."""
+
+    passed: bool
+    value: float | int | str | None
+    shown: str
+    headline: str
+    error: str = ""  # the expectation could not be evaluated on this model
+    heads: tuple[str, ...] = ()  # the heads the outcome is about, most relevant first
 
 
 @dataclass(frozen=True)
 class AuditRow:
     name: str
-    property: str
-    passed: bool
-    base_passed: bool
-    base_value: float | str | None
-    checkpoint_value: float | str | None
-    headline: str
+    kind: str  # the expectation's property
+    base: Side
+    checkpoint: Side
+    bound_low: float | None = None
+    bound_high: float | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.checkpoint.passed
+
+    @property
+    def change(self) -> float | None:
+        before, after = self.base.value, self.checkpoint.value
+        numeric = (float, int)
+        if isinstance(before, numeric) and isinstance(after, numeric) and not isinstance(before, bool):
+            if self.kind == "dominant_layer":
+                return None  # a layer index is not a quantity
+            return float(after) - float(before)
+        return None
 
 
 @dataclass(frozen=True)
@@ -33,6 +62,9 @@ class SnapshotDrift:
     within: bool
     headline: str
     details: tuple[str, ...]
+    summary: tuple[str, ...] = ()
+    base: fp.Fingerprint | None = None
+    checkpoint: fp.Fingerprint | None = None
 
 
 @dataclass(frozen=True)
@@ -42,112 +74,197 @@ class Audit:
     checkpoint: str
     rows: tuple[AuditRow, ...]
     drifts: tuple[SnapshotDrift, ...]
+    notes: tuple[str, ...] = ()
+    runners: dict[str, Runner] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def passed(self) -> bool:
         return all(row.passed for row in self.rows)
 
 
-def run_audit(spec_path: str, checkpoint: str, options: RunOptions | None = None) -> Audit:
+def run_audit(spec_path: str, checkpoint: str, options: RunOptions | None = None, *, base: str | None = None) -> Audit:
+    """Evaluate every expectation of ``spec_path`` on the base (the spec's model, or ``base``) and
+    on ``checkpoint``; ``options.overrides`` may also remap the base model an adapter names."""
     options = options or RunOptions()
     spec = load_spec(spec_path)
     if spec.problems() or spec.header is None:
         raise SpecError(spec.problems())
-    base = Runner(options)
-    on_checkpoint = Runner(RunOptions(**(asdict(options) | {"overrides": {spec.header.model: checkpoint}})))
+    model = spec.header.model
+    base_overrides = dict(options.overrides) | ({model: base} if base else {})
+    base_runner = Runner(replace(options, overrides=base_overrides))
+    checkpoint_runner = Runner(replace(options, overrides=base_overrides | {model: checkpoint}))
+    notes = []
+    for runner in (base_runner, checkpoint_runner):
+        notes += [n for n in runner.model_for(spec).notes if n not in notes]
     rows, drifts = [], []
     for entry in spec.entries:
         expectation = entry.expectation
         assert expectation is not None
         if isinstance(expectation, Snapshot):
-            drift = _snapshot_drift(spec, expectation, base, on_checkpoint)
+            drift = _snapshot_drift(spec, expectation, base_runner, checkpoint_runner)
             drifts.append(drift)
-            rows.append(AuditRow(entry.name, "snapshot", drift.within, True, None, None, drift.headline))
+            moved = drift.headline
+            side = Side(drift.within, None, "within tolerance" if drift.within else _moved(moved), moved)
+            rows.append(AuditRow(entry.name, "snapshot", Side(True, None, "(reference)", ""), side))
             continue
-        before = base.evaluate(spec, entry)
-        after = on_checkpoint.evaluate(spec, entry)
+        before = _side(base_runner, spec, entry)
+        after = _side(checkpoint_runner, spec, entry)
         rows.append(
             AuditRow(
                 entry.name,
                 expectation.property,
-                after.passed,
-                before.passed,
-                _first_value(before.measured),
-                _first_value(after.measured),
-                after.headline,
+                before,
+                after,
+                getattr(expectation, "at_least", None),
+                getattr(expectation, "at_most", None),
             )
         )
-    return Audit(spec_path, spec.header.model, checkpoint, tuple(rows), tuple(drifts))
+    runners = {"base": base_runner, "checkpoint": checkpoint_runner}
+    return Audit(spec_path, base or model, checkpoint, tuple(rows), tuple(drifts), tuple(notes), runners)
+
+
+def _side(runner: Runner, spec: SpecFile, entry: Any) -> Side:
+    try:
+        outcome: Outcome = runner.evaluate(spec, entry)
+    except InterpAssertError as exc:  # e.g. a head the checkpoint's architecture does not have
+        message = str(exc).replace("\n", "; ")
+        return Side(False, None, "error", message, error=message)
+    return Side(outcome.passed, outcome.value, outcome.shown, outcome.headline, heads=outcome.heads)
+
+
+def _moved(headline: str) -> str:
+    # "snapshot 'x' drifted: 12 of 1532 values moved beyond tolerance" -> "12 of 1532 moved"
+    _, _, rest = headline.partition("drifted: ")
+    return rest.replace(" values moved beyond tolerance", " moved") or headline
 
 
 def _snapshot_drift(spec: SpecFile, expectation: Snapshot, base: Runner, other: Runner) -> SnapshotDrift:
     tolerances, _ = base.tolerances(spec, expectation)
-    drift = fp.compare(base.fingerprint(spec, expectation), other.fingerprint(spec, expectation), tolerances)
+    before, after = base.fingerprint(spec, expectation), other.fingerprint(spec, expectation)
+    drift = fp.compare(before, after, tolerances)
     if drift.within:
-        return SnapshotDrift(expectation.name, True, f"snapshot {expectation.name!r}: within tolerance", ())
+        headline = f"snapshot {expectation.name!r}: within tolerance"
+        return SnapshotDrift(expectation.name, True, headline, (), drift.summary, before, after)
     headline, details, _ = drift_report(expectation.name, drift, [])
-    return SnapshotDrift(expectation.name, False, headline, details[:-1])
+    return SnapshotDrift(expectation.name, False, headline, details[:-1], drift.summary, before, after)
 
 
-def _first_value(measured: dict[str, float | str]) -> float | str | None:
-    return next(iter(measured.values()), None)
+# ---- the table ----
 
 
-def _shown(value: float | str | None) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.4f}"
-    return str(value)
+def _cell(text: str) -> str:
+    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
 
 
 def print_table(audit: Audit, out: TextIO) -> None:
-    out.write(f"audit of {audit.spec}: base {audit.base!r} vs checkpoint {audit.checkpoint!r}\n\n")
-    width = max(len(row.name) for row in audit.rows) + 2
-    out.write(f"{'expectation':<{width}}{'result':<12}{'base':>12}{'checkpoint':>12}{'change':>11}\n")
+    out.write(f"audit of {audit.spec}: base {audit.base!r} vs checkpoint {audit.checkpoint!r}\n")
+    for note in audit.notes:
+        out.write(f"note: {note}\n")
+    out.write("\n")
+    header = ("expectation", "result", "base", "checkpoint", "change")
+    body = []
     for row in audit.rows:
-        verdict = "pass" if row.passed else "FAIL"
-        if not row.base_passed:
-            verdict += "*"
-        change = ""
-        if isinstance(row.base_value, float) and isinstance(row.checkpoint_value, float):
-            change = f"{row.checkpoint_value - row.base_value:+.4f}"
-        out.write(
-            f"{row.name:<{width}}{verdict:<12}{_shown(row.base_value):>12}{_shown(row.checkpoint_value):>12}"
-            f"{change:>11}\n"
-        )
-    if any(not row.base_passed for row in audit.rows):
+        verdict = ("pass" if row.passed else "FAIL") + ("" if row.base.passed else "*")
+        change = f"{row.change:+.4f}" if row.change is not None and not math.isnan(row.change) else ""
+        body.append((row.name, verdict, _cell(row.base.shown), _cell(row.checkpoint.shown), change))
+    widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
+    for line in [header, *body]:
+        out.write("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() + "\n")
+    if any(not row.base.passed for row in audit.rows):
         out.write("* fails on the base model too\n")
+    for row in audit.rows:
+        if not row.passed and row.kind != "snapshot":
+            out.write(f"\n{row.name}: {row.checkpoint.headline}\n")
     for drift in audit.drifts:
         out.write(f"\n{drift.headline} (checkpoint vs base)\n")
-        for line in drift.details:
-            out.write(f"  {line}\n")
+        for detail in drift.details:
+            out.write(f"  {detail}\n")
     held = sum(row.passed for row in audit.rows)
     out.write(f"\n{held} of {len(audit.rows)} expectations hold on the checkpoint\n")
 
 
+# ---- JSON ----
+
+
 def to_json(audit: Audit) -> dict[str, Any]:
-    return {
+    """The audit as plain JSON: NaN and infinities become ``null`` (JSON has neither)."""
+    rows = []
+    for row in audit.rows:
+        rows.append(
+            {
+                "name": row.name,
+                "property": row.kind,
+                "passed": row.passed,
+                "bound_low": row.bound_low,
+                "bound_high": row.bound_high,
+                "change": row.change,
+                "base": _side_json(row.base),
+                "checkpoint": _side_json(row.checkpoint),
+            }
+        )
+    document = {
         "spec": audit.spec,
         "base": audit.base,
         "checkpoint": audit.checkpoint,
         "passed": audit.passed,
-        "expectations": [asdict(row) for row in audit.rows],
-        "snapshots": [asdict(drift) for drift in audit.drifts],
+        "notes": list(audit.notes),
+        "expectations": rows,
+        "snapshots": [
+            {
+                "name": d.name,
+                "within": d.within,
+                "headline": d.headline,
+                "details": list(d.details),
+                "summary": list(d.summary),
+            }
+            for d in audit.drifts
+        ],
     }
+    return _finite(document)
 
 
-def main_audit(spec_path: str, checkpoint: str, as_json: bool, out: TextIO | None = None) -> int:
-    """Print the audit; return 1 if any expectation fails on the checkpoint, else 0."""
+def _side_json(side: Side) -> dict[str, Any]:
+    return {"passed": side.passed, "value": side.value, "shown": side.shown, "headline": side.headline}
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    if hasattr(value, "item"):  # numpy scalars
+        return _finite(value.item())
+    return value
+
+
+def main_audit(
+    spec_path: str,
+    checkpoint: str,
+    as_json: bool = False,
+    out: TextIO | None = None,
+    *,
+    options: RunOptions | None = None,
+    base: str | None = None,
+    report_dir: Path | None = None,
+    force: bool = False,
+) -> int:
+    """Print the audit (and write its report); return 1 if any expectation fails on the checkpoint."""
     out = out or sys.stdout
-    audit = run_audit(spec_path, checkpoint)
+    if report_dir is not None:
+        from interp_assert.audit_report import refuse_overwrite
+
+        refuse_overwrite(report_dir, force=force)
+    audit = run_audit(spec_path, checkpoint, options, base=base)
     if as_json:
-        json.dump(to_json(audit), out, indent=2, default=_json_number)
+        json.dump(to_json(audit), out, indent=2, allow_nan=False)
         out.write("\n")
     else:
         print_table(audit, out)
+    if report_dir is not None:
+        from interp_assert.audit_report import write_audit_report
+
+        index = write_audit_report(audit, load_spec(spec_path), report_dir)
+        print(f"wrote {index}", file=sys.stderr if as_json else out)
     return 0 if audit.passed else 1
-
-
-def _json_number(value: Any) -> Any:
-    return float(value) if hasattr(value, "__float__") else str(value)

@@ -7,7 +7,7 @@ Each property is one function in :data:`CHECKS`, dispatched by the spec's
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -45,6 +45,13 @@ class Outcome:
     measured: dict[str, float | str] = field(default_factory=dict)
     heads: tuple[str, ...] = ()  # the heads this outcome is about, most relevant first
     notes: tuple[str, ...] = ()  # said even when the outcome passes (e.g. loosened tolerances)
+    # The one number (or text) a reviewer compares between models, and how a table shows it:
+    # a head list for top_heads, the breaking step for trends, the generated text.
+    value: float | int | str | None = None
+    shown: str = ""
+    bound_low: float | None = None
+    bound_high: float | None = None
+    written: tuple[str, str] | None = None  # (written | updated, file) when a snapshot was stored
 
 
 def requirements(expectation: _Expectation) -> CaptureRequest:
@@ -79,7 +86,22 @@ def requirements(expectation: _Expectation) -> CaptureRequest:
 
 def evaluate(expectation: _Expectation, measurements: Measurements) -> Outcome:
     check = CHECKS[expectation.property]
-    return check(expectation, measurements)
+    outcome = check(expectation, measurements)
+    shown = outcome.shown or _format_value(outcome.value)
+    return replace(
+        outcome,
+        shown=shown,
+        bound_low=getattr(expectation, "at_least", None),
+        bound_high=getattr(expectation, "at_most", None),
+    )
+
+
+def _format_value(value: float | int | str | None) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return "nan" if np.isnan(value) else f"{value:.4f}"
+    return str(value)
 
 
 # ---- helpers ----
@@ -152,10 +174,16 @@ def _head_score(e: HeadScore, m: Measurements) -> Outcome:
     value = float(table[layer, head])
     passed, line = _bounds_outcome(e, f"{e.head} {e.role}", value)
     ranked = [name for name, _ in scores.ranked_heads(table)[:TOP_SHOWN]]
-    return Outcome(passed, line, (_top_line(table, e.role),), {e.head: value}, (e.head, *ranked))
+    return Outcome(passed, line, (_top_line(table, e.role),), {e.head: value}, (e.head, *ranked), value=value)
 
 
 def _top_heads(e: TopHeads, m: Measurements) -> Outcome:
+    total = m.n_layers * m.n_heads
+    if e.k > total:
+        raise CheckInputError(
+            f"k is {e.k} but this model has only {total} heads ({m.n_layers} layers x {m.n_heads} heads); "
+            f"k must be between 1 and {total}"
+        )
     table = _role_table(m, e.role)
     ranked = scores.ranked_heads(table)
     top = [name for name, _ in ranked[: e.k]]
@@ -181,6 +209,7 @@ def _top_heads(e: TopHeads, m: Measurements) -> Outcome:
         (_top_line(table, e.role, max(e.k, TOP_SHOWN)),),
         {f"top{e.k}": ",".join(top), f"rank{e.k}_score": kth},
         tuple(missing or top),
+        value=" ".join(top),
     )
 
 
@@ -189,7 +218,7 @@ def _layer_score(e: LayerScore, m: Measurements) -> Outcome:
     table = _role_table(m, e.role)
     value = float(scores.layer_means(table)[layer])
     passed, line = _bounds_outcome(e, f"layer {layer} mean {e.role}", value)
-    return Outcome(passed, line, (_layer_line(table, e.role),), {f"layer{layer}": value})
+    return Outcome(passed, line, (_layer_line(table, e.role),), {f"layer{layer}": value}, value=value)
 
 
 def _layer_line(table: np.ndarray, role: str) -> str:
@@ -217,6 +246,8 @@ def _dominant_layer(e: DominantLayer, m: Measurements) -> Outcome:
         headline,
         (_layer_line(table, e.role),),
         {"dominant_layer": best, f"layer{layer}": float(means[layer])},
+        value=best,
+        shown=f"layer {best} ({means[best]:.4f})",
     )
 
 
@@ -231,7 +262,7 @@ def _role_fraction(e: RoleFraction, m: Measurements) -> Outcome:
     detail = f"labels in layers {first}-{last} (threshold {e.label_threshold:g}): " + ", ".join(
         f"{label} {n}" for label, n in counts.items()
     )
-    return Outcome(passed, line, (detail,), {"fraction": value})
+    return Outcome(passed, line, (detail,), {"fraction": value}, value=value)
 
 
 def _norms(m: Measurements, include_first: bool) -> np.ndarray:
@@ -243,25 +274,38 @@ def _norms(m: Measurements, include_first: bool) -> np.ndarray:
 def _hidden_norm_trend(e: HiddenNormTrend, m: Measurements) -> Outcome:
     norms = _norms(m, e.include_first_position)
     first, last = _layer_range(e.layers, len(norms), "hidden-state index")
+    if first == last:
+        raise CheckInputError(
+            f"hidden-state range {e.layers} is the single index {first} on this model: a trend needs at least "
+            f"one step (indices run 0 to {len(norms) - 1})"
+        )
     sign = 1.0 if e.direction == "increasing" else -1.0
     breaks = []
     worst = float("inf")  # smallest relative step in the expected direction
+    worst_at = first
     for k in range(first, last):
         before, after = norms[k], norms[k + 1]
         change = sign * (after - before) / abs(before) if before else sign * (after - before)
-        worst = min(worst, float(change))
+        if change < worst:
+            worst, worst_at = float(change), k
         if change < -e.tolerance:
             breaks.append(f"{k}->{k + 1}: {before:.4g} -> {after:.4g} ({change * sign * 100:+.1f}%)")
     span = f"hidden norms over indices {first}-{last}"
+    worst_step_text = f"{worst_at}->{worst_at + 1} {worst * sign:+.1%}"
     shown = "norms: " + ", ".join(f"{k}:{norms[k]:.4g}" for k in range(first, last + 1))
     if breaks:
         headline = (
             f"{span} are not {e.direction} within tolerance {e.tolerance:g}; {len(breaks)} step(s) break it: "
             + "; ".join(breaks[:TOP_SHOWN])
         )
-        return Outcome(False, headline, (shown,), {"worst_step": worst, "breaks": len(breaks)})
+        more = f" (+{len(breaks) - 1} more)" if len(breaks) > 1 else ""
+        table = f"breaks at {worst_step_text}{more}"
+        return Outcome(
+            False, headline, (shown,), {"worst_step": worst, "breaks": len(breaks)}, value=worst, shown=table
+        )
     headline = f"{span} are {e.direction} within tolerance {e.tolerance:g} (smallest step {worst:+.1%})"
-    return Outcome(True, headline, (shown,), {"worst_step": worst, "breaks": 0})
+    table = f"holds; smallest step {worst_step_text}"
+    return Outcome(True, headline, (shown,), {"worst_step": worst, "breaks": 0}, value=worst, shown=table)
 
 
 def _hidden_norm_ratio(e: HiddenNormRatio, m: Measurements) -> Outcome:
@@ -272,7 +316,7 @@ def _hidden_norm_ratio(e: HiddenNormRatio, m: Measurements) -> Outcome:
     passed, line = _bounds_outcome(
         e, f"hidden norm ratio [{top}]/[{bottom}] ({norms[top]:.4g}/{norms[bottom]:.4g})", value
     )
-    return Outcome(passed, line, (), {"ratio": value})
+    return Outcome(passed, line, (), {"ratio": value}, value=value)
 
 
 def _attention_stat(e: AttentionStatBounds, m: Measurements) -> Outcome:
@@ -286,13 +330,15 @@ def _attention_stat(e: AttentionStatBounds, m: Measurements) -> Outcome:
     shown = f"{e.stat} by layer: " + ", ".join(f"{k}:{per_layer[k]:.4f}" for k in range(first, last + 1))
     in_range = per_layer[first : last + 1]
     # the layer closest to breaking its bound: the lowest under at_least, else the highest
-    worst = float(in_range.min() if e.at_least is not None else in_range.max())
+    worst_layer = first + int(in_range.argmin() if e.at_least is not None else in_range.argmax())
+    worst = float(per_layer[worst_layer])
     measured: dict[str, float | str] = {f"{e.stat}_worst_layer": worst, "failing_layers": len(failing)}
     if failing:
         headline = f"{len(failing)} of {last - first + 1} layers out of bounds: " + "; ".join(failing[:TOP_SHOWN])
-        return Outcome(False, headline, (shown,), measured)
+        table = f"layer {worst_layer} {worst:.4f}" + (f" +{len(failing) - 1} more" if len(failing) > 1 else "")
+        return Outcome(False, headline, (shown,), measured, value=worst, shown=table)
     headline = f"attention {e.stat} within bounds in layers {first}-{last} (worst layer {worst:.4f})"
-    return Outcome(True, headline, (shown,), measured)
+    return Outcome(True, headline, (shown,), measured, value=worst, shown=f"worst layer {worst_layer} {worst:.4f}")
 
 
 def _stat_by_layer(stat: str, m: Measurements) -> np.ndarray:
@@ -315,10 +361,12 @@ def _generated_text(e: GeneratedText, m: Measurements) -> Outcome:
     wanted = f"contain {e.contains!r}" if e.contains is not None else f"equal {e.equals!r}"
     failing = [i for i in indices if (e.contains not in texts[i] if e.contains is not None else texts[i] != e.equals)]
     shown = tuple(f"sequence {i} generated: {texts[i]!r}" for i in indices)
+    text = texts[failing[0] if failing else indices[0]]
+    measured: dict[str, float | str] = {"failing_sequences": len(failing), "generated_text": text}
     if failing:
-        headline = f"{len(failing)} of {len(indices)} generated text(s) do not {wanted}"
-        return Outcome(False, headline, shown, {"failing_sequences": len(failing)})
-    return Outcome(True, f"generated text(s) {wanted}", shown, {"failing_sequences": 0})
+        headline = f"{len(failing)} of {len(indices)} generated text(s) do not {wanted}: {text!r}"
+        return Outcome(False, headline, shown, measured, value=text, shown=repr(text))
+    return Outcome(True, f"generated text(s) {wanted}: {text!r}", shown, measured, value=text, shown=repr(text))
 
 
 CHECKS: dict[str, Callable[[Any, Measurements], Outcome]] = {

@@ -8,6 +8,7 @@ line on stderr, ``interp-assert: error: ...``, with exit status 2.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -15,6 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from interp_assert.errors import InterpAssertError
+from interp_assert.version import package_version
+from interp_assert.vocab import ROLES
+
+ROLE_CHOICES = tuple(ROLES)
 
 PROG = "interp-assert"
 USAGE_ERROR = 2
@@ -31,6 +36,7 @@ examples:
   interp-assert discover smollm2-135m-instruct -o model_specs/smollm2.yaml
   interp-assert report model_specs/smollm2.yaml -o report/
   interp-assert audit model_specs/smollm2.yaml --checkpoint ./finetuned
+  interp-assert measure smollm2-135m-instruct --role induction
 
 MODEL (and --checkpoint) is a built-in alias (smollm2-135m-instruct, tiny-neo), a
 model directory, a .gguf file, or a Hugging Face id already in the local cache
@@ -89,37 +95,102 @@ def build_parser() -> argparse.ArgumentParser:
         description="Evaluate every expectation of SPEC and write DIR/index.html with PNG figures: a layers x "
         "heads heatmap per role score the spec uses (per prompt set), the attention pattern of each head "
         "the spec names (tokens on the axes), hidden norm by layer, and role fractions by depth. Failed "
-        "expectations are red in the table; the heads they concern are outlined in red.",
+        "expectations are red in the table; the heads they concern are outlined in red. Exit status 1 if any "
+        "expectation failed.",
     )
     report.add_argument("spec", type=Path, metavar="SPEC.yaml", help="spec file")
     report.add_argument("-o", "--output", required=True, type=Path, metavar="DIR", help="folder to write into")
     report.add_argument(
         "--model", metavar="PATH_OR_ID", help="run the spec against this checkpoint instead of its own model"
     )
+    report.add_argument("--force", action="store_true", help="overwrite an existing report in DIR")
     _model_options(report)
     report.set_defaults(handler=_report)
 
     audit = commands.add_parser(
         "audit",
         help="check whether a checkpoint keeps a spec's findings",
-        description="Evaluate SPEC on CHECKPOINT (and on the spec's own model) and print which expectations "
-        "hold and how far each number moved. Exit status 1 if any expectation fails on the checkpoint.",
+        description="Evaluate SPEC on CHECKPOINT and on the base (the spec's own model, or --base) and print "
+        "each expectation's headline value on both, what moved by layer and role, and the heads that moved "
+        "most. Exit status 1 if any expectation fails on the checkpoint.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  interp-assert audit model_specs/smollm2.yaml --checkpoint ./finetuned\n"
+        "  interp-assert audit spec.yaml --checkpoint ./lora-adapter --interp-model smollm2-base=./base\n"
+        "  interp-assert audit spec.yaml --checkpoint ./ft --report audit/   (delta heatmaps, overlaid norms)",
     )
     audit.add_argument("spec", type=Path, metavar="SPEC.yaml", help="spec file")
-    audit.add_argument("--checkpoint", required=True, metavar="PATH", help="the checkpoint to audit")
-    audit.add_argument("--json", action="store_true", help="print the result as JSON")
+    audit.add_argument(
+        "--checkpoint", required=True, metavar="PATH", help="the checkpoint to audit (model folder or PEFT adapter)"
+    )
+    audit.add_argument("--base", metavar="PATH", help="compare against this model instead of the spec's own")
+    audit.add_argument("--json", action="store_true", help="print the result as JSON (NaN written as null)")
+    audit.add_argument("--report", type=Path, metavar="DIR", help="also write DIR/index.html with difference figures")
+    audit.add_argument("--force", action="store_true", help="overwrite an existing report in DIR")
+    _model_options(audit)
     audit.set_defaults(handler=_audit)
+
+    measure = commands.add_parser(
+        "measure",
+        help="print a model's head scores, top heads and norms (no spec, no bounds)",
+        description="Measure MODEL on prompt sets and print, per role, the top heads and their scores, the "
+        "layer means, any head whose score comes mostly from one frequent token, and hidden norms by depth.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  interp-assert measure smollm2-135m-instruct --role previous_token --head L16H0\n"
+        "  interp-assert measure ./model --prompts prompts.yaml --json",
+    )
+    measure.add_argument("model", metavar="MODEL", help="alias, model directory, adapter, .gguf file or cached hub id")
+    measure.add_argument(
+        "--prompts", type=Path, metavar="FILE.yaml", help="prompt sets under 'prompts:' (spec format); default: "
+        "discover's prose and repeated sets",
+    )  # fmt: skip
+    measure.add_argument("--role", action="append", choices=ROLE_CHOICES, help="roles to show (default: all)")
+    measure.add_argument("--head", action="append", type=_head, metavar="LxHy", help="show this head's scores")
+    measure.add_argument("--top", type=_positive_int, default=5, help="heads shown per role (default 5)")
+    measure.add_argument("--json", action="store_true", help="print the measurements as JSON")
+    _model_options(measure)
+    measure.set_defaults(handler=_measure)
     return parser
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
+    """The model flags pytest has, under both spellings (``--dtype`` and ``--interp-dtype``)."""
     group = parser.add_argument_group("model loading")
-    group.add_argument("--dtype", choices=("float32", "float16", "bfloat16"), help="override the dtype")
-    group.add_argument("--device", help="torch device, e.g. cpu or cuda (default: the spec's, else cpu)")
     group.add_argument(
-        "--trust-remote-code", action="store_true", help="allow model code from the model's repository (runs it)"
+        "--interp-model", action="append", default=[], metavar="NAME=PATH_OR_ID", type=_mapping,
+        help="load PATH_OR_ID wherever NAME is named: a spec's model, or the base an adapter names "
+        "(e.g. --interp-model smollm2-base=./base); repeatable",
+    )  # fmt: skip
+    dtypes = ("float32", "float16", "bfloat16")
+    group.add_argument("--dtype", "--interp-dtype", choices=dtypes, help="override the dtype")
+    group.add_argument("--device", "--interp-device", help="torch device, e.g. cpu or cuda (default: spec, else cpu)")
+    group.add_argument(
+        "--trust-remote-code", "--interp-trust-remote-code", action="store_true",
+        help="allow model code from the model's repository (runs it)",
+    )  # fmt: skip
+    group.add_argument(
+        "--allow-pickle", "--interp-allow-pickle", action="store_true",
+        help="allow .bin/.pt weights (default: safetensors)",
+    )  # fmt: skip
+    group.add_argument("--debug", "--interp-debug", action="store_true", help="show Python tracebacks of errors")
+
+
+def _run_options(args: argparse.Namespace) -> Any:
+    from interp_assert.runner import RunOptions
+
+    overrides: dict[str, str] = {}
+    for name, target in args.interp_model:
+        if name in overrides:
+            raise InterpAssertError(f"--interp-model {name} is given twice ({overrides[name]!r} and {target!r})")
+        overrides[name] = target
+    return RunOptions(
+        overrides=overrides,
+        device=args.device,
+        dtype=args.dtype,
+        trust_remote_code=args.trust_remote_code,
+        allow_pickle=args.allow_pickle,
     )
-    group.add_argument("--allow-pickle", action="store_true", help="allow .bin/.pt weights (default: safetensors)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,8 +200,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return handler(args)
     except InterpAssertError as exc:
+        if getattr(args, "debug", False):
+            raise
         return _fail(str(exc))
     except OSError as exc:
+        if getattr(args, "debug", False):
+            raise
         where = f"{exc.filename}: " if exc.filename else ""
         return _fail(f"{where}{exc.strerror or exc}")
     except KeyboardInterrupt:
@@ -173,44 +248,76 @@ def _discover(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from interp_assert.audit_report import refuse_overwrite
     from interp_assert.report import build_report
-    from interp_assert.runner import RunOptions
 
     spec_path: Path = args.spec
     if not spec_path.is_file():
         raise InterpAssertError(f"{spec_path}: no such spec file")
-    options = RunOptions(
-        device=args.device,
-        dtype=args.dtype,
-        trust_remote_code=args.trust_remote_code,
-        allow_pickle=args.allow_pickle,
-    )
+    refuse_overwrite(args.output, force=args.force)
     with _progress(None) as step:
-        summary = build_report(spec_path, args.output, options, model=args.model, progress=step)
+        summary = build_report(spec_path, args.output, _run_options(args), model=args.model, progress=step)
     print(
         f"wrote {summary.index}: {summary.passed} passed, {summary.failed} failed"
         + (f", {summary.invalid} invalid" if summary.invalid else "")
         + f"; {len(summary.images)} figures"
     )
-    return 0
+    return 0 if summary.failed == 0 and summary.invalid == 0 else 1
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from interp_assert.audit import main_audit  # type: ignore[import-not-found,unused-ignore]
+    from interp_assert.audit import main_audit
 
-    return int(main_audit(str(args.spec), args.checkpoint, args.json))
+    if not args.spec.is_file():
+        raise InterpAssertError(f"{args.spec}: no such spec file")
+    return main_audit(
+        str(args.spec),
+        args.checkpoint,
+        args.json,
+        options=_run_options(args),
+        base=args.base,
+        report_dir=args.report,
+        force=args.force,
+    )
+
+
+def _measure(args: argparse.Namespace) -> int:
+    from interp_assert import discover, measure
+
+    prompt_sets = discover.read_prompt_sets(args.prompts) if args.prompts else None
+    with _progress(None) as step:
+        step(f"loading {args.model}")
+        loaded = _load(args.model, args)
+        for note in loaded.notes:
+            print(f"note: {note}", file=sys.stderr)
+        result = measure.measure_model(
+            loaded,
+            prompt_sets or discover.default_prompt_sets(loaded),
+            roles=tuple(args.role or ()),
+            heads=tuple(args.head or ()),
+            top=args.top,
+            progress=step,
+        )
+    if args.json:
+        json.dump(measure.to_json(result), sys.stdout, indent=2, allow_nan=False)
+        sys.stdout.write("\n")
+    else:
+        measure.print_measurements(result, sys.stdout)
+    return 0
 
 
 def _load(reference: str, args: argparse.Namespace) -> Any:
     from interp_assert.models import LoadOptions, load_model
 
-    options = LoadOptions(
+    options = _run_options(args)
+    load = LoadOptions(
         device=args.device or "cpu",
         dtype=args.dtype or "float32",
         trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
+        overrides=tuple(sorted(options.overrides.items())),
     )
-    return load_model(reference, options)
+    return load_model(options.overrides.get(reference, reference), load)
 
 
 @contextmanager
@@ -259,13 +366,21 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+def _mapping(text: str) -> tuple[str, str]:
+    name, sep, target = text.partition("=")
+    if not sep or not name or not target:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=PATH_OR_ID")
+    return name, target
+
+
+def _head(text: str) -> str:
+    from interp_assert.vocab import parse_head
 
     try:
-        return version("interp-assert")
-    except PackageNotFoundError:
-        return "unknown"
+        parse_head(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 if __name__ == "__main__":

@@ -8,12 +8,10 @@ from typing import Any
 
 import pytest
 
+from interp_assert import options
 from interp_assert.errors import InterpAssertError, ModelLoadError, SpecError
-from interp_assert.plugin import NOTES_KEY
 from interp_assert.spec import Entry, SpecFile, load_spec
-
-RUNNER_KEY = pytest.StashKey["Any"]()
-RAN_SPECS_KEY = pytest.StashKey[dict[str, SpecFile]]()
+from interp_assert.stash import NOTES_KEY, RAN_SPECS_KEY, RUNNER_KEY, WRITTEN_KEY
 
 
 def runner_for(config: pytest.Config) -> Any:
@@ -28,19 +26,24 @@ def runner_for(config: pytest.Config) -> Any:
 def run_options(config: pytest.Config) -> Any:
     from interp_assert.runner import RunOptions
 
-    overrides = {}
-    for item in config.getoption("--interp-model"):
+    overrides: dict[str, str] = {}
+    for item in options.get(config, "interp_model"):
         name, sep, target = item.partition("=")
         if not sep or not name or not target:
             raise pytest.UsageError(f"--interp-model {item!r}: expected SPEC_MODEL=PATH_OR_ID")
+        if name in overrides:
+            raise pytest.UsageError(
+                f"--interp-model {name} is given twice ({overrides[name]!r} and {target!r}); "
+                "a model can be replaced by one checkpoint per run"
+            )
         overrides[name] = target
     return RunOptions(
         overrides=overrides,
-        device=config.getoption("--interp-device"),
-        dtype=config.getoption("--interp-dtype"),
-        trust_remote_code=config.getoption("--interp-trust-remote-code"),
-        allow_pickle=config.getoption("--interp-allow-pickle"),
-        missing=config.getoption("--interp-missing"),
+        device=options.get(config, "interp_device"),
+        dtype=options.get(config, "interp_dtype"),
+        trust_remote_code=options.get(config, "interp_trust_remote_code"),
+        allow_pickle=options.get(config, "interp_allow_pickle"),
+        missing=options.get(config, "interp_missing"),
         update_snapshots=bool(getattr(config.option, "update_snapshots", False)),
     )
 
@@ -64,9 +67,11 @@ class SpecCollector(pytest.File):
             yield SpecItem.from_parent(self, name=entry.name, spec=spec, entry=entry)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> Any:  # type: ignore[override]
+        if debugging(self.config):
+            return super().repr_failure(excinfo)
         if isinstance(excinfo.value, InterpAssertError):
             return str(excinfo.value)
-        return super().repr_failure(excinfo)
+        return one_line_error(str(self.path), excinfo.value) or super().repr_failure(excinfo)
 
 
 class SpecItem(pytest.Item):
@@ -91,31 +96,38 @@ class SpecItem(pytest.Item):
         if self.problems:
             return
         try:
-            runner_for(self.config).model_for(self.spec)
+            loaded = runner_for(self.config).model_for(self.spec)
+            said = self.config.stash.setdefault(NOTES_KEY, [])
+            said.extend(note for note in loaded.notes if note not in said)  # once per model, not per item
+            return
         except ModelLoadError as exc:
-            if self.config.getoption("--interp-missing") == "skip":
-                # reported at the expectation's line in the spec, not at this line
-                raise pytest.skip.Exception(f"model not available: {exc}", _use_item_location=True) from None
-            pytest.fail(
-                f"{self.nodeid}: model not available: {exc}\n"
-                "(pass --interp-missing=skip to skip specs whose model is missing)",
-                pytrace=False,
-            )
+            if debugging(self.config):
+                raise  # with its traceback and cause
+            error = exc
+        # raised outside the except block, so the load error is said once, not again as the "context"
+        if options.get(self.config, "interp_missing") == "skip":
+            # reported at the expectation's line in the spec, not at this line
+            raise pytest.skip.Exception(f"model not available: {error}", _use_item_location=True)
+        pytest.fail(
+            f"{self.nodeid}: model not available: {error}\n"
+            "(pass --interp-missing=skip to skip specs whose model is missing)",
+            pytrace=False,
+        )
 
     def runtest(self) -> None:
         if self.problems:
             raise SpecError(self.problems)
         assert self.entry is not None
         self.config.stash.setdefault(RAN_SPECS_KEY, {})[self.spec.path] = self.spec
-        outcome = runner_for(self.config).evaluate(self.spec, self.entry)
-        for key, value in outcome.measured.items():
-            self.user_properties.append((key, value))
-        self.user_properties.append(("headline", outcome.headline))
+        runner = runner_for(self.config)
+        outcome = runner.evaluate(self.spec, self.entry)
+        self.user_properties.extend(junit_properties(runner, self.spec, self.entry, outcome))
         for note in outcome.notes:
-            self.user_properties.append(("note", note))
             self.config.stash.setdefault(NOTES_KEY, []).append(f"{self.nodeid}: {note}")
+        if outcome.written:
+            self.config.stash.setdefault(WRITTEN_KEY, []).append(outcome.written)
         if not outcome.passed:
-            artifacts = self.config.getoption("--interp-artifacts")
+            artifacts = options.get(self.config, "interp_artifacts")
             if artifacts:
                 from interp_assert.report import write_failure_artifacts
 
@@ -133,25 +145,115 @@ class SpecItem(pytest.Item):
         error = excinfo.value
         if isinstance(error, ExpectationFailed):
             return self._failure_text(error.outcome)
+        if debugging(self.config):
+            return super().repr_failure(excinfo, style=style)
         if isinstance(error, SpecError):
             return "invalid spec:\n" + str(error)
         if isinstance(error, InterpAssertError):
             return f"{self.nodeid}: {error}"
-        return super().repr_failure(excinfo)
+        return one_line_error(self.nodeid, error) or super().repr_failure(excinfo, style=style)
 
     def _failure_text(self, outcome: Any) -> str:
         assert self.entry is not None and self.entry.expectation is not None and self.spec.header is not None
         expectation = self.entry.expectation
+        runner = runner_for(self.config)
+        used = runner.model_named(self.spec)
+        model = f"{used!r} (--interp-model, in place of the spec's {self.spec.header.model!r})"
+        if not runner.overridden(self.spec):
+            model = repr(used)
         lines = [
             f"{self.entry.location}: expectation {self.name!r} ({expectation.property}) failed",
             f"  {outcome.headline}",
             *(f"  {detail}" for detail in outcome.details),
-            f"  prompts: {expectation.prompts!r}; model: {self.spec.header.model!r}",
+            f"  prompts: {expectation.prompts!r}; model: {model}",
         ]
         lines += getattr(self, "artifact_lines", [])
-        if expectation.property not in ("snapshot", "generated_text"):
+        if runner.overridden(self.spec):
+            lines.append("  the bound describes the spec's own model; a replacement missing it is no reason to edit it")
+        elif expectation.property not in ("snapshot", "generated_text"):
             lines.append("  if the model changed on purpose, edit the bound in the spec")
         return "\n".join(lines)
+
+
+def check_run(session: pytest.Session, items: list[pytest.Item]) -> None:
+    """Refuse, before anything loads, a run that would measure the wrong thing or nothing: an
+    ``--interp-model`` name no collected spec uses (a typo would silently test the base model), a
+    repeated one, and an ``--interp-device`` that is not valid or not available here."""
+    config = session.config
+    overrides = run_options(config).overrides  # malformed or repeated: a usage error
+    specs = [item.spec for item in items if isinstance(item, SpecItem)]
+    if overrides and not session.testsfailed:  # a collection error is reported first, as itself
+        named = models_named(specs, overrides)
+        for name in overrides:
+            if name not in named:
+                used = ", ".join(sorted(named)) if named else "none (no spec file was collected)"
+                raise pytest.UsageError(
+                    f"--interp-model {name}={overrides[name]}: no collected spec uses a model named {name!r}, "
+                    f"so the override would change nothing; models the collected specs use: {used}"
+                )
+    device = options.get(config, "interp_device")
+    if device is not None and specs:
+        from interp_assert.models import device_problem
+
+        problem = device_problem(device)
+        if problem:
+            raise pytest.UsageError(f"--interp-device {device}: {problem}")
+
+
+def models_named(specs: list[SpecFile], overrides: dict[str, str]) -> set[str]:
+    """Every model name the specs reach: their own, and the base named by an adapter folder
+    among them or among the overrides' targets (an override may replace that base too)."""
+    from pathlib import Path
+
+    named: set[str] = set()
+    seen: set[tuple[str, Path]] = set()
+    todo = [(spec.model, Path(spec.path).parent, True) for spec in specs if spec.model]
+    while todo and len(seen) < 1000:
+        reference, base_dir, is_name = todo.pop()
+        if (reference, base_dir) in seen:
+            continue
+        seen.add((reference, base_dir))
+        if is_name:
+            named.add(reference)
+            if reference in overrides:
+                todo.append((overrides[reference], Path.cwd(), False))
+        base = _adapter_base(reference, base_dir)
+        if base is not None:
+            todo.append((base, base_dir / reference, True))
+    return named
+
+
+def _adapter_base(reference: str, base_dir: Any) -> str | None:
+    """The base model an adapter folder names, if ``reference`` is one."""
+    import json
+    from pathlib import Path
+
+    for folder in (base_dir / reference, Path(reference).expanduser()):
+        try:
+            config = json.loads((folder / "adapter_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+        return base if isinstance(base, str) and base else None
+    return None
+
+
+def debugging(config: pytest.Config) -> bool:
+    """Tracebacks are shown only with --interp-debug or pytest's --full-trace."""
+    return bool(options.get(config, "interp_debug") or config.getoption("fulltrace", False))
+
+
+def one_line_error(where: str, error: BaseException) -> str | None:
+    """An unexpected exception as one line (its traceback only with --interp-debug); ``None`` for
+    pytest's own outcomes (fail, skip, exit), which pytest shows as it always does."""
+    if isinstance(error, pytest.fail.Exception | pytest.skip.Exception | pytest.exit.Exception | KeyboardInterrupt):
+        return None
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else ""
+    return (
+        f"{where}: {type(error).__name__}: {first} "
+        "(an unexpected error inside interp_assert or a library it uses; rerun with --interp-debug for the traceback)"
+    )
 
 
 def _shown_path(path: Any, base: Any) -> str:
@@ -166,18 +268,34 @@ def stale_snapshots(config: pytest.Config) -> list[str]:
     Only spec files with a valid header, at least one of whose items ran, are looked at;
     a skipped or deselected expectation still exists in its spec, so its snapshot is kept.
     """
-    from interp_assert import snapshot
+    from interp_assert import snapshot_store as store
 
     update = bool(getattr(config.option, "update_snapshots", False))
     lines = []
     for spec in config.stash.get(RAN_SPECS_KEY, {}).values():
         current = {entry.name for entry in spec.entries}
-        stale = snapshot.stored_names(spec.path) - current
+        try:
+            stale = store.stored_names(spec.path) - current
+        except InterpAssertError as exc:
+            lines.append(str(exc))
+            continue
         if not stale:
             continue
-        where = snapshot.snapshot_file(spec.path)
-        if update:
-            snapshot.delete(spec.path, stale)
+        where = store.describe(store.snapshot_file(spec.path))
+        if update and spec.problems():
+            # An expectation that did not validate may be the one a snapshot belongs to (a mistyped
+            # 'name' key): never delete on the word of a spec that did not validate.
+            lines.append(
+                f"{where}: snapshot(s) {', '.join(sorted(stale))} match no expectation, but {spec.path} has "
+                "invalid expectations; kept (fix the spec, then pytest --snapshot-update deletes them)"
+            )
+        elif update:
+            try:
+                store.delete(spec.path, stale)
+            except InterpAssertError as exc:
+                lines.append(str(exc))
+                continue
+            config.stash.setdefault(WRITTEN_KEY, []).extend(("deleted", where) for _ in stale)
             lines.append(f"deleted {len(stale)} stale snapshot(s) from {where}: {', '.join(sorted(stale))}")
         else:
             lines.append(
@@ -203,3 +321,44 @@ def order_by_model(config: pytest.Config, items: list[pytest.Item]) -> list[pyte
         return rank.setdefault(model, len(rank))
 
     return others + sorted(specs, key=key)
+
+
+def written_summary(config: pytest.Config) -> list[str]:
+    """``N snapshots written / updated / deleted, in FILES``: every change to disk is said."""
+    changes = config.stash.get(WRITTEN_KEY, [])
+    if not changes:
+        return []
+    counts = {action: sum(a == action for a, _ in changes) for action in ("written", "updated", "deleted")}
+    files = sorted({file for _, file in changes})
+    said = " / ".join(f"{n} {action}" for action, n in counts.items())
+    return [f"snapshots: {said}, in {', '.join(files)}"]
+
+
+def junit_properties(runner: Any, spec: SpecFile, entry: Entry, outcome: Any) -> list[tuple[str, object]]:
+    """The item's stable record for JUnit XML and dashboards (documented in the README):
+    ``property``, ``passed``, ``value``, ``bound_low``, ``bound_high``, ``model``,
+    ``model_source``, ``weights_sha256``, ``headline``, ``generated_text`` (text checks),
+    ``note`` (repeatable), then ``measured.<name>`` for every other number."""
+    from interp_assert.models import content_hash
+
+    assert entry.expectation is not None
+    loaded = runner.model_for(spec)
+    value = outcome.value
+    properties: list[tuple[str, object]] = [
+        ("property", entry.expectation.property),
+        ("passed", "true" if outcome.passed else "false"),
+        ("value", "" if value is None else value),
+        ("bound_low", "" if outcome.bound_low is None else outcome.bound_low),
+        ("bound_high", "" if outcome.bound_high is None else outcome.bound_high),
+        ("model", runner.model_named(spec)),
+        ("model_source", loaded.source),
+        ("weights_sha256", content_hash(loaded.source)),
+        ("headline", outcome.headline),
+    ]
+    if "generated_text" in outcome.measured:
+        properties.append(("generated_text", outcome.measured["generated_text"]))
+    properties += [("note", note) for note in outcome.notes]
+    properties += [
+        (f"measured.{key}", measured) for key, measured in outcome.measured.items() if key != "generated_text"
+    ]
+    return properties

@@ -103,17 +103,6 @@ def read_prompt_sets(path: Path) -> dict[str, PromptSet]:
     return found
 
 
-def measure_prompt_set(loaded: Any, name: str, prompt_set: PromptSet, request: Any) -> Any:
-    """The runner's measurement of one prompt set, with errors naming the set."""
-    from interp_assert.prompts import PromptError
-    from interp_assert.runner import measure_prompt_set as measure
-
-    try:
-        return measure(loaded, prompt_set, request)
-    except PromptError as exc:
-        raise InterpAssertError(f"prompt set {name!r}: {exc}") from None
-
-
 def roles_for(prompt_set: PromptSet) -> tuple[Role, ...]:
     return ROLES_ON_TEXT if prompt_set.texts is not None else ROLES_ON_REPEATS
 
@@ -132,6 +121,7 @@ def discover(
 ) -> Discovered:
     """Measure ``loaded`` on ``prompt_sets`` and return the spec text (validated and self-checked)."""
     from interp_assert.capture import CaptureRequest
+    from interp_assert.runner import measure_named
 
     used: set[str] = set()
     sections: list[Section] = []
@@ -146,7 +136,7 @@ def discover(
             attention_stats=extras,
             hidden_norms=extras,
         )
-        measured[name] = measure_prompt_set(loaded, name, prompt_set, request)
+        measured[name] = measure_named(loaded, name, prompt_set, request)
         for role in roles_for(prompt_set):
             sections.append(head_findings(name, role, measured[name].role_scores[role], settings, used))
     first = measured[first_set]
@@ -199,7 +189,7 @@ def render(
     sections: list[Section],
     settings: DiscoverSettings,
 ) -> str:
-    from interp_assert.cli import package_version
+    from interp_assert.version import package_version
 
     config = loaded.config
     shape = f"{config.num_hidden_layers} layers x {config.num_attention_heads} heads"

@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from interp_assert import scores
+from interp_assert import drift_summary, scores
 from interp_assert.capture import Measurements
 from interp_assert.vocab import ROLES, Role, head_name
 
 FORMAT = "interp_assert fingerprint v1"
+RELATIVE_FLOOR = 5.0  # relative change counts only where |base| >= this many atol
 LABEL_THRESHOLD = 0.5
 
 
@@ -111,7 +112,34 @@ def parse(text: str) -> Fingerprint:
 
 
 def _number(value: float) -> str:
-    return "nan" if math.isnan(value) else f"{value:.6g}"
+    if math.isnan(value):
+        return "nan"
+    short = f"{value:.6g}"
+    return short if float(short) == value else repr(float(value))
+
+
+def rounded(fingerprint: Fingerprint, tolerances: dict[str, Tolerance]) -> Fingerprint:
+    """Values rounded to a hundredth of what each quantity's tolerance can see, so recording
+    an unchanged model again rewrites no line (and a diff shows only real moves)."""
+    values = {
+        key: [_round(v, tolerances.get(key.split(".")[0], Tolerance())) for v in series]
+        for key, series in fingerprint.values.items()
+    }
+    return Fingerprint(values, dict(fingerprint.labels), dict(fingerprint.environment))
+
+
+def _round(value: float, tolerance: Tolerance) -> float:
+    if not math.isfinite(value) or value == 0.0:
+        return value
+    candidates = []
+    if tolerance.atol > 0:
+        candidates.append(math.ceil(-math.log10(tolerance.atol / 100)))
+    if tolerance.rtol > 0:
+        magnitude = math.floor(math.log10(abs(value)))
+        candidates.append(math.ceil(-math.log10(tolerance.rtol / 100)) - magnitude)
+    if not candidates:
+        return value  # a zero tolerance compares exactly: keep every digit
+    return round(value, max(candidates))  # the finer of the two steps
 
 
 @dataclass(frozen=True)
@@ -121,9 +149,10 @@ class QuantityDrift:
     beyond: int
     max_abs: float
     mean_abs: float
-    max_rel: float
+    max_rel: float  # nan when no base value reaches ``relative_floor``
     mean_rel: float
     tolerance: Tolerance
+    relative_floor: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -145,6 +174,7 @@ class Drift:
     quantities: tuple[QuantityDrift, ...]
     heads: tuple[HeadMove, ...]  # largest moves first; label changes included
     missing: tuple[str, ...]  # series in one fingerprint but not the other
+    summary: tuple[str, ...] = ()  # by layer and role, in words (see drift_summary)
 
     @property
     def within(self) -> bool:
@@ -169,7 +199,8 @@ def compare(before: Fingerprint, after: Fingerprint, tolerances: dict[str, Toler
             missing.append(f"{key} (length {len(before.values[key])} -> {len(after.values[key])})")
         by_quantity.setdefault(key.split(".")[0], []).extend(pairs)
     quantities = tuple(_quantity_drift(name, pairs, tolerances[name]) for name, pairs in sorted(by_quantity.items()))
-    return Drift(quantities, _head_moves(before, after), tuple(missing))
+    words = drift_summary.summarise(before, after, tolerances["role_scores"].atol or 0.02)
+    return Drift(quantities, _head_moves(before, after), tuple(missing), words)
 
 
 def _quantity_drift(name: str, pairs: list[tuple[float, float]], tolerance: Tolerance) -> QuantityDrift:
@@ -178,16 +209,21 @@ def _quantity_drift(name: str, pairs: list[tuple[float, float]], tolerance: Tole
     if len(array) == 0:
         return QuantityDrift(name, len(pairs), beyond, 0.0, 0.0, 0.0, 0.0, tolerance)
     absolute = np.abs(array[:, 1] - array[:, 0])
-    relative = absolute / np.maximum(np.abs(array[:, 0]), 1e-12)
+    # A relative change of a value near zero is noise (0.001 -> 0.02 is "+1900%"): only
+    # base values that the absolute tolerance would call large enough count.
+    floor = RELATIVE_FLOOR * tolerance.atol
+    large = np.abs(array[:, 0]) >= max(floor, 1e-12)
+    relative = absolute[large] / np.abs(array[large, 0])
     return QuantityDrift(
         name,
         len(pairs),
         beyond,
         float(absolute.max()),
         float(absolute.mean()),
-        float(relative.max()),
-        float(relative.mean()),
+        float(relative.max()) if relative.size else math.nan,
+        float(relative.mean()) if relative.size else math.nan,
         tolerance,
+        floor,
     )
 
 

@@ -7,6 +7,8 @@ user's matplotlib backend is. Red always means a failed expectation.
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,9 +47,17 @@ class Span:
 
 
 def _save(figure: Figure, path: Path) -> Path:
+    """Render to a temporary file beside ``path`` and rename it: an interrupted write leaves the old picture."""
     FigureCanvasAgg(figure)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=DPI, bbox_inches="tight")
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
+    os.close(handle)
+    try:
+        figure.savefig(temporary, dpi=DPI, bbox_inches="tight")
+        os.chmod(temporary, 0o644)  # mkstemp's 0600 would hide the picture from a web server
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
     return path
 
 

@@ -39,6 +39,11 @@ ALIASES: dict[str, Callable[[], Path]] = {
     "tiny-neo": lambda: BUILTIN_MODELS / "tiny-neo",
 }
 DEFAULT_MODEL = "smollm2-135m-instruct"
+# Hub ids whose weights ship embedded under an alias, in another precision. An adapter trained on
+# the hub model may run on the alias when the hub copy is not available, and the run says so.
+UPSTREAM_OF_ALIAS: dict[str, tuple[str, str]] = {
+    "HuggingFaceTB/SmolLM2-135M-Instruct": ("smollm2-135m-instruct", "a dequantised Q4_1 copy, not bit-identical"),
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +53,8 @@ class LoadOptions:
     trust_remote_code: bool = False
     allow_pickle: bool = False
     cache_dir: Path | None = None
+    # --interp-model NAME=TARGET pairs, consulted for the base model an adapter names
+    overrides: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,8 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     options: LoadOptions
+    notes: tuple[str, ...] = ()  # said to the user: how an adapter's base was found, substitutions
+    base_source: str | None = None  # for an adapter: the base model directory it was merged into
 
     @property
     def config(self) -> Any:
@@ -127,7 +136,13 @@ def resolve(reference: str, base_dir: Path | None = None) -> Path | str:
 
 def load_model(reference: str, options: LoadOptions, base_dir: Path | None = None) -> LoadedModel:
     """Load ``reference`` for capture: eval mode, no gradients, eager attention."""
+    problem = device_problem(options.device)
+    if problem:
+        raise ModelLoadError(f"model {reference!r}: {problem}")
     source = resolve(reference, base_dir)
+    if isinstance(source, str) and _looks_like_path(source):
+        looked = f"{base_dir / source} or {Path(source).absolute()}" if base_dir else str(Path(source).absolute())
+        raise ModelLoadError(f"model {reference!r}: no such file or folder ({looked}); {MODEL_FOLDER}")
     if isinstance(source, Path) and source.suffix == ".gguf":
         source = gguf_as_safetensors(source, options)
     if isinstance(source, Path) and not source.is_dir():
@@ -136,6 +151,7 @@ def load_model(reference: str, options: LoadOptions, base_dir: Path | None = Non
         _refuse_pickles(reference, source, options)
         if (source / "adapter_config.json").exists():
             return _load_adapter(reference, source, options)
+        _check_model_folder(reference, source)
     model, tokenizer = _from_pretrained(reference, source, options)
     model.eval()
     model.requires_grad_(False)
@@ -156,19 +172,93 @@ def _quiet_progress() -> None:
         logging.disable_progress_bar()
 
 
-def _load_adapter(reference: str, directory: Path, options: LoadOptions) -> LoadedModel:
-    """A PEFT adapter (e.g. LoRA) on top of its base model, merged into the weights for capture."""
+def adapter_base_name(directory: Path) -> str | None:
+    """The base model an adapter folder names (``base_model_name_or_path``), read without peft;
+    ``None`` when ``directory`` is not an adapter. Raises :class:`ModelLoadError` for a broken config."""
     import json
 
+    config_file = directory / "adapter_config.json"
+    if not config_file.is_file():
+        return None
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"adapter {config_file} cannot be read as JSON: {_first_line(exc)}") from None
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if not isinstance(base, str) or not base:
+        raise ModelLoadError(
+            f"adapter {config_file} does not name its base model: 'base_model_name_or_path' is missing or empty; "
+            "set it, or load the adapter with --interp-model naming the base"
+        )
+    return base
+
+
+def resolve_adapter_base(name: str, directory: Path, options: LoadOptions) -> tuple[str, Path | None, str]:
+    """Where the base an adapter names lives: an ``--interp-model`` mapping of that exact name,
+    then (for a relative path) the adapter folder, the working directory, then the aliases.
+    Returns the reference to load, the folder to resolve it against, and how it was found.
+    A hub id for an embedded model's upstream maps to the alias, and says so."""
+    mapped = dict(options.overrides).get(name)
+    if mapped is not None:
+        return mapped, None, f"--interp-model {name}={mapped}"
+    if not Path(name).expanduser().is_absolute():
+        for place, folder in (("next to the adapter", directory), ("in the working directory", Path.cwd())):
+            candidate = (folder / name).resolve()
+            if candidate.exists():
+                if candidate == directory.resolve():
+                    raise ModelLoadError(
+                        f"adapter {directory} names {name!r} as its base, which is the adapter folder itself; "
+                        f"map the base with --interp-model {name}=PATH"
+                    )
+                return str(candidate), None, f"{place} ({candidate})"
+    if name in ALIASES:
+        return name, None, f"the built-in alias {name!r}"
+    if Path(name).expanduser().exists():
+        return name, None, str(Path(name).expanduser())
+    if name in UPSTREAM_OF_ALIAS and not _in_hub_cache(name):
+        alias, what = UPSTREAM_OF_ALIAS[name]
+        hint = f"pass --interp-model {name}=PATH for the hub weights"
+        return alias, None, f"the embedded {alias!r} in its place ({what}); {hint}"
+    if _in_hub_cache(name):
+        return name, None, "the local Hugging Face cache"
+    raise ModelLoadError(
+        f"adapter {directory} names its base {name!r} (base_model_name_or_path), which is not a folder next to "
+        f"the adapter ({directory / name}), nor in the working directory ({Path.cwd() / name}), nor a built-in "
+        f"alias ({', '.join(sorted(ALIASES))}), nor in the local Hugging Face cache; "
+        f"map it with --interp-model {name}=PATH"
+    )
+
+
+def _in_hub_cache(name: str) -> bool:
+    if "/" not in name or Path(name).is_absolute():
+        return False
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    try:
+        found = try_to_load_from_cache(name, "config.json")
+    except ValueError:  # not a valid repo id
+        return False
+    return isinstance(found, str)
+
+
+def _load_adapter(reference: str, directory: Path, options: LoadOptions) -> LoadedModel:
+    """A PEFT adapter (e.g. LoRA) on top of its base model, merged into the weights for capture."""
     try:
         from peft import PeftModel
     except ImportError:
         raise ModelLoadError(f"model {reference!r} is a PEFT adapter; install peft to load it") from None
-    config = json.loads((directory / "adapter_config.json").read_text())
-    base_reference = config.get("base_model_name_or_path")
-    if not base_reference:
-        raise ModelLoadError(f"adapter {directory} does not name its base model (base_model_name_or_path)")
-    base = load_model(str(base_reference), options, base_dir=directory)
+    base_reference = adapter_base_name(directory)
+    assert base_reference is not None
+    target, base_dir, how = resolve_adapter_base(base_reference, directory, options)
+    base = load_model(target, options, base_dir=base_dir)
+    if base.base_source is not None:
+        raise ModelLoadError(f"adapter {directory}: its base {base_reference!r} is itself an adapter ({base.source})")
+    if how.startswith("--interp-model") or how.startswith("the embedded"):
+        note = f"adapter {reference!r}: base {base_reference!r} from {how}"
+    else:
+        note = f"adapter {reference!r}: base {base_reference!r} found {how}"
     try:
         merged = PeftModel.from_pretrained(base.model, directory, is_trainable=False).merge_and_unload()
     except (OSError, ValueError, KeyError) as exc:
@@ -178,7 +268,9 @@ def _load_adapter(reference: str, directory: Path, options: LoadOptions) -> Load
     merged.requires_grad_(False)
     has_tokenizer = any((directory / name).exists() for name in ("tokenizer.json", "tokenizer_config.json"))
     tokenizer = _from_pretrained_tokenizer(directory, options) if has_tokenizer else base.tokenizer
-    return LoadedModel(reference, str(directory), merged, tokenizer, options)
+    return LoadedModel(
+        reference, str(directory), merged, tokenizer, options, (*base.notes, note), base_source=base.source
+    )
 
 
 def _from_pretrained_tokenizer(directory: Path, options: LoadOptions) -> Any:
@@ -211,6 +303,10 @@ def _from_pretrained(reference: str, source: Path | str, options: LoadOptions) -
                 f"file, or map it with --interp-model {reference}=PATH. ({_first_line(exc)})"
             ) from None
         raise ModelLoadError(f"model {reference!r} at {source} could not be loaded: {_first_line(exc)}") from None
+    except Exception as exc:  # a corrupt file surfaces as whatever the reader raises (SafetensorError, ...)
+        raise ModelLoadError(
+            f"model {reference!r} at {source} could not be loaded: {type(exc).__name__}: {_first_line(exc)}"
+        ) from exc
     return model.to(options.device), tokenizer  # type: ignore[arg-type]
 
 
@@ -242,8 +338,10 @@ def gguf_as_safetensors(gguf: Path, options: LoadOptions) -> Path:
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    except (OSError, ValueError, ImportError) as exc:
-        raise ModelLoadError(f"could not read GGUF file {gguf}: {_first_line(exc)}") from None
+    except Exception as exc:  # truncated or corrupt files fail anywhere in the reader (struct.error, ...)
+        raise ModelLoadError(
+            f"could not read GGUF file {gguf}: {_first_line(exc).rstrip('.')}; is it a complete .gguf file?"
+        ) from exc
     config = quantised.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
@@ -259,6 +357,67 @@ def gguf_as_safetensors(gguf: Path, options: LoadOptions) -> Path:
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+MODEL_FOLDER = (
+    "a model folder holds config.json and *.safetensors weights (with its tokenizer files), "
+    "or adapter_config.json for a PEFT adapter; a model can also be a .gguf file"
+)
+
+
+def _looks_like_path(reference: str) -> bool:
+    """``./x``, ``/x``, ``~/x``, ``a/b/c`` or ``x.gguf`` name files; a hub id is ``name`` or ``org/name``."""
+    return (
+        reference.startswith((".", "/", "~", "\\"))
+        or reference.count("/") > 1
+        or reference.endswith((".gguf", ".safetensors", ".json"))
+    )
+
+
+def _check_model_folder(reference: str, folder: Path) -> None:
+    """A folder that cannot be a model, or whose weights are unreadable, is named with what it lacks."""
+    if not (folder / "config.json").is_file():
+        raise ModelLoadError(f"model {reference!r}: {folder} is not a model folder (no config.json); {MODEL_FOLDER}")
+    weights = sorted(folder.glob("*.safetensors"))
+    if not weights and not any(folder.glob("*.bin")) and not any(folder.glob("*.pt")):
+        raise ModelLoadError(f"model {reference!r}: {folder} has no weights (no *.safetensors); {MODEL_FOLDER}")
+    from safetensors import safe_open
+
+    for file in weights:
+        try:
+            with safe_open(str(file), "pt"):  # reads and checks the header only
+                pass
+        except Exception as exc:  # SafetensorError, OSError
+            raise ModelLoadError(
+                f"model {reference!r}: weights file {file} is corrupt or truncated ({_first_line(exc)}); "
+                "copy or save it again"
+            ) from exc
+
+
+def device_problem(device: str) -> str | None:
+    """Why ``device`` cannot hold a model on this machine (not a device, or not available), or ``None``."""
+    from interp_assert.vocab import VALID_DEVICES, parse_device
+
+    try:
+        kind, index = parse_device(device)
+    except ValueError as exc:
+        return str(exc)
+    if kind == "cpu":
+        return None
+    import torch
+
+    backend: Any = getattr(torch, kind, None) if kind != "mps" else getattr(torch.backends, "mps", None)
+    available = bool(backend is not None and backend.is_available())
+    count = int(backend.device_count()) if available and hasattr(backend, "device_count") else 1
+    if not available:
+        return (
+            f"device {device!r} is not available on this machine (torch {torch.__version__} finds no {kind}); "
+            f"valid devices are {VALID_DEVICES}, and here only cpu is available"
+        )
+    if index is not None and index >= count:
+        last = f"{kind}:{count - 1}"
+        return f"device {device!r} does not exist: this machine has {count} {kind} device(s), {kind}:0 to {last}"
+    return None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -11,55 +11,28 @@ from typing import Any
 
 import pytest
 
+from interp_assert.stash import NOTES_KEY, RAN_SPECS_KEY, STALE_KEY
+
 SPEC_DIR_NAME = "model_specs"
-STALE_KEY = pytest.StashKey[list[str]]()
-NOTES_KEY = pytest.StashKey[list[str]]()  # lines for the terminal summary, filled by spec items
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("interp_assert", "model-internals specs (interp_assert)")
-    group.addoption(
-        "--interp-model",
-        action="append",
-        default=[],
-        metavar="SPEC_MODEL=PATH_OR_ID",
-        help="run specs that name SPEC_MODEL against PATH_OR_ID instead (repeatable)",
-    )
-    group.addoption(
-        "--interp-missing",
-        choices=("error", "skip"),
-        default="error",
-        help="what to do when a spec's model cannot be loaded offline: error (default) or skip with the reason",
-    )
-    group.addoption("--interp-device", default=None, help="device for every spec's model (overrides the spec)")
-    group.addoption(
-        "--interp-dtype",
-        choices=("float32", "float16", "bfloat16"),
-        default=None,
-        help="dtype for every spec's model (overrides the spec)",
-    )
-    group.addoption(
-        "--interp-trust-remote-code",
-        action="store_true",
-        default=False,
-        help="allow models whose code lives in their repository (off by default: it runs arbitrary code)",
-    )
-    group.addoption(
-        "--interp-allow-pickle",
-        action="store_true",
-        default=False,
-        help="allow pickled (.bin/.pt) weights; by default only safetensors load",
-    )
-    group.addoption(
-        "--interp-artifacts",
-        default=None,
-        metavar="DIR",
-        help="for each failed expectation, write heatmaps of the head concerned into DIR and name them in the failure",
-    )
+    from interp_assert.options import add_options
+
+    add_options(parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from interp_assert import options
+
     config.addinivalue_line("markers", "interp_model(name): a spec item and the model it runs on")
+    updating = bool(getattr(config.option, "update_snapshots", False))
+    if updating and options.get(config, "interp_model") and not options.get(config, "interp_allow_override_update"):
+        raise pytest.UsageError(
+            "--snapshot-update with --interp-model would store the override's numbers as the spec's own "
+            "snapshot; run the update without --interp-model, or pass --interp-allow-override-update if "
+            "recording the other model is what you mean"
+        )
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -72,21 +45,38 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     return SpecCollector.from_parent(parent, path=file_path)
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    from interp_assert.collect import order_by_model
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    """Do not follow a directory symlink back into a folder it sits in (``model_specs/loop -> ..``):
+    pytest would collect the same specs again at every level, without end."""
+    if not collection_path.is_symlink() or not collection_path.is_dir():
+        return None
+    try:
+        target = collection_path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return True  # a link that cannot be resolved (it loops on itself) holds nothing to collect
+    if any(ancestor.resolve() == target for ancestor in collection_path.parents):
+        return True
+    return None
 
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    from interp_assert.collect import check_run, order_by_model
+
+    check_run(session, items)
     items[:] = order_by_model(config, items)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    from interp_assert.collect import RAN_SPECS_KEY, stale_snapshots
+    from interp_assert.collect import stale_snapshots
 
     if RAN_SPECS_KEY in session.config.stash:
         session.config.stash[STALE_KEY] = stale_snapshots(session.config)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
-    lines = config.stash.get(NOTES_KEY, []) + config.stash.get(STALE_KEY, [])
+    from interp_assert.collect import written_summary
+
+    lines = config.stash.get(NOTES_KEY, []) + written_summary(config) + config.stash.get(STALE_KEY, [])
     if lines:
         terminalreporter.section("interp_assert snapshots")
         for line in lines:
@@ -94,5 +84,7 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
 
 
 def pytest_report_header(config: pytest.Config) -> Any:
-    overrides = config.getoption("--interp-model")
+    from interp_assert.options import get
+
+    overrides = get(config, "interp_model")
     return f"interp_assert: model overrides {', '.join(overrides)}" if overrides else None

@@ -39,19 +39,25 @@ def build_batches(
             by_length.setdefault(len(sequence), []).append(sequence)
         batches = [PromptBatch(torch.tensor(group, dtype=torch.long)) for group in by_length.values()]
     else:
-        assert prompt_set.random_tokens is not None
+        spec = prompt_set.random_tokens
+        assert spec is not None
+        # checked before anything is allocated: a huge length must be refused, not attempted
+        _check_length(len(prefix) + spec.length * spec.repeats, max_positions, extra_tokens)
         batches = [PromptBatch(_random_repeated(prompt_set, tokenizer, vocab_size, prefix))]
     for batch in batches:
-        length = batch.tokens.shape[1]
-        if length < 2:
-            raise PromptError(f"a prompt is {length} token(s) long; at least 2 are needed to score any query row")
-        if max_positions is not None and length + extra_tokens > max_positions:
-            generated = f" + {extra_tokens} generated" if extra_tokens else ""
-            raise PromptError(
-                f"a prompt is {length}{generated} tokens long but the model's context is {max_positions} tokens; "
-                "shorten it (or lower random_tokens.length / repeats / generate)"
-            )
+        _check_length(batch.tokens.shape[1], max_positions, extra_tokens)
     return batches
+
+
+def _check_length(length: int, max_positions: int | None, extra_tokens: int) -> None:
+    if length < 2:
+        raise PromptError(f"a prompt is {length} token(s) long; at least 2 are needed to score any query row")
+    if max_positions is not None and length + extra_tokens > max_positions:
+        generated = f" + {extra_tokens} generated" if extra_tokens else ""
+        raise PromptError(
+            f"a prompt is {length}{generated} tokens long but the model's context is {max_positions} tokens; "
+            "shorten it (or lower random_tokens.length / repeats / generate)"
+        )
 
 
 def _bos_prefix(prompt_set: PromptSet, tokenizer: Any) -> list[int]:
@@ -68,6 +74,8 @@ def _random_repeated(prompt_set: PromptSet, tokenizer: Any, vocab_size: int, pre
     assert spec is not None
     special = set(getattr(tokenizer, "all_special_ids", []) or [])
     allowed = torch.tensor([i for i in range(vocab_size) if i not in special], dtype=torch.long)
+    if len(allowed) == 0:
+        raise PromptError(f"the model's {vocab_size} token ids are all special tokens; random_tokens has none to draw")
     generator = torch.Generator().manual_seed(spec.seed)
     picks = torch.randint(len(allowed), (spec.count, spec.length), generator=generator)
     blocks = allowed[picks]

@@ -308,7 +308,7 @@ def write_failure_artifacts(runner: Any, spec: SpecFile, entry: Entry, outcome: 
     """The heatmaps of a failed expectation: the attention pattern of the head concerned
     (``outcome.heads[0]``) and, for a role, the layers x heads scores with that head outlined."""
     from interp_assert.capture import CaptureRequest
-    from interp_assert.discover import measure_prompt_set
+    from interp_assert.runner import measure_named
 
     expectation: Any = entry.expectation
     assert spec.header is not None and expectation is not None
@@ -327,7 +327,7 @@ def write_failure_artifacts(runner: Any, spec: SpecFile, entry: Entry, outcome: 
         loaded = runner.model_for(spec)
         prompt_set = spec.header.prompts[expectation.prompts]
         request = CaptureRequest(patterns=frozenset({(layer, index)}))
-        measured = measure_prompt_set(loaded, expectation.prompts, prompt_set, request)
+        measured = measure_named(loaded, expectation.prompts, prompt_set, request)
         title = f"{entry.name} failed: {head} attention, prompts {expectation.prompts!r}, sequence 0"
         path = folder / f"{_slug(entry.name)}-{head}-pattern.png"
         pattern = measured.patterns[(layer, index)]

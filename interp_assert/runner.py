@@ -14,7 +14,7 @@ from typing import Literal
 from interp_assert import checks, snapshot
 from interp_assert import fingerprint as fp
 from interp_assert.capture import CaptureRequest, Measurements, generate, max_positions, measure
-from interp_assert.errors import ModelLoadError, SpecError
+from interp_assert.errors import InterpAssertError, ModelLoadError, SpecError
 from interp_assert.models import LoadedModel, LoadOptions, environment, load_model
 from interp_assert.prompts import PromptError, build_batches
 from interp_assert.spec import Entry, PromptSet, Snapshot, SpecFile
@@ -65,6 +65,7 @@ class Runner:
                 trust_remote_code=self.options.trust_remote_code,
                 allow_pickle=self.options.allow_pickle,
                 cache_dir=self.options.cache_dir,
+                overrides=tuple(sorted(self.options.overrides.items())),
             )
             try:
                 self._model = (key, load_model(reference, load, Path(spec.path).parent))
@@ -89,8 +90,17 @@ class Runner:
     def fingerprint(self, spec: SpecFile, expectation: Snapshot) -> fp.Fingerprint:
         loaded = self.model_for(spec)
         measured = self.measurements(spec, expectation.prompts)
-        env = environment(loaded) | {"prompts": expectation.prompts}
+        # The model as the user named it (the spec's, or the override's): never a machine-specific path.
+        env = environment(loaded) | {"model": self.model_named(spec), "prompts": expectation.prompts}
         return fp.build(measured, tuple(expectation.covers), tuple(expectation.roles), env)
+
+    def model_named(self, spec: SpecFile) -> str:
+        """The model reference this run measures for ``spec``: the override's when one applies."""
+        assert spec.header is not None
+        return self.options.overrides.get(spec.header.model, spec.header.model)
+
+    def overridden(self, spec: SpecFile) -> bool:
+        return spec.header is not None and spec.header.model in self.options.overrides
 
     def tolerances(self, spec: SpecFile, expectation: Snapshot) -> tuple[dict[str, fp.Tolerance], set[str]]:
         """Effective tolerances and the quantities the spec set explicitly."""
@@ -111,8 +121,18 @@ class Runner:
             explicit=explicit,
             update=self.options.update_snapshots,
         )
+        moved = result.measured.get("values_moved")
+        compared = result.measured.get("values_compared")
         return checks.Outcome(
-            result.passed, result.headline, result.details, result.measured, result.heads, result.notes
+            result.passed,
+            result.headline,
+            result.details,
+            result.measured,
+            result.heads,
+            result.notes,
+            value=moved if isinstance(moved, int) else None,
+            shown=f"{moved} of {compared} moved" if moved is not None else (result.action or ""),
+            written=(result.action, result.file) if result.action else None,
         )
 
     def also_capture(self, spec: SpecFile, prompt_name: str, request: CaptureRequest) -> None:
@@ -156,6 +176,14 @@ def measure_prompt_set(loaded: LoadedModel, prompt_set: PromptSet, request: Capt
             for row in batch.tokens.tolist()
         )
     return replace(measure(loaded, batches, request), generated_texts=texts)
+
+
+def measure_named(loaded: LoadedModel, name: str, prompt_set: PromptSet, request: CaptureRequest) -> Measurements:
+    """:func:`measure_prompt_set`, with a prompt set that cannot be built named in the error."""
+    try:
+        return measure_prompt_set(loaded, prompt_set, request)
+    except PromptError as exc:
+        raise InterpAssertError(f"prompt set {name!r}: {exc}") from None
 
 
 def _spec_request(spec: SpecFile, prompt_name: str) -> CaptureRequest:

@@ -18,6 +18,7 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -28,24 +29,41 @@ from interp_assert.vocab import (
     DType,
     Label,
     Role,
+    parse_device,
     parse_head,
 )
-from interp_assert.yamlsource import SourceDocument, load_source
+from interp_assert.yamlsource import SourceDocument, load_source, read_spec_text
 
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
+MAX_SEQUENCE_TOKENS = 1 << 20  # length * repeats of one random-token sequence (models' contexts are far shorter)
+MAX_BATCH_TOKENS = 1 << 24  # count * length * repeats: 128 MB of token ids
+MAX_PROBLEMS = 20  # per expectation (or header); the rest are counted
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # no NaN or infinity anywhere: a NaN bound compares false both ways and checks nothing
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class RandomTokens(_Strict):
     """``count`` sequences, each one random block of ``length`` tokens repeated ``repeats`` times."""
 
-    length: int = Field(ge=1)
-    repeats: int = Field(default=2, ge=2)
-    count: int = Field(default=4, ge=1)
-    seed: int = 0
+    length: int = Field(ge=1, le=MAX_SEQUENCE_TOKENS)
+    repeats: int = Field(default=2, ge=2, le=1024)
+    count: int = Field(default=4, ge=1, le=4096)
+    seed: int = Field(default=0, ge=0, le=2**63 - 1)
+
+    @model_validator(mode="after")
+    def _sizes(self) -> RandomTokens:
+        tokens = self.length * self.repeats
+        if tokens > MAX_SEQUENCE_TOKENS:
+            raise ValueError(
+                f"length * repeats = {tokens} tokens per sequence; at most {MAX_SEQUENCE_TOKENS} "
+                "(and no more than the model's context)"
+            )
+        if tokens * self.count > MAX_BATCH_TOKENS:
+            raise ValueError(f"count * length * repeats = {tokens * self.count} tokens; at most {MAX_BATCH_TOKENS}")
+        return self
 
 
 class PromptSet(_Strict):
@@ -76,13 +94,18 @@ SNAPSHOT_PARTS: tuple[SnapshotPart, ...] = get_args(SnapshotPart)
 SNAPSHOT_ROLES: tuple[Role, ...] = ("previous_token", "first_token", "self", "focus", "breadth")
 
 
+def _valid_device(text: str) -> str:
+    parse_device(text)
+    return text
+
+
 class SpecHeader(_Strict):
     """Everything in a spec file except its expectations."""
 
     schema_url: str | None = Field(default=None, alias="$schema")
     model: str = Field(min_length=1)
     dtype: DType = "float32"
-    device: str = "cpu"
+    device: Annotated[str, AfterValidator(_valid_device)] = "cpu"
     prompts: dict[str, PromptSet] = Field(min_length=1)
     snapshot_tolerance: dict[ToleranceQuantity, ToleranceSpec] = Field(default_factory=dict)
     expectations: list[Any] = Field(min_length=1)
@@ -137,6 +160,14 @@ class TopHeads(_Expectation):
     include: list[HeadName] | None = Field(default=None, min_length=1)
     equals: list[HeadName] | None = Field(default=None, min_length=1)
 
+    @field_validator("include", "equals")
+    @classmethod
+    def _each_once(cls, heads: list[str] | None) -> list[str] | None:
+        repeated = sorted({head for head in heads or [] if heads and heads.count(head) > 1})
+        if repeated:
+            raise ValueError(f"{', '.join(repeated)} is listed more than once; list each head once")
+        return heads
+
     @model_validator(mode="after")
     def _one_set(self) -> TopHeads:
         if (self.include is None) == (self.equals is None):
@@ -161,7 +192,14 @@ class DominantLayer(_Expectation):
     layer: int
 
 
-LayerRange = Annotated[list[int], Field(min_length=2, max_length=2)]
+def _ordered_range(bounds: list[int]) -> list[int]:
+    first, last = bounds
+    if (first < 0) == (last < 0) and first > last:
+        raise ValueError(f"range [{first}, {last}] is empty: the first index must not come after the last")
+    return bounds
+
+
+LayerRange = Annotated[list[int], Field(min_length=2, max_length=2), AfterValidator(_ordered_range)]
 
 
 class RoleFraction(_Bounded):
@@ -177,6 +215,17 @@ class HiddenNormTrend(_Expectation):
     direction: Literal["increasing", "decreasing"]
     tolerance: float = Field(default=0.0, ge=0.0)
     include_first_position: bool = False
+
+    @field_validator("layers")
+    @classmethod
+    def _a_step(cls, layers: list[int]) -> list[int]:
+        first, last = layers
+        if first == last:
+            raise ValueError(
+                f"[{first}, {last}] is a single index: a trend needs at least one step, "
+                "so give two different indices, e.g. [0, -1]"
+            )
+        return layers
 
 
 class HiddenNormRatio(_Bounded):
@@ -275,6 +324,7 @@ class SpecFile:
     header_problems: tuple[tuple[Location | None, str], ...]
     entries: tuple[Entry, ...]
     prompt_locations: dict[str, Location]
+    model: str | None = None  # the model as written, even when the header is invalid (None: not a string)
 
     def problems(self) -> list[tuple[Location | None, str]]:
         found = list(self.header_problems)
@@ -286,8 +336,9 @@ class SpecFile:
 def load_spec(path: str | Path, *, shown: str | None = None) -> SpecFile:
     """Read and validate a spec file. Malformed YAML raises :class:`SpecSyntaxError`;
     schema problems are returned inside the :class:`SpecFile` so they fail only their own items.
-    ``shown`` is how positions name the file (default: ``path``)."""
-    text = Path(path).read_text(encoding="utf-8")
+    ``shown`` is how positions name the file (default: ``path``). A file that cannot be read,
+    is not UTF-8 or is too large raises :class:`SpecSyntaxError` too."""
+    text = read_spec_text(path, shown or str(path))
     return parse_spec(text, str(path), shown=shown)
 
 
@@ -309,7 +360,15 @@ def parse_spec(text: str, path: str, *, shown: str | None = None) -> SpecFile:
         if isinstance(prompts, dict)
         else {}
     )
-    return SpecFile(path, header, tuple(header_problems), tuple(entries), prompt_locations)
+    model = doc.data.get("model")
+    return SpecFile(
+        path,
+        header,
+        tuple(header_problems),
+        tuple(entries),
+        prompt_locations,
+        model if isinstance(model, str) and model else None,
+    )
 
 
 def _entries(raw: list[Any], doc: SourceDocument, header: SpecHeader | None) -> list[Entry]:
@@ -380,6 +439,9 @@ def _describe(
             detail = f" (got {shown})" if shown and kind != "value_error" else ""
             prefix = f"{dotted}: " if dotted else ""
             problems.append((doc.locate(path), f"{prefix}{message}{detail}"))
+    if len(problems) > MAX_PROBLEMS:
+        more = len(problems) - MAX_PROBLEMS
+        problems = [*problems[:MAX_PROBLEMS], (None, f"... and {more} more problem(s) like these")]
     return problems
 
 

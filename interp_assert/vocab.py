@@ -27,6 +27,24 @@ DType = Literal["float32", "float16", "bfloat16"]
 
 HEAD_PATTERN = re.compile(r"^L(\d+)H(\d+)$")
 
+# Devices a model can be measured on. ``meta`` holds no weights; other torch kinds are not supported here.
+DEVICE_PATTERN = re.compile(r"^(cpu|cuda|mps|xpu)(?::(\d+))?$")
+VALID_DEVICES = "cpu, cuda, cuda:N, mps, xpu or xpu:N"
+
+
+def parse_device(text: str) -> tuple[str, int | None]:
+    """``"cuda:1"`` -> ``("cuda", 1)``. Raises ``ValueError`` naming the valid forms."""
+    match = DEVICE_PATTERN.match(text)
+    if match is None:
+        kind = text.partition(":")[0]
+        hint = ""
+        if kind == "meta":
+            hint = " (a meta tensor holds no weights, so nothing can be measured on it)"
+        elif guess := re.fullmatch(r"(?:gpu|cuda)[:_-]?(\d+)", text.strip().lower()):
+            hint = f" (did you mean cuda:{guess.group(1)}?)"
+        raise ValueError(f"device {text!r} is not valid{hint}; use {VALID_DEVICES}")
+    return match.group(1), int(match.group(2)) if match.group(2) is not None else None
+
 
 def parse_head(name: str) -> tuple[int, int]:
     """``"L5H8"`` -> ``(5, 8)``. Raises ``ValueError`` naming the valid form."""

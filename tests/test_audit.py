@@ -111,4 +111,5 @@ def test_audit_table_and_exit_codes(spec_dir: Path, checkpoints: dict[str, Path]
     report = json.loads(out.getvalue())
     assert report["passed"] is True
     row = report["expectations"][0]
-    assert row["name"] == "l16h0_previous_token" and abs(row["base_value"] - row["checkpoint_value"]) < 0.01
+    assert row["name"] == "l16h0_previous_token" and abs(row["change"]) < 0.01
+    assert abs(row["base"]["value"] - row["checkpoint"]["value"]) < 0.01 and row["bound_low"] == 0.6

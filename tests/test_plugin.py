@@ -53,11 +53,25 @@ def test_failing_spec_message(pytester: pytest.Pytester, uniform_llama: Path) ->
     assert "Traceback" not in out
 
 
-def test_measured_values_reach_junitxml(pytester: pytest.Pytester, uniform_llama: Path) -> None:
-    write_spec(pytester, "u.yaml", spec_text(uniform_llama, head_score("sink")))
-    pytester.runpytest("model_specs", "--junitxml=out.xml").assert_outcomes(passed=1)
-    properties = {p.get("name"): p.get("value") for p in ET.parse(pytester.path / "out.xml").iter("property")}
-    assert float(properties["L0H0"]) == pytest.approx(UNIFORM, abs=1e-6)
+JUNIT_KEYS = {"property", "passed", "value", "bound_low", "bound_high", "model", "model_source", "weights_sha256"}
+
+
+def test_junitxml_has_a_stable_schema_a_dashboard_can_parse(pytester: pytest.Pytester, uniform_llama: Path) -> None:
+    top = "  - name: top\n    property: top_heads\n    role: first_token\n    k: 2\n    include: [L0H0]\n    prompts: prose\n"
+    write_spec(pytester, "u.yaml", spec_text(uniform_llama, head_score("sink") + top))
+    pytester.runpytest("model_specs", "--junitxml=out.xml")
+    rows = {}
+    for case in ET.parse(pytester.path / "out.xml").iter("testcase"):
+        properties = {p.get("name"): p.get("value") for p in case.iter("property")}
+        assert JUNIT_KEYS <= set(properties), case.get("name")
+        rows[case.get("name")] = properties
+    sink = rows["sink"]
+    assert sink["property"] == "head_score" and sink["passed"] == "true"
+    assert float(sink["value"]) == pytest.approx(UNIFORM, abs=1e-6)
+    assert float(sink["bound_low"]) == 0.24 and sink["bound_high"] == ""
+    assert sink["model"] == str(uniform_llama) and Path(sink["model_source"]) == uniform_llama
+    assert re.fullmatch(r"[0-9a-f]{16}", sink["weights_sha256"])
+    assert rows["top"]["property"] == "top_heads" and len(rows["top"]["value"].split()) == 2
 
 
 def test_malformed_yaml_is_collection_error(pytester: pytest.Pytester) -> None:

@@ -73,7 +73,7 @@ def report_dir(tmp_path_factory: pytest.TempPathFactory, uniform_llama: Path) ->
     folder = tmp_path_factory.mktemp("report")
     spec = folder / "uniform.yaml"
     spec.write_text(SPEC.format(model=uniform_llama))
-    assert main(["report", str(spec), "-o", str(folder / "out")]) == 0
+    assert main(["report", str(spec), "-o", str(folder / "out")]) == 1, "the spec has failing expectations"
     return folder / "out"
 
 
@@ -127,10 +127,26 @@ def test_report_against_another_checkpoint(
 ) -> None:
     spec = tmp_path / "uniform.yaml"
     spec.write_text(SPEC.format(model=uniform_llama))
-    assert main(["report", str(spec), "-o", str(tmp_path / "out"), "--model", str(random_llama)]) == 0
+    assert main(["report", str(spec), "-o", str(tmp_path / "out"), "--model", str(random_llama)]) == 1
     out = capsys.readouterr().out
     assert out.startswith(f"wrote {tmp_path / 'out' / 'index.html'}: ")
-    assert str(random_llama) in (tmp_path / "out" / "index.html").read_text()
+    index = tmp_path / "out" / "index.html"
+    assert str(random_llama) in index.read_text()
+
+    # the page is the user's: a second report into the same folder needs --force
+    before = index.read_text()
+    assert main(["report", str(spec), "-o", str(tmp_path / "out")]) == 2
+    assert "index.html exists; pass --force to overwrite it" in capsys.readouterr().err
+    assert index.read_text() == before
+    assert main(["report", str(spec), "-o", str(tmp_path / "out"), "--force"]) == 1
+    assert index.read_text() != before
+
+
+def test_report_exits_0_when_everything_holds(tmp_path: Path, uniform_llama: Path) -> None:
+    passing = SPEC.split("  - name: ")[0] + "  - name: " + SPEC.split("  - name: ")[1]
+    spec = tmp_path / "one.yaml"
+    spec.write_text(passing.format(model=uniform_llama))
+    assert main(["report", str(spec), "-o", str(tmp_path / "out")]) == 0
 
 
 # ---- pytest --interp-artifacts ----

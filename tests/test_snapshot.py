@@ -93,11 +93,28 @@ def test_lifecycle_create_pass_drift_update_pass(pytester: pytest.Pytester, rand
     )
     assert snapshot_path(pytester).read_text() == stored, "a failing run must not rewrite the snapshot"
 
-    pytester.runpytest("model_specs", f"--interp-model={random_llama}={other}", "--snapshot-update").assert_outcomes(
-        passed=2
+    refused = pytester.runpytest("model_specs", f"--interp-model={random_llama}={other}", "--snapshot-update")
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR
+    refused.stderr.fnmatch_lines(["*--snapshot-update with --interp-model would store the override's numbers*"])
+    assert snapshot_path(pytester).read_text() == stored
+
+    adopted = pytester.runpytest(
+        "model_specs", f"--interp-model={random_llama}={other}", "--snapshot-update", "--interp-allow-override-update"
     )
+    adopted.assert_outcomes(passed=2)
+    adopted.stdout.fnmatch_lines(["*snapshots: 0 written / 1 updated / 0 deleted, in model_specs/__snapshots__/spec.ambr"])
     assert snapshot_path(pytester).read_text() != stored
+    assert f"model = {other}" in snapshot_path(pytester).read_text()
     pytester.runpytest("model_specs", f"--interp-model={random_llama}={other}").assert_outcomes(passed=2)
+
+    # Back on the spec's own model, the failure says the snapshot came from another model.
+    back = pytester.runpytest("model_specs")
+    back.assert_outcomes(passed=1, failed=1)
+    back.stdout.fnmatch_lines(
+        [
+            f"*the snapshot was recorded on model '{other}' (weights *); this run measures '{random_llama}' (weights *)",
+        ]
+    )
 
 
 def test_skipped_and_deselected_snapshots_are_kept(pytester: pytest.Pytester, random_llama: Path) -> None:
@@ -169,3 +186,118 @@ def test_unreadable_snapshot_file_is_a_clear_error(pytester: pytest.Pytester, ra
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*spec.ambr: cannot read snapshot 'fingerprint': the file has no current syrupy*"])
     assert "Traceback" not in result.stdout.str()
+
+
+def test_mistyped_name_key_never_deletes_a_snapshot(pytester: pytest.Pytester, random_llama: Path) -> None:
+    write_spec(pytester, random_llama)
+    pytester.runpytest("model_specs", "--snapshot-update").assert_outcomes(passed=2)
+    stored = snapshot_path(pytester).read_text()
+    write_spec(pytester, random_llama, text=SPEC.replace("- name: fingerprint", "- nmae: fingerprint"))
+    result = pytester.runpytest("model_specs", "--snapshot-update")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*snapshot(s) fingerprint match no expectation, but * has invalid expectations; kept*"])
+    assert "deleted" not in result.stdout.str()
+    assert snapshot_path(pytester).read_text() == stored
+
+
+def test_first_record_is_announced_with_its_file(pytester: pytest.Pytester, random_llama: Path) -> None:
+    write_spec(pytester, random_llama)
+    result = pytester.runpytest("model_specs", "--snapshot-update")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*snapshots: 1 written / 0 updated / 0 deleted, in model_specs/__snapshots__/spec.ambr"])
+
+
+def test_rename_and_re_record_changes_only_the_name(pytester: pytest.Pytester, random_llama: Path) -> None:
+    write_spec(pytester, random_llama)
+    pytester.runpytest("model_specs", "--snapshot-update").assert_outcomes(passed=2)
+    before = snapshot_path(pytester).read_text()
+    write_spec(pytester, random_llama, text=SPEC.replace("- name: fingerprint", "- name: fingerprint_v2"))
+    result = pytester.runpytest("model_specs", "--snapshot-update")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["*snapshots: 1 written / 0 updated / 1 deleted, in *spec.ambr"])
+    after = snapshot_path(pytester).read_text()
+    assert after == before.replace("# name: fingerprint\n", "# name: fingerprint_v2\n")
+    # values are stored at the precision the tolerances see (atol 0.02 -> 4 decimals)
+    scores = [line for line in after.splitlines() if "role_scores.previous_token.L0 = " in line][0]
+    assert all(len(v.split(".")[-1]) <= 4 for v in scores.split("= ")[1].split())
+
+
+def test_unwritable_snapshot_folder_is_a_clear_error(pytester: pytest.Pytester, random_llama: Path) -> None:
+    write_spec(pytester, random_llama)
+    blocker = snapshot_path(pytester).parent
+    blocker.write_text("a file where the __snapshots__ folder should be")  # root ignores chmod; this cannot be bypassed
+    result = pytester.runpytest("model_specs", "--snapshot-update")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*spec.ambr: cannot read snapshot 'fingerprint': Not a directory*"])
+    assert "Traceback" not in result.stdout.str()
+    assert blocker.read_text().startswith("a file where")
+
+
+def test_disk_full_on_update_keeps_the_old_snapshot(
+    pytester: pytest.Pytester, random_llama: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    from interp_assert import snapshot_store
+
+    write_spec(pytester, random_llama)
+    pytester.runpytest("model_specs", "--snapshot-update").assert_outcomes(passed=2)
+    stored = snapshot_path(pytester).read_text()
+    other = save_model(llama_config(), tmp_path / "other", seed=7)
+
+    def disk_full(source: str, target: str) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), source)
+
+    monkeypatch.setattr(snapshot_store.os, "replace", disk_full)
+    result = pytester.runpytest(
+        "model_specs", f"--interp-model={random_llama}={other}", "--snapshot-update", "--interp-allow-override-update"
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*spec.ambr: cannot write snapshot file: No space left on device; free some disk*"])
+    assert snapshot_path(pytester).read_text() == stored
+    assert sorted(p.name for p in snapshot_path(pytester).parent.iterdir()) == ["spec.ambr"]
+
+
+def test_interrupted_write_leaves_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from syrupy.extensions.amber.serializer import AmberDataSerializer
+
+    from interp_assert import snapshot_store
+
+    spec = tmp_path / "model_specs" / "spec.yaml"
+    spec.parent.mkdir()
+    spec.write_text("model: x")
+    snapshot_store.write(spec, "a", "interp_assert fingerprint v1\n[values]\nx = 1")
+    before = snapshot_store.snapshot_file(spec).read_bytes()
+    real_write = AmberDataSerializer.write_file
+
+    def dies_midway(collection: object, **kwargs: object) -> None:
+        real_write(collection, **kwargs)  # type: ignore[arg-type]
+        Path(collection.location).write_text("# serializer version: 1\n# name: a\n  interp_ass")  # type: ignore[attr-defined]
+        raise KeyboardInterrupt  # the process is killed after half a file
+
+    monkeypatch.setattr(AmberDataSerializer, "write_file", dies_midway)
+    with pytest.raises(KeyboardInterrupt):
+        snapshot_store.write(spec, "b", "interp_assert fingerprint v1\n[values]\nx = 2")
+    assert snapshot_store.snapshot_file(spec).read_bytes() == before
+    assert sorted(p.name for p in snapshot_store.snapshot_file(spec).parent.iterdir()) == ["spec.ambr"]
+
+
+def test_concurrent_updates_keep_every_entry(tmp_path: Path) -> None:
+    """Two processes recording different expectations of one spec at once lose nothing."""
+    import subprocess
+    import sys
+
+    spec = tmp_path / "model_specs" / "spec.yaml"
+    spec.parent.mkdir()
+    spec.write_text("model: x")
+    script = (
+        "import sys\nfrom interp_assert import snapshot_store\n"
+        "for i in range(40):\n"
+        "    snapshot_store.write(sys.argv[1], f'{sys.argv[2]}{i}', f'interp_assert fingerprint v1\\n[values]\\nx = {i}')\n"
+    )
+    workers = [subprocess.Popen([sys.executable, "-c", script, str(spec), tag]) for tag in ("a", "b")]
+    assert [worker.wait(timeout=120) for worker in workers] == [0, 0]
+    from interp_assert import snapshot_store
+
+    assert snapshot_store.stored_names(spec) == {f"{tag}{i}" for tag in "ab" for i in range(40)}

@@ -1,0 +1,117 @@
+"""The plugin's command-line options, each with an ini key of the same name.
+
+``pytest --interp-missing skip`` and ``[tool.pytest.ini_options] interp_missing = "skip"``
+mean the same; the command line wins. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pytest
+
+Kind = Literal["append", "choice", "text", "flag"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Option:
+    name: str  # the ini key; the flag is --interp-<name with dashes>
+    kind: Kind
+    help: str
+    choices: tuple[str, ...] = ()
+    default: Any = None
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        name="interp_model",
+        kind="append",
+        metavar="SPEC_MODEL=PATH_OR_ID",
+        help="run specs (and adapters) whose model is SPEC_MODEL against PATH_OR_ID instead (repeatable); "
+        "SPEC_MODEL must be a model some collected spec or adapter names",
+    ),
+    Option(
+        name="interp_missing",
+        kind="choice",
+        choices=("error", "skip"),
+        default="error",
+        help="what to do when a spec's model cannot be loaded: error (default) or skip with the reason",
+    ),
+    Option(name="interp_device", kind="text", help="device for every spec's model (overrides the spec)"),
+    Option(
+        name="interp_dtype",
+        kind="choice",
+        choices=("float32", "float16", "bfloat16"),
+        help="dtype for every spec's model (overrides the spec)",
+    ),
+    Option(
+        name="interp_trust_remote_code",
+        kind="flag",
+        help="allow models whose code lives in their repository (off by default: it runs arbitrary code)",
+    ),
+    Option(
+        name="interp_allow_pickle",
+        kind="flag",
+        help="allow pickled (.bin/.pt) weights; by default only safetensors load",
+    ),
+    Option(
+        name="interp_artifacts",
+        kind="text",
+        metavar="DIR",
+        help="for each failed expectation, write heatmaps of the head concerned into DIR and name them in the failure",
+    ),
+    Option(
+        name="interp_allow_override_update",
+        kind="flag",
+        help="let --snapshot-update record snapshots while --interp-model replaces a spec's model "
+        "(refused by default: it would store another model's numbers as the spec's own)",
+    ),
+    Option(
+        name="interp_debug",
+        kind="flag",
+        help="show Python tracebacks for interp_assert's own errors (hidden by default)",
+    ),
+)
+BY_NAME = {option.name: option for option in OPTIONS}
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("interp_assert", "model-internals specs (interp_assert)")
+    for option in OPTIONS:
+        ini_help = f"{option.help} (same as {option.flag})"
+        if option.kind == "append":
+            group.addoption(option.flag, action="append", default=None, metavar=option.metavar, help=option.help)
+            parser.addini(option.name, ini_help, type="linelist", default=[])
+        elif option.kind == "flag":
+            group.addoption(option.flag, action="store_true", default=None, help=option.help)
+            parser.addini(option.name, ini_help, type="bool", default=False)
+        else:
+            choices = option.choices or None
+            group.addoption(option.flag, default=None, choices=choices, metavar=option.metavar, help=option.help)
+            parser.addini(option.name, ini_help, type="string", default=option.default or "")
+
+
+def get(config: pytest.Config, name: str) -> Any:
+    """The option's value: the command line's if given, else the ini key's, else the default."""
+    option = BY_NAME[name]
+    given = config.getoption(option.flag)
+    if given is not None:
+        return given
+    value = config.getini(name)
+    if option.kind == "append":
+        return list(value)
+    if option.kind == "flag":
+        return bool(value)
+    if not value:
+        return option.default
+    if option.choices and value not in option.choices:
+        raise pytest.UsageError(
+            f"ini option {name} = {value!r} is not valid; choose one of {', '.join(option.choices)}"
+        )
+    return value
