@@ -180,7 +180,8 @@ def check_run(session: pytest.Session, items: list[pytest.Item]) -> None:
     ``--interp-model`` name no collected spec uses (a typo would silently test the base model), a
     repeated one, and an ``--interp-device`` that is not valid or not available here."""
     config = session.config
-    overrides = run_options(config).overrides  # malformed or repeated: a usage error
+    # parsed only when given: run_options imports the runner (and torch), which a run without specs never needs
+    overrides = run_options(config).overrides if options.get(config, "interp_model") else {}  # repeated: an error
     specs = [item.spec for item in items if isinstance(item, SpecItem)]
     if overrides and not session.testsfailed:  # a collection error is reported first, as itself
         named = models_named(specs, overrides)

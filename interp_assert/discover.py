@@ -104,7 +104,36 @@ def read_prompt_sets(path: Path) -> dict[str, PromptSet]:
 
 
 def roles_for(prompt_set: PromptSet) -> tuple[Role, ...]:
-    return ROLES_ON_TEXT if prompt_set.texts is not None else ROLES_ON_REPEATS
+    """Texts are searched for every head role (a text that repeats tokens can show copying heads;
+    one that does not leaves them unmeasurable, which the spec notes); random repeats for copying."""
+    return (*ROLES_ON_TEXT, *ROLES_ON_REPEATS) if prompt_set.texts is not None else ROLES_ON_REPEATS
+
+
+def flag_token_driven(sections: list[Section], loaded: Any, prompt_sets: dict[str, PromptSet]) -> None:
+    """Say in a head expectation's description when its score comes mostly from one frequent
+    query token (commas attending to earlier commas), so no one mistakes it for a mechanism."""
+    from interp_assert import attribution
+    from interp_assert.capture import CaptureRequest
+    from interp_assert.runner import measure_named
+    from interp_assert.vocab import TARGET_ROLES, parse_head
+
+    claims: dict[str, list[dict[str, Any]]] = {}
+    for section in sections:
+        for expectation in section.expectations:
+            if expectation.get("property") == "head_score" and expectation.get("role") in TARGET_ROLES:
+                claims.setdefault(str(expectation["prompts"]), []).append(expectation)
+    for prompt_name, expectations in claims.items():
+        heads = frozenset(parse_head(str(e["head"])) for e in expectations)
+        measured = measure_named(loaded, prompt_name, prompt_sets[prompt_name], CaptureRequest(patterns=heads))
+        for expectation in expectations:
+            pattern = measured.patterns[parse_head(str(expectation["head"]))]
+            rows = attribution.row_scores(pattern, measured.pattern_tokens, expectation["role"])
+            found = attribution.dominant_token(rows, measured.pattern_tokens)
+            if found is not None:
+                expectation["description"] += (
+                    f"; flag: {found.share:.0%} of it comes from the {found.rows} rows whose query is "
+                    f"{found.token!r} (sequence 0), so it may describe that token rather than a mechanism"
+                )
 
 
 # ---- the whole discovery ----
@@ -139,6 +168,7 @@ def discover(
         measured[name] = measure_named(loaded, name, prompt_set, request)
         for role in roles_for(prompt_set):
             sections.append(head_findings(name, role, measured[name].role_scores[role], settings, used))
+    flag_token_driven(sections, loaded, prompt_sets)
     first = measured[first_set]
     sections.append(norm_findings(first_set, first.hidden_norms_without_first, settings, used))
     sharpness = {"max": first.max_weight.max(axis=1), "focus": first.role_scores["focus"].mean(axis=1)}

@@ -13,6 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -260,7 +261,9 @@ def _load_adapter(reference: str, directory: Path, options: LoadOptions) -> Load
     else:
         note = f"adapter {reference!r}: base {base_reference!r} found {how}"
     try:
-        merged = PeftModel.from_pretrained(base.model, directory, is_trainable=False).merge_and_unload()
+        with warnings.catch_warnings():  # peft calls a transformers API that warns of its own deprecation
+            warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+            merged = PeftModel.from_pretrained(base.model, directory, is_trainable=False).merge_and_unload()
     except (OSError, ValueError, KeyError) as exc:
         problem = _first_line(exc)
         raise ModelLoadError(f"adapter {directory} does not fit its base {base_reference!r}: {problem}") from None

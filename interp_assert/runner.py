@@ -11,13 +11,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from interp_assert import checks, snapshot
+from interp_assert import attribution, checks, snapshot
 from interp_assert import fingerprint as fp
 from interp_assert.capture import CaptureRequest, Measurements, generate, max_positions, measure
 from interp_assert.errors import InterpAssertError, ModelLoadError, SpecError
 from interp_assert.models import LoadedModel, LoadOptions, environment, load_model
 from interp_assert.prompts import PromptError, build_batches
 from interp_assert.spec import Entry, PromptSet, Snapshot, SpecFile
+from interp_assert.vocab import TARGET_ROLES, TargetRole, parse_head
 
 MissingPolicy = Literal["error", "skip"]
 
@@ -83,9 +84,29 @@ class Runner:
             return self._snapshot(spec, expectation)
         measurements = self.measurements(spec, expectation.prompts)
         try:
-            return checks.evaluate(expectation, measurements)
+            outcome = checks.evaluate(expectation, measurements)
         except checks.CheckInputError as exc:
-            raise SpecError([(entry.location, f"{entry.name}: {exc} (model {spec.header.model!r})")]) from None
+            model = self.model_named(spec)
+            raise SpecError([(entry.location, f"{entry.name}: {exc} (model {model!r})")]) from None
+        role = getattr(expectation, "role", None)
+        if not outcome.passed and outcome.heads and role in TARGET_ROLES:
+            flag = self.token_flag(spec, expectation.prompts, outcome.heads[0], role)
+            if flag:
+                outcome = replace(outcome, details=(*outcome.details, f"flag: {flag}"))
+        return outcome
+
+    def token_flag(self, spec: SpecFile, prompt_name: str, head: str, role: TargetRole) -> str:
+        """A line when ``head``'s ``role`` score comes mostly from one frequent query token, else ''.
+        Costs one capture of the head's pattern (first sequence), so it is asked on failures only."""
+        layer, index = parse_head(head)
+        self.also_capture(spec, prompt_name, CaptureRequest(patterns=frozenset({(layer, index)})))
+        measured = self.measurements(spec, prompt_name)
+        pattern = measured.patterns.get((layer, index))
+        if pattern is None:
+            return ""
+        rows = attribution.row_scores(pattern, measured.pattern_tokens, role)
+        found = attribution.dominant_token(rows, measured.pattern_tokens)
+        return attribution.describe(head, role, found) if found else ""
 
     def fingerprint(self, spec: SpecFile, expectation: Snapshot) -> fp.Fingerprint:
         loaded = self.model_for(spec)

@@ -88,7 +88,13 @@ def at(line: int, column: int) -> str:
 def schema_case(id: str, fields: dict[str, str], expect: str, **extra: object) -> Case:
     """One bad expectation beside a good one: the bad one fails alone (exit 1)."""
     return Case(
-        id, "schema", ("pytest", "model_specs"), FAILED, expect, {SPEC: spec(fields, good())}, **extra  # type: ignore[arg-type]
+        id,
+        "schema",
+        ("pytest", "model_specs"),
+        FAILED,
+        expect,
+        {SPEC: spec(fields, good())},
+        **extra,  # type: ignore[arg-type]
     )
 
 
@@ -149,30 +155,99 @@ BILLION_LAUGHS = (
 # ---- yaml: files that are not a spec at all (collection errors, exit 2) ----
 
 YAML: list[Case] = [
-    yaml_case("billion-laughs", BILLION_LAUGHS, at(1, 5) + r"anchor &x0 is not allowed.*write each value out", subprocess=True, seconds=30),
-    yaml_case("self-alias", "model: tiny-neo\nx: &a [*a]\n", at(2, 4) + r"anchor &a is not allowed.*write each value out"),
+    yaml_case(
+        "billion-laughs",
+        BILLION_LAUGHS,
+        at(1, 5) + r"anchor &x0 is not allowed.*write each value out",
+        subprocess=True,
+        seconds=30,
+    ),
+    yaml_case(
+        "self-alias", "model: tiny-neo\nx: &a [*a]\n", at(2, 4) + r"anchor &a is not allowed.*write each value out"
+    ),
     yaml_case("undefined-alias", "model: *nope\n", at(1, 8) + r"alias \*nope is not allowed.*write the value out"),
-    yaml_case("merge-key", "model: tiny-neo\nprompts:\n  <<: {rep: 1}\n", at(3, 3) + r"merge keys \(<<\) are not allowed.*write each key out"),
+    yaml_case(
+        "merge-key",
+        "model: tiny-neo\nprompts:\n  <<: {rep: 1}\n",
+        at(3, 3) + r"merge keys \(<<\) are not allowed.*write each key out",
+    ),
     yaml_case("merge-key-anchor", "p: &p {bos: none}\nq:\n  <<: *p\n", at(1, 4) + r"anchor &p is not allowed"),
-    yaml_case("not-utf8", b"model: tiny-neo\n# caf\xe9\n", at(2, 6) + r"byte 0xe9 is not valid UTF-8; spec files must be UTF-8"),
-    yaml_case("utf16-bom", "model: tiny-neo\n".encode("utf-16"), at(1, 1) + r"the file is UTF-16 encoded.*must be UTF-8"),
-    yaml_case("utf16-no-bom", "model: tiny-neo\n".encode("utf-16-le"), at(1, 2) + r"character U\+0000 is not allowed.*UTF-16\?.*must be UTF-8"),
-    yaml_case("utf32-bom", "model: tiny-neo\n".encode("utf-32"), at(1, 1) + r"the file is UTF-32 encoded.*must be UTF-8"),
-    yaml_case("control-char", "model: tiny-neo\x07\n", at(1, 16) + r"character U\+0007 is not allowed in YAML; remove it"),
-    yaml_case("deep-nesting", "model: " + "[" * 5000 + "]" * 5000 + "\n", at(1, 39) + r"nested more than 32 levels deep; a spec nests at most 5"),
-    yaml_case("huge-file", "model: tiny-neo\n" + "#" * (2 << 20) + "\n", at(1, 1) + r"the file is larger than 1 MiB, the limit for a spec"),
+    yaml_case(
+        "not-utf8",
+        b"model: tiny-neo\n# caf\xe9\n",
+        at(2, 6) + r"byte 0xe9 is not valid UTF-8; spec files must be UTF-8",
+    ),
+    yaml_case(
+        "utf16-bom", "model: tiny-neo\n".encode("utf-16"), at(1, 1) + r"the file is UTF-16 encoded.*must be UTF-8"
+    ),
+    yaml_case(
+        "utf16-no-bom",
+        "model: tiny-neo\n".encode("utf-16-le"),
+        at(1, 2) + r"character U\+0000 is not allowed.*UTF-16\?.*must be UTF-8",
+    ),
+    yaml_case(
+        "utf32-bom", "model: tiny-neo\n".encode("utf-32"), at(1, 1) + r"the file is UTF-32 encoded.*must be UTF-8"
+    ),
+    yaml_case(
+        "control-char", "model: tiny-neo\x07\n", at(1, 16) + r"character U\+0007 is not allowed in YAML; remove it"
+    ),
+    yaml_case(
+        "deep-nesting",
+        "model: " + "[" * 5000 + "]" * 5000 + "\n",
+        at(1, 39) + r"nested more than 32 levels deep; a spec nests at most 5",
+    ),
+    yaml_case(
+        "huge-file",
+        "model: tiny-neo\n" + "#" * (2 << 20) + "\n",
+        at(1, 1) + r"the file is larger than 1 MiB, the limit for a spec",
+    ),
     yaml_case("many-values", "model: [" + "1, " * 30000 + "1]\n", AT + r":1:\d+: more than 20000 values in one file"),
-    yaml_case("tab-indent", "model: tiny-neo\nprompts:\n\trep: {}\n", at(3, 1) + r"malformed YAML: .*found character .*that cannot start any token; indent YAML with spaces, never tabs"),
+    yaml_case(
+        "tab-indent",
+        "model: tiny-neo\nprompts:\n\trep: {}\n",
+        at(3, 1)
+        + r"malformed YAML: .*found character .*that cannot start any token; indent YAML with spaces, never tabs",
+    ),
     yaml_case("two-documents", "model: a\n---\nmodel: b\n", at(2, 1) + r"malformed YAML: expected a single document"),
-    yaml_case("python-tag", "model: !!python/object/apply:os.system [echo hi]\n", at(1, 8) + r"tag .*python/object/apply:os\.system' is not allowed; specs are plain YAML"),
-    yaml_case("python-name", "model: !!python/name:os.system x\n", at(1, 8) + r"cannot read value: could not determine a constructor.*python/name"),
-    yaml_case("set-tag", "model: !!set {a, b}\n", at(1, 8) + r"tag 'tag:yaml\.org,2002:set' is not allowed; specs are plain YAML"),
-    yaml_case("duplicate-key", "model: a\nmodel: b\n", at(2, 1) + r"duplicate key 'model' \(first given on line 1\); each key may appear once"),
-    yaml_case("bad-int-tag", "model: tiny-neo\nx: !!int abc\n", at(2, 4) + r"cannot read 'abc' as int: not a valid int value"),
-    yaml_case("huge-int", "model: tiny-neo\nx: " + "9" * 5000 + "\n", at(2, 4) + r"cannot read '9{40}'\.\.\. \(5000 characters\) as int"),
+    yaml_case(
+        "python-tag",
+        "model: !!python/object/apply:os.system [echo hi]\n",
+        at(1, 8) + r"tag .*python/object/apply:os\.system' is not allowed; specs are plain YAML",
+    ),
+    yaml_case(
+        "python-name",
+        "model: !!python/name:os.system x\n",
+        at(1, 8) + r"cannot read value: could not determine a constructor.*python/name",
+    ),
+    yaml_case(
+        "set-tag",
+        "model: !!set {a, b}\n",
+        at(1, 8) + r"tag 'tag:yaml\.org,2002:set' is not allowed; specs are plain YAML",
+    ),
+    yaml_case(
+        "duplicate-key",
+        "model: a\nmodel: b\n",
+        at(2, 1) + r"duplicate key 'model' \(first given on line 1\); each key may appear once",
+    ),
+    yaml_case(
+        "bad-int-tag", "model: tiny-neo\nx: !!int abc\n", at(2, 4) + r"cannot read 'abc' as int: not a valid int value"
+    ),
+    yaml_case(
+        "huge-int",
+        "model: tiny-neo\nx: " + "9" * 5000 + "\n",
+        at(2, 4) + r"cannot read '9{40}'\.\.\. \(5000 characters\) as int",
+    ),
     yaml_case("empty-file", "", at(1, 1) + r"a spec must be a mapping with 'model', 'prompts' and 'expectations'"),
-    yaml_case("list-document", "- model: tiny-neo\n", at(1, 1) + r"a spec must be a mapping with 'model', 'prompts' and 'expectations'"),
-    yaml_case("unclosed-quote", 'model: "tiny-neo\n', at(2, 1) + r"malformed YAML: while scanning a quoted scalar found unexpected end"),
+    yaml_case(
+        "list-document",
+        "- model: tiny-neo\n",
+        at(1, 1) + r"a spec must be a mapping with 'model', 'prompts' and 'expectations'",
+    ),
+    yaml_case(
+        "unclosed-quote",
+        'model: "tiny-neo\n',
+        at(2, 1) + r"malformed YAML: while scanning a quoted scalar found unexpected end",
+    ),
     yaml_case("complex-key", "? [a, b]\n: 1\n", at(1, 3) + r"a mapping key must be a plain value"),
     Case("utf8-bom-accepted", "yaml", ("pytest", "model_specs"), OK, r"1 passed", {SPEC: "\ufeff" + spec(good())}),
 ]
@@ -184,14 +259,38 @@ HS = {"property": "head_score", "head": "L0H0", "role": "previous_token"}
 TOP = {"property": "top_heads", "role": "previous_token"}
 
 SCHEMA: list[Case] = [
-    schema_case("nan-at-least", {**HNR, "at_least": ".nan"}, at(10, 15) + r"at_least: Input should be a finite number \(got nan\)"),
-    schema_case("inf-at-most", {**HNR, "at_most": ".inf"}, at(10, 14) + r"at_most: Input should be a finite number \(got inf\)"),
-    schema_case("neg-inf-at-least", {**HS, "at_least": "-.inf"}, at(12, 15) + r"at_least: Input should be a finite number \(got -inf\)"),
-    schema_case("nan-huge-exponent", {**HNR, "at_least": "1e999"}, at(10, 15) + r"at_least: Input should be a finite number \(got inf\)"),
-    schema_case("nan-tolerance", {**TREND, "tolerance": ".nan"}, at(12, 16) + r"tolerance: Input should be a finite number \(got nan\)"),
+    schema_case(
+        "nan-at-least",
+        {**HNR, "at_least": ".nan"},
+        at(10, 15) + r"at_least: Input should be a finite number \(got nan\)",
+    ),
+    schema_case(
+        "inf-at-most", {**HNR, "at_most": ".inf"}, at(10, 14) + r"at_most: Input should be a finite number \(got inf\)"
+    ),
+    schema_case(
+        "neg-inf-at-least",
+        {**HS, "at_least": "-.inf"},
+        at(12, 15) + r"at_least: Input should be a finite number \(got -inf\)",
+    ),
+    schema_case(
+        "nan-huge-exponent",
+        {**HNR, "at_least": "1e999"},
+        at(10, 15) + r"at_least: Input should be a finite number \(got inf\)",
+    ),
+    schema_case(
+        "nan-tolerance",
+        {**TREND, "tolerance": ".nan"},
+        at(12, 16) + r"tolerance: Input should be a finite number \(got nan\)",
+    ),
     schema_case(
         "nan-label-threshold",
-        {"property": "role_fraction", "label": "previous_token", "layers": "[0, 1]", "at_least": "0", "label_threshold": ".nan"},
+        {
+            "property": "role_fraction",
+            "label": "previous_token",
+            "layers": "[0, 1]",
+            "at_least": "0",
+            "label_threshold": ".nan",
+        },
         at(13, 22) + r"label_threshold: Input should be a finite number \(got nan\)",
     ),
     schema_case(
@@ -207,30 +306,113 @@ SCHEMA: list[Case] = [
         AT + r":2:\d+: snapshot_tolerance\.role_scores\.atol: Input should be a finite number \(got nan\)",
         {SPEC: spec(good(), header="snapshot_tolerance: {role_scores: {atol: .nan}}")},
     ),
-    schema_case("trend-one-point", {**TREND, "layers": "[2, 2]"}, at(10, 13) + r"layers: \[2, 2\] is a single index: a trend needs at least one step"),
-    schema_case("trend-one-point-resolved", {**TREND, "layers": "[2, -1]"}, r"hidden-state range \[2, -1\] is the single index 2 on this model: a trend needs at least one step \(indices run 0 to 2\)"),
-    schema_case("range-reversed", {"property": "attention_stat", "stat": "max", "layers": "[1, 0]", "at_most": "1"}, at(11, 13) + r"layers: range \[1, 0\] is empty: the first index must not come after the last"),
-    schema_case("range-reversed-negative", {"property": "attention_stat", "stat": "max", "layers": "[-1, -2]", "at_most": "1"}, at(11, 13) + r"range \[-1, -2\] is empty"),
-    schema_case("range-reversed-resolved", {"property": "attention_stat", "stat": "max", "layers": "[1, -2]", "at_most": "1"}, r"layer range \[1, -2\] is empty: the first must not come after the last"),
-    schema_case("range-three-items", {**TREND, "layers": "[0, 1, 2]"}, at(10, 13) + r"layers: List should have at most 2 items"),
-    schema_case("k-float", {**TOP, "k": "1e23", "include": "[L0H0]"}, at(11, 8) + r"k: Input should be a valid integer \(got 1e\+23\)"),
-    schema_case("k-huge-int", {**TOP, "k": "1" + "0" * 25, "include": "[L0H0]"}, r"k is 10{25} but this model has only 8 heads \(2 layers x 4 heads\); k must be between 1 and 8"),
-    schema_case("k-over-heads", {**TOP, "k": "9", "include": "[L0H0]"}, r"k is 9 but this model has only 8 heads .*k must be between 1 and 8"),
-    schema_case("k-zero", {**TOP, "k": "0", "include": "[L0H0]"}, at(11, 8) + r"k: Input should be greater than or equal to 1"),
-    schema_case("equals-duplicate", {**TOP, "k": "2", "equals": "[L0H0, L0H0]"}, at(12, 13) + r"equals: L0H0 is listed more than once; list each head once"),
-    schema_case("include-duplicate", {**TOP, "k": "3", "include": "[L1H1, L0H0, L1H1]"}, at(12, 14) + r"include: L1H1 is listed more than once; list each head once"),
-    schema_case("head-out-of-range", {**HS, "head": "L9H0", "at_least": "0.5"}, r"head L9H0 is out of range: this model has layers 0-1 and heads 0-3 \(L0H0 to L1H3\)"),
-    schema_case("head-bad-form", {**HS, "head": "l0h0", "at_least": "0.5"}, at(10, 11) + r"head: head 'l0h0' is not of the form L<layer>H<head>"),
-    schema_case("layer-huge", {"property": "dominant_layer", "role": "previous_token", "layer": "9" * 30}, r"layer 9{30} is out of range: this model has 2 \(-2 to 1\)"),
-    schema_case("ratio-index-out-of-range", {**HNR, "numerator": "7", "at_least": "1"}, r"hidden-state index 7 is out of range: this model has 3 \(-3 to 2\)"),
-    schema_case("unknown-property", {"property": "head_scor"}, at(8, 15) + r"unknown property 'head_scor'; valid properties: head_score, top_heads"),
-    schema_case("unknown-key", {**HS, "at_leats": "0.5"}, at(12, 5) + r"unknown key 'at_leats'; valid keys here: .*at_least"),
-    schema_case("bound-outside-unit", {**HS, "at_least": "1.5"}, at(7, 5) + r"at_least: 1\.5 is outside \[0, 1\], the range of this score"),
+    schema_case(
+        "trend-one-point",
+        {**TREND, "layers": "[2, 2]"},
+        at(10, 13) + r"layers: \[2, 2\] is a single index: a trend needs at least one step",
+    ),
+    schema_case(
+        "trend-one-point-resolved",
+        {**TREND, "layers": "[2, -1]"},
+        r"hidden-state range \[2, -1\] is the single index 2 on this model: "
+        r"a trend needs at least one step \(indices run 0 to 2\)",
+    ),
+    schema_case(
+        "range-reversed",
+        {"property": "attention_stat", "stat": "max", "layers": "[1, 0]", "at_most": "1"},
+        at(11, 13) + r"layers: range \[1, 0\] is empty: the first index must not come after the last",
+    ),
+    schema_case(
+        "range-reversed-negative",
+        {"property": "attention_stat", "stat": "max", "layers": "[-1, -2]", "at_most": "1"},
+        at(11, 13) + r"layers: range \[-1, -2\] is empty: the first index must not come after the last",
+    ),
+    schema_case(
+        "range-reversed-resolved",
+        {"property": "attention_stat", "stat": "max", "layers": "[1, -2]", "at_most": "1"},
+        r"layer range \[1, -2\] is empty: the first must not come after the last",
+    ),
+    schema_case(
+        "range-three-items", {**TREND, "layers": "[0, 1, 2]"}, at(10, 13) + r"layers: List should have at most 2 items"
+    ),
+    schema_case(
+        "k-float",
+        {**TOP, "k": "1e23", "include": "[L0H0]"},
+        at(11, 8) + r"k: Input should be a valid integer \(got 1e\+23\)",
+    ),
+    schema_case(
+        "k-huge-int",
+        {**TOP, "k": "1" + "0" * 25, "include": "[L0H0]"},
+        r"k is 10{25} but this model has only 8 heads \(2 layers x 4 heads\); k must be between 1 and 8",
+    ),
+    schema_case(
+        "k-over-heads",
+        {**TOP, "k": "9", "include": "[L0H0]"},
+        r"k is 9 but this model has only 8 heads .*k must be between 1 and 8",
+    ),
+    schema_case(
+        "k-zero", {**TOP, "k": "0", "include": "[L0H0]"}, at(11, 8) + r"k: Input should be greater than or equal to 1"
+    ),
+    schema_case(
+        "equals-duplicate",
+        {**TOP, "k": "2", "equals": "[L0H0, L0H0]"},
+        at(12, 13) + r"equals: L0H0 is listed more than once; list each head once",
+    ),
+    schema_case(
+        "include-duplicate",
+        {**TOP, "k": "3", "include": "[L1H1, L0H0, L1H1]"},
+        at(12, 14) + r"include: L1H1 is listed more than once; list each head once",
+    ),
+    schema_case(
+        "head-out-of-range",
+        {**HS, "head": "L9H0", "at_least": "0.5"},
+        r"head L9H0 is out of range: this model has layers 0-1 and heads 0-3 \(L0H0 to L1H3\)",
+    ),
+    schema_case(
+        "head-bad-form",
+        {**HS, "head": "l0h0", "at_least": "0.5"},
+        at(10, 11) + r"head: head 'l0h0' is not of the form L<layer>H<head>",
+    ),
+    schema_case(
+        "layer-huge",
+        {"property": "dominant_layer", "role": "previous_token", "layer": "9" * 30},
+        r"layer 9{30} is out of range: this model has 2 \(-2 to 1\)",
+    ),
+    schema_case(
+        "ratio-index-out-of-range",
+        {**HNR, "numerator": "7", "at_least": "1"},
+        r"hidden-state index 7 is out of range: this model has 3 \(-3 to 2\)",
+    ),
+    schema_case(
+        "unknown-property",
+        {"property": "head_scor"},
+        at(8, 15) + r"unknown property 'head_scor'; valid properties: head_score, top_heads",
+    ),
+    schema_case(
+        "unknown-key", {**HS, "at_leats": "0.5"}, at(12, 5) + r"unknown key 'at_leats'; valid keys here: .*at_least"
+    ),
+    schema_case(
+        "bound-outside-unit",
+        {**HS, "at_least": "1.5"},
+        at(7, 5) + r"at_least: 1\.5 is outside \[0, 1\], the range of this score",
+    ),
     schema_case("no-bound", {**HS}, at(7, 5) + r"give at least one bound: 'at_least' and/or 'at_most'"),
-    schema_case("bound-string", {**HS, "at_least": "high"}, at(12, 15) + r"at_least: Input should be a valid number \(got 'high'\)"),
+    schema_case(
+        "bound-string",
+        {**HS, "at_least": "high"},
+        at(12, 15) + r"at_least: Input should be a valid number \(got 'high'\)",
+    ),
     schema_case("name-with-space", {**TREND, "name": "'my check'"}, at(7, 11) + r"name: String should match pattern"),
-    schema_case("prompt-set-undefined", {**TREND, "prompts": "prose"}, at(9, 14) + r"prompt set 'prose' is not defined; defined prompt sets: rep"),
-    schema_case("generated-sequence-negative", {"property": "generated_text", "contains": "x", "sequence": "-1"}, at(11, 15) + r"sequence: Input should be greater than or equal to 0"),
+    schema_case(
+        "prompt-set-undefined",
+        {**TREND, "prompts": "prose"},
+        at(9, 14) + r"prompt set 'prose' is not defined; defined prompt sets: rep",
+    ),
+    schema_case(
+        "generated-sequence-negative",
+        {"property": "generated_text", "contains": "x", "sequence": "-1"},
+        at(11, 15) + r"sequence: Input should be greater than or equal to 0",
+    ),
 ]
 
 
@@ -240,14 +422,42 @@ def prompt_case(id: str, random_tokens: str, expect: str, exit: int = FAILED) ->
 
 
 SCHEMA += [
-    prompt_case("seed-float", "{length: 8, seed: 1e26}", at(5, 43) + r"seed: Input should be a valid integer \(got 1e\+26\)"),
-    prompt_case("seed-huge", "{length: 8, seed: " + "9" * 26 + "}", at(5, 43) + r"seed: Input should be less than or equal to 9223372036854775807"),
-    prompt_case("length-float", "{length: 1e9}", at(5, 30) + r"length: Input should be a valid integer \(got 1000000000\.0\)"),
-    prompt_case("length-huge", "{length: 1000000000}", at(5, 30) + r"length: Input should be less than or equal to 1048576"),
-    prompt_case("length-over-context", "{length: 1000}", r"prompt set 'rep': a prompt is 2001 tokens long but the model's context is 256 tokens; shorten it"),
-    prompt_case("tokens-over-cap", "{length: 1048576, repeats: 2}", at(5, 20) + r"random_tokens: length \* repeats = 2097152 tokens per sequence; at most 1048576"),
-    prompt_case("repeats-one", "{length: 8, repeats: 1}", AT + r":5:\d+: .*repeats: Input should be greater than or equal to 2"),
-    prompt_case("count-zero", "{length: 8, count: 0}", AT + r":5:\d+: .*count: Input should be greater than or equal to 1"),
+    prompt_case(
+        "seed-float",
+        "{length: 8, seed: 1e26}",
+        at(5, 38) + r"prompts\.rep\.random_tokens\.seed: Input should be a valid integer \(got 1e\+26\)",
+    ),
+    prompt_case(
+        "seed-huge",
+        "{length: 8, seed: " + "9" * 26 + "}",
+        at(5, 38) + r"prompts\.rep\.random_tokens\.seed: Input should be less than or equal to 9223372036854775807",
+    ),
+    prompt_case(
+        "length-float",
+        "{length: 1e9}",
+        at(5, 29) + r"prompts\.rep\.random_tokens\.length: Input should be a valid integer \(got 1000000000\.0\)",
+    ),
+    prompt_case(
+        "length-huge",
+        "{length: 1000000000}",
+        at(5, 29) + r"prompts\.rep\.random_tokens\.length: Input should be less than or equal to 1048576",
+    ),
+    prompt_case(
+        "length-over-context",
+        "{length: 1000}",
+        r"prompt set 'rep': a prompt is 2001 tokens long but the model's context is 256 tokens; shorten it",
+    ),
+    prompt_case(
+        "tokens-over-cap",
+        "{length: 1048576, repeats: 2}",
+        at(5, 20) + r"prompts\.rep\.random_tokens: length \* repeats = 2097152 tokens per sequence; at most 1048576",
+    ),
+    prompt_case(
+        "repeats-one", "{length: 8, repeats: 1}", AT + r":5:\d+: .*repeats: Input should be greater than or equal to 2"
+    ),
+    prompt_case(
+        "count-zero", "{length: 8, count: 0}", AT + r":5:\d+: .*count: Input should be greater than or equal to 1"
+    ),
     Case(
         "generate-huge",
         "schema",
@@ -278,39 +488,137 @@ def model_case(id: str, model: str, expect: str, setup: Setup | None = None, *ar
 
 
 MODELS: list[Case] = [
-    Case("override-typo", "models", (*RUN, "--interp-model", "tiny_neo=./x"), USAGE,
-         r"--interp-model tiny_neo=\./x: no collected spec uses a model named 'tiny_neo'.*models the collected specs use: tiny-neo", TINY),
-    Case("override-twice", "models", (*RUN, "--interp-model", "tiny-neo=a", "--interp-model", "tiny-neo=b"), USAGE,
-         r"--interp-model tiny-neo is given twice \('a' and 'b'\); a model can be replaced by one checkpoint per run", TINY),
-    Case("override-twice-no-spec", "models", ("pytest", "empty", "--interp-model", "m=a", "--interp-model", "m=b"), USAGE,
-         r"--interp-model m is given twice", {"empty/README": "nothing to collect\n"}),
-    Case("override-no-spec", "models", ("pytest", "empty", "--interp-model", "m=a"), USAGE,
-         r"--interp-model m=a: no collected spec uses a model named 'm'.*use: none \(no spec file was collected\)", {"empty/README": "x\n"}),
-    Case("override-no-equals", "models", (*RUN, "--interp-model", "tiny-neo"), USAGE,
-         r"--interp-model 'tiny-neo': expected SPEC_MODEL=PATH_OR_ID", TINY),
-    Case("override-empty-target", "models", (*RUN, "--interp-model", "tiny-neo="), USAGE,
-         r"--interp-model 'tiny-neo=': expected SPEC_MODEL=PATH_OR_ID", TINY),
-    Case("override-missing-path", "models", (*RUN, "-x", "--interp-model", "tiny-neo=./no-such"), FAILED,
-         r"model '\./no-such': no such file or folder \(.*no-such\); " + MISSING_MODEL, TINY),
-    model_case("model-etc", "../../../../../../../../etc", r"/etc is not a model folder \(no config\.json\); " + MISSING_MODEL),
-    model_case("model-empty-folder", "../empty", r"empty is not a model folder \(no config\.json\); " + MISSING_MODEL,
-               lambda root: (root / "empty").mkdir()),
+    Case(
+        "override-typo",
+        "models",
+        (*RUN, "--interp-model", "tiny_neo=./x"),
+        USAGE,
+        r"--interp-model tiny_neo=\./x: no collected spec uses a model named 'tiny_neo'"
+        r".*models the collected specs use: tiny-neo",
+        TINY,
+    ),
+    Case(
+        "override-twice",
+        "models",
+        (*RUN, "--interp-model", "tiny-neo=a", "--interp-model", "tiny-neo=b"),
+        USAGE,
+        r"--interp-model tiny-neo is given twice \('a' and 'b'\); a model can be replaced by one checkpoint per run",
+        TINY,
+    ),
+    Case(
+        "override-twice-no-spec",
+        "models",
+        ("pytest", "empty", "--interp-model", "m=a", "--interp-model", "m=b"),
+        USAGE,
+        r"--interp-model m is given twice",
+        {"empty/README": "nothing to collect\n"},
+    ),
+    Case(
+        "override-no-spec",
+        "models",
+        ("pytest", "empty", "--interp-model", "m=a"),
+        USAGE,
+        r"--interp-model m=a: no collected spec uses a model named 'm'.*use: none \(no spec file was collected\)",
+        {"empty/README": "x\n"},
+    ),
+    Case(
+        "override-no-equals",
+        "models",
+        (*RUN, "--interp-model", "tiny-neo"),
+        USAGE,
+        r"--interp-model 'tiny-neo': expected SPEC_MODEL=PATH_OR_ID",
+        TINY,
+    ),
+    Case(
+        "override-empty-target",
+        "models",
+        (*RUN, "--interp-model", "tiny-neo="),
+        USAGE,
+        r"--interp-model 'tiny-neo=': expected SPEC_MODEL=PATH_OR_ID",
+        TINY,
+    ),
+    Case(
+        "override-missing-path",
+        "models",
+        (*RUN, "-x", "--interp-model", "tiny-neo=./no-such"),
+        FAILED,
+        r"model '\./no-such': no such file or folder \(.*no-such\); " + MISSING_MODEL,
+        TINY,
+    ),
+    model_case(
+        "model-etc", "../../../../../../../../etc", r"/etc is not a model folder \(no config\.json\); " + MISSING_MODEL
+    ),
+    model_case(
+        "model-empty-folder",
+        "../empty",
+        r"empty is not a model folder \(no config\.json\); " + MISSING_MODEL,
+        lambda root: (root / "empty").mkdir(),
+    ),
     model_case("model-missing-path", "./no-such", r"model '\./no-such': no such file or folder .*" + MISSING_MODEL),
-    model_case("model-hub-offline", "someorg/some-model", r"model 'someorg/some-model' is not a known alias \(smollm2-135m-instruct, tiny-neo\).*cannot be downloaded offline"),
-    model_case("model-is-a-file", "../notes.txt", r"notes\.txt is neither a directory nor a \.gguf file",
-               lambda root: (root / "notes.txt").write_text("hi\n")),
-    model_case("model-config-only", "../cfg", r"cfg has no weights \(no \*\.safetensors\); " + MISSING_MODEL,
-               lambda root: ((root / "cfg").mkdir(), shutil.copy(BUILTIN / "config.json", root / "cfg"))[0]),
-    model_case("model-pickle-only", "../pickled", r"has only pickled weights \(pytorch_model\.bin\).*allow them with --interp-allow-pickle",
-               lambda root: ((root / "pickled").mkdir(), shutil.copy(BUILTIN / "config.json", root / "pickled"),
-                             (root / "pickled" / "pytorch_model.bin").write_bytes(b"x"))[0]),
-    model_case("adapter-base-dot", "../adapter", r"adapter .*adapter names '\.' as its base, which is the adapter folder itself",
-               lambda root: ((root / "adapter").mkdir(),
-                             (root / "adapter" / "adapter_config.json").write_text('{"base_model_name_or_path": ".", "peft_type": "LORA"}'))[0]),
-    Case("model-empty-string", "models", RUN, FAILED, at(1, 1) + r"model: String should have at least 1 character", {SPEC: spec(good(), model="''")}),
-    Case("model-number", "models", RUN, FAILED, at(1, 8) + r"model: Input should be a valid string \(got 42\)", {SPEC: spec(good(), model="42")}),
-    Case("load-error-said-once", "models", (*RUN, "-x", "--interp-model", "tiny-neo=./gone"), FAILED,
-         r"model not available: model '\./gone': no such file or folder", TINY, matches=1),
+    model_case(
+        "model-hub-offline",
+        "someorg/some-model",
+        r"model 'someorg/some-model' is not a known alias \(smollm2-135m-instruct, tiny-neo\)"
+        r".*cannot be downloaded offline",
+    ),
+    model_case(
+        "model-is-a-file",
+        "../notes.txt",
+        r"notes\.txt is neither a directory nor a \.gguf file",
+        lambda root: (root / "notes.txt").write_text("hi\n"),
+    ),
+    model_case(
+        "model-config-only",
+        "../cfg",
+        r"cfg has no weights \(no \*\.safetensors\); " + MISSING_MODEL,
+        lambda root: ((root / "cfg").mkdir(), shutil.copy(BUILTIN / "config.json", root / "cfg"))[0],
+    ),
+    model_case(
+        "model-pickle-only",
+        "../pickled",
+        r"has only pickled weights \(pytorch_model\.bin\).*allow them with --interp-allow-pickle",
+        lambda root: (
+            (root / "pickled").mkdir(),
+            shutil.copy(BUILTIN / "config.json", root / "pickled"),
+            (root / "pickled" / "pytorch_model.bin").write_bytes(b"x"),
+        )[0],
+    ),
+    model_case(
+        "adapter-base-dot",
+        "../adapter",
+        r"adapter .*adapter names '\.' as its base, which is the adapter folder itself",
+        lambda root: (
+            (root / "adapter").mkdir(),
+            (root / "adapter" / "adapter_config.json").write_text(
+                '{"base_model_name_or_path": ".", "peft_type": "LORA"}'
+            ),
+        )[0],
+    ),
+    Case(
+        "model-empty-string",
+        "models",
+        RUN,
+        FAILED,
+        at(1, 8) + r"model: String should have at least 1 character",
+        {SPEC: spec(good(), model="''")},
+    ),
+    Case(
+        "model-number",
+        "models",
+        RUN,
+        FAILED,
+        at(1, 8) + r"model: Input should be a valid string \(got 42\)",
+        {SPEC: spec(good(), model="42")},
+    ),
+    Case(
+        "load-error-said-once",
+        "models",
+        (*RUN, "-x", "--interp-model", "tiny-neo=./gone"),
+        FAILED,
+        r"model not available: model '\./gone': no such file or folder",
+        TINY,
+        matches=1,
+    ),
 ]
 
 # ---- weights files: a model folder (a copy of tiny-neo) with a broken file ----
@@ -327,53 +635,169 @@ WEIGHTS: list[Case] = [
     weights_case("safetensors-huge-header", weights_broken(lambda b: b"\xff" * 7 + b"\x7f" + b[8:100]), CORRUPT),
     weights_case("safetensors-empty", weights_broken(lambda b: b""), CORRUPT),
     weights_case("safetensors-garbage", weights_broken(lambda b: os.urandom(4096)), CORRUPT),
-    weights_case("safetensors-bad-json", weights_broken(lambda b: struct.pack("<Q", 8) + b"{nojson}" + b[16:]), CORRUPT),
-    weights_case("truncated-skip", weights_broken(lambda b: b[: len(b) // 2]),
-                 r"SKIPPED .*model not available: .*model\.safetensors is corrupt or truncated", "--interp-missing=skip", exit=OK),
-    weights_case("config-bad-json", weights_broken(lambda b: b"{not json", "config.json"),
-                 r"model '\.\./model' at .*model could not be loaded: .*"),
-    weights_case("config-unknown-type", weights_broken(lambda b: b'{"model_type": "no-such-arch"}', "config.json"),
-                 r"model '\.\./model' at .*model could not be loaded: .*no-such-arch"),
-    weights_case("gguf-header-only", lambda root: (root / "only.gguf").write_bytes(gguf_bytes()),
-                 r"could not read GGUF file .*only\.gguf: .*; is it a complete \.gguf file\?", model="../only.gguf"),
-    weights_case("gguf-truncated-key", lambda root: (root / "cut.gguf").write_bytes(gguf_bytes(kvs=5, tail=struct.pack("<Q", 1000) + b"gen")),
-                 r"could not read GGUF file .*cut\.gguf: .*; is it a complete \.gguf file\?", model="../cut.gguf"),
-    weights_case("gguf-junk", lambda root: (root / "junk.gguf").write_bytes(b"junk" * 10),
-                 r"could not read GGUF file .*junk\.gguf: .*not a GGUF file.*; is it a complete \.gguf file\?", model="../junk.gguf"),
-    weights_case("gguf-empty", lambda root: (root / "empty.gguf").write_bytes(b""),
-                 r"could not read GGUF file .*empty\.gguf: .*; is it a complete \.gguf file\?", model="../empty.gguf"),
-    weights_case("gguf-skip", lambda root: (root / "only.gguf").write_bytes(gguf_bytes()),
-                 r"SKIPPED .*model not available: could not read GGUF file .*only\.gguf", "--interp-missing=skip", exit=OK, model="../only.gguf"),
+    weights_case(
+        "safetensors-bad-json", weights_broken(lambda b: struct.pack("<Q", 8) + b"{nojson}" + b[16:]), CORRUPT
+    ),
+    weights_case(
+        "truncated-skip",
+        weights_broken(lambda b: b[: len(b) // 2]),
+        r"SKIPPED .*model not available: .*model\.safetensors is corrupt or truncated",
+        "--interp-missing=skip",
+        exit=OK,
+    ),
+    weights_case(
+        "config-bad-json",
+        weights_broken(lambda b: b"{not json", "config.json"),
+        r"model '.*model' at .*model could not be loaded: .*not a valid JSON file",
+    ),
+    weights_case(
+        "config-unknown-type",
+        weights_broken(lambda b: b'{"model_type": "no-such-arch"}', "config.json"),
+        r"model '.*model' at .*model could not be loaded: "
+        r".*model type `no-such-arch` but Transformers does not recognize",
+    ),
+    weights_case(
+        "gguf-header-only",
+        lambda root: (root / "only.gguf").write_bytes(gguf_bytes()),
+        r"could not read GGUF file .*only\.gguf: .*; is it a complete \.gguf file\?",
+        model="../only.gguf",
+    ),
+    weights_case(
+        "gguf-truncated-key",
+        lambda root: (root / "cut.gguf").write_bytes(gguf_bytes(kvs=5, tail=struct.pack("<Q", 1000) + b"gen")),
+        r"could not read GGUF file .*cut\.gguf: .*; is it a complete \.gguf file\?",
+        model="../cut.gguf",
+    ),
+    weights_case(
+        "gguf-junk",
+        lambda root: (root / "junk.gguf").write_bytes(b"junk" * 10),
+        r"could not read GGUF file .*junk\.gguf: .*not a GGUF file.*; is it a complete \.gguf file\?",
+        model="../junk.gguf",
+    ),
+    weights_case(
+        "gguf-empty",
+        lambda root: (root / "empty.gguf").write_bytes(b""),
+        r"could not read GGUF file .*empty\.gguf: .*; is it a complete \.gguf file\?",
+        model="../empty.gguf",
+    ),
+    weights_case(
+        "gguf-skip",
+        lambda root: (root / "only.gguf").write_bytes(gguf_bytes()),
+        r"SKIPPED .*model not available: could not read GGUF file .*only\.gguf",
+        "--interp-missing=skip",
+        exit=OK,
+        model="../only.gguf",
+    ),
 ]
 
 # ---- CLI flags: pytest's options and the interp-assert command ----
 
 CLI: list[Case] = [
-    Case("missing-choice", "cli", (*RUN, "--interp-missing=maybe"), USAGE, r"argument --interp-missing: invalid choice: 'maybe' \(choose from error, skip\)", TINY),
-    Case("dtype-choice", "cli", (*RUN, "--interp-dtype=float64"), USAGE, r"argument --interp-dtype: invalid choice: 'float64' \(choose from float32, float16, bfloat16\)", TINY),
-    Case("cli-unknown-command", "cli", ("interp-assert", "frobnicate"), CLI_ERROR, r"argument COMMAND: invalid choice: 'frobnicate' \(choose from discover, report, audit"),
-    Case("cli-threshold", "cli", ("interp-assert", "discover", "tiny-neo", "-o", "out.yaml", "--threshold", "2"), CLI_ERROR,
-         r"argument --threshold: 2 is outside \(0, 1\]"),
-    Case("cli-max-heads", "cli", ("interp-assert", "discover", "tiny-neo", "-o", "out.yaml", "--max-heads", "0"), CLI_ERROR,
-         r"argument --max-heads: 0 is not at least 1"),
-    Case("cli-discover-exists", "cli", ("interp-assert", "discover", "tiny-neo", "-o", "out.yaml"), CLI_ERROR,
-         r"interp-assert: error: out\.yaml exists; pass --force to overwrite it", {"out.yaml": "mine\n"}),
-    Case("cli-discover-empty-folder", "cli", ("interp-assert", "discover", "./empty", "-o", "out.yaml"), CLI_ERROR,
-         r"interp-assert: error: model '\./empty': .*empty is not a model folder \(no config\.json\); " + MISSING_MODEL,
-         setup=lambda root: (root / "empty").mkdir()),
-    Case("cli-report-no-spec", "cli", ("interp-assert", "report", "nope.yaml", "-o", "out"), CLI_ERROR,
-         r"interp-assert: error: nope\.yaml: no such spec file"),
-    Case("cli-report-alias-bomb", "cli", ("interp-assert", "report", SPEC, "-o", "out"), CLI_ERROR,
-         r"interp-assert: error: model_specs/spec\.yaml:1:5: anchor &x0 is not allowed", {SPEC: BILLION_LAUGHS}, outputs=("out",)),
-    Case("cli-audit-not-utf8", "cli", ("interp-assert", "audit", SPEC, "--checkpoint", "tiny-neo"), CLI_ERROR,
-         r"interp-assert: error: model_specs/spec\.yaml:1:8: byte 0xff is not valid UTF-8", {SPEC: b"model: \xff\n"}),
-    Case("cli-audit-checkpoint-etc", "cli", ("interp-assert", "audit", SPEC, "--checkpoint", "/etc"), CLI_ERROR,
-         r"interp-assert: error: .*/etc is not a model folder \(no config\.json\); " + MISSING_MODEL, TINY),
-    Case("cli-report-device-meta", "cli", ("interp-assert", "report", SPEC, "-o", "out", "--device", "meta"), CLI_ERROR,
-         r"interp-assert: error: model .*device 'meta' is not valid \(a meta tensor holds no weights.*use cpu, cuda, cuda:N", TINY, outputs=("out",)),
-    Case("cli-report-truncated", "cli", ("interp-assert", "report", SPEC, "-o", "out"), CLI_ERROR,
-         r"interp-assert: error: .*" + CORRUPT, {SPEC: spec(good(), model="../model")},
-         weights_broken(lambda b: b[:100]), outputs=("out",)),
+    Case(
+        "missing-choice",
+        "cli",
+        (*RUN, "--interp-missing=maybe"),
+        USAGE,
+        r"argument --interp-missing: invalid choice: 'maybe' \(choose from 'error', 'skip'\)",
+        TINY,
+    ),
+    Case(
+        "dtype-choice",
+        "cli",
+        (*RUN, "--interp-dtype=float64"),
+        USAGE,
+        r"argument --interp-dtype: invalid choice: 'float64' \(choose from 'float32', 'float16', 'bfloat16'\)",
+        TINY,
+    ),
+    Case(
+        "cli-unknown-command",
+        "cli",
+        ("interp-assert", "frobnicate"),
+        CLI_ERROR,
+        r"argument COMMAND: invalid choice: 'frobnicate' \(choose from 'discover', 'report', 'audit'",
+    ),
+    Case(
+        "cli-threshold",
+        "cli",
+        ("interp-assert", "discover", "tiny-neo", "-o", "out.yaml", "--threshold", "2"),
+        CLI_ERROR,
+        r"argument --threshold: 2 is outside \(0, 1\]",
+    ),
+    Case(
+        "cli-max-heads",
+        "cli",
+        ("interp-assert", "discover", "tiny-neo", "-o", "out.yaml", "--max-heads", "0"),
+        CLI_ERROR,
+        r"argument --max-heads: 0 is not at least 1",
+    ),
+    Case(
+        "cli-discover-exists",
+        "cli",
+        ("interp-assert", "discover", "tiny-neo", "-o", "out.yaml"),
+        CLI_ERROR,
+        r"interp-assert: error: out\.yaml exists; pass --force to overwrite it",
+        {"out.yaml": "mine\n"},
+    ),
+    Case(
+        "cli-discover-empty-folder",
+        "cli",
+        ("interp-assert", "discover", "./empty", "-o", "out.yaml"),
+        CLI_ERROR,
+        r"interp-assert: error: model '\./empty': .*empty is not a model folder \(no config\.json\); " + MISSING_MODEL,
+        setup=lambda root: (root / "empty").mkdir(),
+    ),
+    Case(
+        "cli-report-no-spec",
+        "cli",
+        ("interp-assert", "report", "nope.yaml", "-o", "out"),
+        CLI_ERROR,
+        r"interp-assert: error: nope\.yaml: no such spec file",
+    ),
+    Case(
+        "cli-report-alias-bomb",
+        "cli",
+        ("interp-assert", "report", SPEC, "-o", "out"),
+        CLI_ERROR,
+        r"interp-assert: error: model_specs/spec\.yaml:1:5: anchor &x0 is not allowed",
+        {SPEC: BILLION_LAUGHS},
+        outputs=("out",),
+    ),
+    Case(
+        "cli-audit-not-utf8",
+        "cli",
+        ("interp-assert", "audit", SPEC, "--checkpoint", "tiny-neo"),
+        CLI_ERROR,
+        r"interp-assert: error: model_specs/spec\.yaml:1:8: byte 0xff is not valid UTF-8",
+        {SPEC: b"model: \xff\n"},
+    ),
+    Case(
+        "cli-audit-checkpoint-etc",
+        "cli",
+        ("interp-assert", "audit", SPEC, "--checkpoint", "/etc"),
+        CLI_ERROR,
+        r"interp-assert: error: .*/etc is not a model folder \(no config\.json\); " + MISSING_MODEL,
+        TINY,
+    ),
+    Case(
+        "cli-report-device-meta",
+        "cli",
+        ("interp-assert", "report", SPEC, "-o", "out", "--device", "meta"),
+        CLI_ERROR,
+        r"interp-assert: error: model .*device 'meta' is not valid "
+        r"\(a meta tensor holds no weights.*use cpu, cuda, cuda:N",
+        TINY,
+        outputs=("out",),
+    ),
+    Case(
+        "cli-report-truncated",
+        "cli",
+        ("interp-assert", "report", SPEC, "-o", "out"),
+        CLI_ERROR,
+        r"interp-assert: error: .*" + CORRUPT,
+        {SPEC: spec(good(), model="../model")},
+        weights_broken(lambda b: b[:100]),
+        outputs=("out",),
+    ),
 ]
 
 # ---- snapshot files (the snapshot work; cases the lead may extend) ----
@@ -386,41 +810,161 @@ RECORD = ("pytest", "model_specs", "--snapshot-update")  # the ``prepare`` run t
 
 
 SNAPSHOTS: list[Case] = [
-    Case("mistyped-name-update", "snapshots", (*RUN, "--snapshot-update"), FAILED,
-         r"spec\.ambr: snapshot\(s\) fingerprint match no expectation, but .*spec\.yaml has invalid expectations; kept",
-         {SPEC: SNAPSHOT_SPEC},
-         lambda root: (root / SPEC).write_text(SNAPSHOT_SPEC.replace("- name: fingerprint", "- nmae: fingerprint")),
-         prepare=RECORD, lead=True),
-    Case("ambr-garbage", "snapshots", RUN, FAILED, r"spec\.ambr.*cannot read snapshot", {SPEC: SNAPSHOT_SPEC},
-         lambda root: (root / AMBR).write_text("# name: fingerprint\n  garbage {{{\n"), prepare=RECORD, lead=True),
-    Case("ambr-not-utf8", "snapshots", RUN, FAILED, r"spec\.ambr.*cannot read snapshot", {SPEC: SNAPSHOT_SPEC},
-         lambda root: (root / AMBR).write_bytes(b"\xff\xfe\x00garbage"), prepare=RECORD, lead=True),
-    Case("ambr-is-a-folder", "snapshots", RUN, FAILED, r"spec\.ambr.*cannot read snapshot", {SPEC: SNAPSHOT_SPEC},
-         lambda root: (root / AMBR).mkdir(parents=True), lead=True),
-    Case("snapshots-read-only-update", "snapshots", (*RUN, "--snapshot-update"), FAILED,
-         r"spec\.ambr.*(read-only|Permission denied|cannot write)", {SPEC: SNAPSHOT_SPEC},
-         lambda root: (root / AMBR).parent.chmod(0o555), prepare=RECORD, needs="not-root", lead=True),
+    Case(
+        "mistyped-name-update",
+        "snapshots",
+        (*RUN, "--snapshot-update"),
+        FAILED,
+        r"spec\.ambr: snapshot\(s\) fingerprint match no expectation, but .*spec\.yaml has invalid expectations; kept",
+        {SPEC: SNAPSHOT_SPEC},
+        lambda root: (root / SPEC).write_text(SNAPSHOT_SPEC.replace("- name: fingerprint", "- nmae: fingerprint")),
+        prepare=RECORD,
+    ),
+    Case(
+        "ambr-garbage",
+        "snapshots",
+        RUN,
+        FAILED,
+        r"spec\.ambr.*cannot read snapshot",
+        {SPEC: SNAPSHOT_SPEC},
+        lambda root: (root / AMBR).write_text("# name: fingerprint\n  garbage {{{\n"),
+        prepare=RECORD,
+    ),
+    Case(
+        "ambr-not-utf8",
+        "snapshots",
+        RUN,
+        FAILED,
+        r"spec\.ambr.*cannot read snapshot",
+        {SPEC: SNAPSHOT_SPEC},
+        lambda root: (root / AMBR).write_bytes(b"\xff\xfe\x00garbage"),
+        prepare=RECORD,
+    ),
+    Case(
+        "ambr-is-a-folder",
+        "snapshots",
+        RUN,
+        FAILED,
+        r"spec\.ambr.*cannot read snapshot",
+        {SPEC: SNAPSHOT_SPEC},
+        lambda root: (root / AMBR).mkdir(parents=True),
+    ),
+    Case(
+        "snapshots-read-only-update",
+        "snapshots",
+        (*RUN, "--snapshot-update"),
+        FAILED,
+        r"spec\.ambr.*(read-only|Permission denied|cannot write)",
+        {SPEC: SNAPSHOT_SPEC},
+        lambda root: (root / AMBR).parent.chmod(0o555),
+        prepare=RECORD,
+        needs="not-root",
+    ),
+]
+
+SNAPSHOTS += [
+    Case(
+        "ambr-empty",
+        "snapshots",
+        RUN,
+        FAILED,
+        r"spec\.ambr: cannot read snapshot .fingerprint.: .*re-record it with --snapshot-update",
+        {SPEC: SNAPSHOT_SPEC},
+        lambda root: (root / AMBR).write_text(""),
+        prepare=RECORD,
+    ),
+    Case(
+        "snapshots-dir-is-file",
+        "snapshots",
+        (*RUN, "--snapshot-update"),
+        FAILED,
+        r"__snapshots__.*(Not a directory|not a folder|cannot write)",
+        {SPEC: SNAPSHOT_SPEC, "model_specs/__snapshots__": "not a folder\n"},
+    ),
 ]
 
 # ---- filesystem ----
 
 FILESYSTEM: list[Case] = [
-    Case("symlink-loop-parent", "filesystem", ("pytest", "model_specs", "--co", "-q"), OK, r"^1 test collected",
-         TINY, symlink("model_specs/loop", ".."), subprocess=True, seconds=60),
-    Case("symlink-loops-two", "filesystem", ("pytest", "model_specs", "--co", "-q"), OK, r"^1 test collected",
-         TINY, chain(symlink("model_specs/a", "."), symlink("model_specs/b", ".")), subprocess=True, seconds=60),
-    Case("symlink-loop-cross", "filesystem", ("pytest", "model_specs", "--co", "-q"), OK, r"^1 test collected",
-         TINY, chain(symlink("model_specs/a", "../other"), symlink("other/back", "../model_specs")), subprocess=True, seconds=60),
-    Case("symlink-self", "filesystem", ("pytest", "model_specs", "--co", "-q"), OK, r"^1 test collected",
-         TINY, symlink("model_specs/self", "self")),
-    Case("spec-is-fifo", "filesystem", ("pytest", "model_specs/fifo.yaml"), INTERRUPTED,
-         r"model_specs/fifo\.yaml: not a regular file; a spec is a YAML text file",
-         setup=lambda root: ((root / "model_specs").mkdir(), os.mkfifo(root / "model_specs" / "fifo.yaml"))[0],
-         subprocess=True, seconds=60),
-    Case("spec-unreadable", "filesystem", RUN, INTERRUPTED, r"model_specs/spec\.yaml: cannot read the spec file: Permission denied",
-         TINY, lambda root: (root / SPEC).chmod(0), needs="not-root"),
-    Case("spec-dangling-symlink", "filesystem", ("pytest", "model_specs/gone.yaml"), USAGE,
-         r"file or directory not found: model_specs/gone\.yaml", setup=symlink("model_specs/gone.yaml", "nowhere.yaml")),
+    Case(
+        "symlink-loop-parent",
+        "filesystem",
+        ("pytest", "model_specs", "--co", "-q"),
+        OK,
+        r"^1 test collected",
+        TINY,
+        symlink("model_specs/loop", ".."),
+        subprocess=True,
+        seconds=60,
+    ),
+    Case(
+        "symlink-loops-two",
+        "filesystem",
+        ("pytest", "model_specs", "--co", "-q"),
+        OK,
+        r"^1 test collected",
+        TINY,
+        chain(symlink("model_specs/a", "."), symlink("model_specs/b", ".")),
+        subprocess=True,
+        seconds=60,
+    ),
+    Case(
+        "symlink-loop-cross",
+        "filesystem",
+        ("pytest", "model_specs", "--co", "-q"),
+        OK,
+        r"^1 test collected",
+        TINY,
+        chain(symlink("model_specs/a", "../other"), symlink("other/back", "../model_specs")),
+        subprocess=True,
+        seconds=60,
+    ),
+    Case(
+        "symlink-self",
+        "filesystem",
+        ("pytest", "model_specs", "--co", "-q"),
+        OK,
+        r"^1 test collected",
+        TINY,
+        symlink("model_specs/self", "self"),
+    ),
+    Case(
+        "spec-is-fifo",
+        "filesystem",
+        ("pytest", "model_specs/fifo.yaml"),
+        USAGE,
+        r"ERROR: not found: .*model_specs/fifo\.yaml",
+        setup=lambda root: ((root / "model_specs").mkdir(), os.mkfifo(root / "model_specs" / "fifo.yaml"))[0],
+        subprocess=True,
+        seconds=60,
+    ),
+    Case(
+        "cli-spec-is-fifo",
+        "filesystem",
+        ("interp-assert", "audit", "model_specs/fifo.yaml", "--checkpoint", "tiny-neo"),
+        CLI_ERROR,
+        r"interp-assert: error: model_specs/fifo\.yaml: not a regular file; a spec is a YAML text file",
+        setup=lambda root: ((root / "model_specs").mkdir(), os.mkfifo(root / "model_specs" / "fifo.yaml"))[0],
+        lead=True,
+    ),  # cli.py says "no such spec file" for a path that exists but is not a file
+    Case(
+        "spec-unreadable",
+        "filesystem",
+        RUN,
+        INTERRUPTED,
+        r"model_specs/spec\.yaml: cannot read the spec file: Permission denied",
+        TINY,
+        lambda root: (root / SPEC).chmod(0),
+        needs="not-root",
+    ),
+    Case(
+        "spec-dangling-symlink",
+        "filesystem",
+        ("pytest", "model_specs/gone.yaml"),
+        USAGE,
+        r"file or directory not found: model_specs/gone\.yaml",
+        setup=symlink("model_specs/gone.yaml", "nowhere.yaml"),
+    ),
 ]
 
 # ---- devices ----
@@ -433,21 +977,106 @@ def device_spec(device: str) -> dict[str, str]:
 
 
 DEVICES: list[Case] = [
-    Case("flag-cuda-unavailable", "devices", (*RUN, "--interp-device", "cuda"), USAGE,
-         r"--interp-device cuda: device 'cuda' is not available on this machine .*valid devices are cpu, cuda", TINY, needs="no-cuda"),
-    Case("flag-cuda-index", "devices", (*RUN, "--interp-device", "cuda:7"), USAGE, r"--interp-device cuda:7: device 'cuda:7' (is not available|does not exist)", TINY),
-    Case("flag-gpu0", "devices", (*RUN, "--interp-device", "gpu0"), USAGE, r"--interp-device gpu0: device 'gpu0' is not valid \(did you mean cuda:0\?\); " + DEVICE_VALID, TINY),
-    Case("flag-meta", "devices", (*RUN, "--interp-device", "meta"), USAGE, r"--interp-device meta: device 'meta' is not valid \(a meta tensor holds no weights.*\); " + DEVICE_VALID, TINY),
-    Case("flag-empty", "devices", (*RUN, "--interp-device", ""), USAGE, r"--interp-device : device '' is not valid; " + DEVICE_VALID, TINY),
-    Case("flag-mps", "devices", (*RUN, "--interp-device", "mps"), USAGE, r"device 'mps' is not available on this machine", TINY, needs="no-mps"),
-    Case("spec-meta", "devices", RUN, FAILED, at(2, 9) + r"device: device 'meta' is not valid \(a meta tensor.*\); " + DEVICE_VALID, device_spec("meta")),
-    Case("spec-gpu0", "devices", RUN, FAILED, at(2, 9) + r"device: device 'gpu0' is not valid \(did you mean cuda:0\?\); " + DEVICE_VALID, device_spec("gpu0")),
-    Case("spec-number", "devices", RUN, FAILED, at(2, 9) + r"device: Input should be a valid string \(got 0\)", device_spec("0")),
-    Case("spec-cuda-unavailable", "devices", (*RUN, "-x"), FAILED, r"model 'tiny-neo': device 'cuda' is not available on this machine", device_spec("cuda"), needs="no-cuda"),
-    Case("spec-cuda-skip", "devices", (*RUN, "-rs", "--interp-missing=skip"), OK,
-         r"SKIPPED .*model not available: model 'tiny-neo': device 'cuda' is not available on this machine", device_spec("cuda"), needs="no-cuda"),
-    Case("cli-device-gpu0", "devices", ("interp-assert", "audit", SPEC, "--checkpoint", "tiny-neo", "--device", "gpu0"), CLI_ERROR,
-         r"interp-assert: error: .*device 'gpu0' is not valid \(did you mean cuda:0\?\); " + DEVICE_VALID, TINY),
+    Case(
+        "flag-cuda-unavailable",
+        "devices",
+        (*RUN, "--interp-device", "cuda"),
+        USAGE,
+        r"--interp-device cuda: device 'cuda' is not available on this machine .*valid devices are cpu, cuda",
+        TINY,
+        needs="no-cuda",
+    ),
+    Case(
+        "flag-cuda-index",
+        "devices",
+        (*RUN, "--interp-device", "cuda:7"),
+        USAGE,
+        r"--interp-device cuda:7: device 'cuda:7' (is not available|does not exist)",
+        TINY,
+    ),
+    Case(
+        "flag-gpu0",
+        "devices",
+        (*RUN, "--interp-device", "gpu0"),
+        USAGE,
+        r"--interp-device gpu0: device 'gpu0' is not valid \(did you mean cuda:0\?\); " + DEVICE_VALID,
+        TINY,
+    ),
+    Case(
+        "flag-meta",
+        "devices",
+        (*RUN, "--interp-device", "meta"),
+        USAGE,
+        r"--interp-device meta: device 'meta' is not valid \(a meta tensor holds no weights.*\); " + DEVICE_VALID,
+        TINY,
+    ),
+    Case(
+        "flag-empty",
+        "devices",
+        (*RUN, "--interp-device", ""),
+        USAGE,
+        r"--interp-device : device '' is not valid; " + DEVICE_VALID,
+        TINY,
+    ),
+    Case(
+        "flag-mps",
+        "devices",
+        (*RUN, "--interp-device", "mps"),
+        USAGE,
+        r"device 'mps' is not available on this machine",
+        TINY,
+        needs="no-mps",
+    ),
+    Case(
+        "spec-meta",
+        "devices",
+        RUN,
+        FAILED,
+        at(2, 9) + r"device: device 'meta' is not valid \(a meta tensor.*\); " + DEVICE_VALID,
+        device_spec("meta"),
+    ),
+    Case(
+        "spec-gpu0",
+        "devices",
+        RUN,
+        FAILED,
+        at(2, 9) + r"device: device 'gpu0' is not valid \(did you mean cuda:0\?\); " + DEVICE_VALID,
+        device_spec("gpu0"),
+    ),
+    Case(
+        "spec-number",
+        "devices",
+        RUN,
+        FAILED,
+        at(2, 9) + r"device: Input should be a valid string \(got 0\)",
+        device_spec("0"),
+    ),
+    Case(
+        "spec-cuda-unavailable",
+        "devices",
+        (*RUN, "-x"),
+        FAILED,
+        r"model 'tiny-neo': device 'cuda' is not available on this machine",
+        device_spec("cuda"),
+        needs="no-cuda",
+    ),
+    Case(
+        "spec-cuda-skip",
+        "devices",
+        (*RUN, "-rs", "--interp-missing=skip"),
+        OK,
+        r"SKIPPED .*model not available: model 'tiny-neo': device 'cuda' is not available on this machine",
+        device_spec("cuda"),
+        needs="no-cuda",
+    ),
+    Case(
+        "cli-device-gpu0",
+        "devices",
+        ("interp-assert", "audit", SPEC, "--checkpoint", "tiny-neo", "--device", "gpu0"),
+        CLI_ERROR,
+        r"interp-assert: error: .*device 'gpu0' is not valid \(did you mean cuda:0\?\); " + DEVICE_VALID,
+        TINY,
+    ),
 ]
 
 CASES: list[Case] = [*YAML, *SCHEMA, *MODELS, *WEIGHTS, *CLI, *SNAPSHOTS, *FILESYSTEM, *DEVICES]

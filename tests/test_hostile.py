@@ -18,6 +18,7 @@ from collections import Counter
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
+import hypothesis  # noqa: F401  (its pytest plugin imports it in every run's summary; once here is enough)
 import pytest
 
 import interp_assert.cli
@@ -25,7 +26,8 @@ import interp_assert.collect
 import interp_assert.runner  # noqa: F401  (imported once here: pytester's in-process runs drop what they import)
 from tests.hostile_cases import CASES, Case
 
-PYTESTER_OWN = ("stdout", "stderr", "runpytest-")  # what runpytest_subprocess writes beside the case
+# What runpytest_subprocess writes beside the case, and tools' caches under HOME (pytester's folder)
+PYTESTER_OWN = ("stdout", "stderr", "runpytest-", ".cache", ".config")
 FORBIDDEN = ("Traceback (most recent call last)", "INTERNALERROR", "During handling of the above exception")
 
 
@@ -155,3 +157,23 @@ def _writable(root: Path) -> None:
             path = Path(folder) / name
             if not path.is_symlink() and (path.is_dir() or path.is_file()):
                 path.chmod(path.stat().st_mode | stat.S_IRUSR | stat.S_IWUSR | (stat.S_IXUSR if path.is_dir() else 0))
+
+
+@pytest.mark.parametrize("flag", ["--interp-debug", "--full-trace"])
+def test_tracebacks_only_on_request(flag: str, pytester: pytest.Pytester) -> None:
+    """The one-line error by default; with a debug flag, the traceback down to the reader that failed."""
+    from tests.hostile_cases import SPEC, copy_model, good, spec
+
+    folder = copy_model()(pytester.path)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])
+    (pytester.path / "model_specs").mkdir()
+    (pytester.path / SPEC).write_text(spec(good(), model="../model"))
+    plain = pytester.runpytest("model_specs", "-p", "no:cacheprovider")
+    assert "Traceback" not in plain.stdout.str() and "SafetensorError" not in plain.stdout.str()
+    plain.stdout.re_match_lines([r".*weights file .*model\.safetensors is corrupt or truncated"])
+    debug = pytester.runpytest("model_specs", "-p", "no:cacheprovider", flag)
+    assert debug.ret == plain.ret == 1
+    out = debug.stdout.str()
+    assert "SafetensorError" in out and "ModelLoadError" in out, out
+    assert "direct cause" in out, out

@@ -57,13 +57,14 @@ JUNIT_KEYS = {"property", "passed", "value", "bound_low", "bound_high", "model",
 
 
 def test_junitxml_has_a_stable_schema_a_dashboard_can_parse(pytester: pytest.Pytester, uniform_llama: Path) -> None:
-    top = "  - name: top\n    property: top_heads\n    role: first_token\n    k: 2\n    include: [L0H0]\n    prompts: prose\n"
+    top = "  - name: top\n    property: top_heads\n    role: first_token\n    k: 2\n    include: [L0H0]\n"
+    top += "    prompts: prose\n"
     write_spec(pytester, "u.yaml", spec_text(uniform_llama, head_score("sink") + top))
     pytester.runpytest("model_specs", "--junitxml=out.xml")
     rows = {}
     for case in ET.parse(pytester.path / "out.xml").iter("testcase"):
         properties = {p.get("name"): p.get("value") for p in case.iter("property")}
-        assert JUNIT_KEYS <= set(properties), case.get("name")
+        assert set(properties) >= JUNIT_KEYS, case.get("name")
         rows[case.get("name")] = properties
     sink = rows["sink"]
     assert sink["property"] == "head_score" and sink["passed"] == "true"
@@ -231,3 +232,23 @@ def test_help_does_not_import_torch(pytester: pytest.Pytester) -> None:
         "    assert 'TORCH False' in out\n"
     )
     pytester.runpytest_subprocess(probe).assert_outcomes(passed=1)
+
+
+def test_every_option_has_an_ini_key_and_the_command_line_wins(pytester: pytest.Pytester) -> None:
+    from interp_assert.options import OPTIONS
+
+    pytester.makeini("[pytest]\ninterp_missing = skip\n")
+    write_spec(pytester, "gone.yaml", spec_text("nobody/no-such-model", head_score("sink")))
+    pytester.runpytest("model_specs").assert_outcomes(skipped=1)
+    pytester.runpytest("model_specs", "--interp-missing=error").assert_outcomes(errors=1)
+    help_text = pytester.runpytest("--help").stdout.str()
+    for option in OPTIONS:
+        assert option.flag in help_text and f"{option.name} (" in help_text, option.name
+
+
+def test_an_invalid_ini_value_is_a_usage_error(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\ninterp_missing = sometimes\n")
+    write_spec(pytester, "gone.yaml", spec_text("nobody/no-such-model", head_score("sink")))
+    result = pytester.runpytest("model_specs")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*ini option interp_missing = 'sometimes' is not valid; choose one of error, skip"])

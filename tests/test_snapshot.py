@@ -102,7 +102,7 @@ def test_lifecycle_create_pass_drift_update_pass(pytester: pytest.Pytester, rand
         "model_specs", f"--interp-model={random_llama}={other}", "--snapshot-update", "--interp-allow-override-update"
     )
     adopted.assert_outcomes(passed=2)
-    adopted.stdout.fnmatch_lines(["*snapshots: 0 written / 1 updated / 0 deleted, in model_specs/__snapshots__/spec.ambr"])
+    adopted.stdout.fnmatch_lines(["*snapshots: 0 written / 1 updated / 0 deleted, in model_specs/__snapshots__/spec.*"])
     assert snapshot_path(pytester).read_text() != stored
     assert f"model = {other}" in snapshot_path(pytester).read_text()
     pytester.runpytest("model_specs", f"--interp-model={random_llama}={other}").assert_outcomes(passed=2)
@@ -112,7 +112,8 @@ def test_lifecycle_create_pass_drift_update_pass(pytester: pytest.Pytester, rand
     back.assert_outcomes(passed=1, failed=1)
     back.stdout.fnmatch_lines(
         [
-            f"*the snapshot was recorded on model '{other}' (weights *); this run measures '{random_llama}' (weights *)",
+            f"*the snapshot was recorded on model '{other}' (weights *); "
+            f"this run measures '{random_llama}' (weights *)",
         ]
     )
 
@@ -195,7 +196,9 @@ def test_mistyped_name_key_never_deletes_a_snapshot(pytester: pytest.Pytester, r
     write_spec(pytester, random_llama, text=SPEC.replace("- name: fingerprint", "- nmae: fingerprint"))
     result = pytester.runpytest("model_specs", "--snapshot-update")
     result.assert_outcomes(passed=1, failed=1)
-    result.stdout.fnmatch_lines(["*snapshot(s) fingerprint match no expectation, but * has invalid expectations; kept*"])
+    result.stdout.fnmatch_lines(
+        ["*snapshot(s) fingerprint match no expectation, but * has invalid expectations; kept*"]
+    )
     assert "deleted" not in result.stdout.str()
     assert snapshot_path(pytester).read_text() == stored
 
@@ -204,7 +207,7 @@ def test_first_record_is_announced_with_its_file(pytester: pytest.Pytester, rand
     write_spec(pytester, random_llama)
     result = pytester.runpytest("model_specs", "--snapshot-update")
     result.assert_outcomes(passed=2)
-    result.stdout.fnmatch_lines(["*snapshots: 1 written / 0 updated / 0 deleted, in model_specs/__snapshots__/spec.ambr"])
+    result.stdout.fnmatch_lines(["*snapshots: 1 written / 0 updated / 0 deleted, in model_specs/__snapshots__/spec.*"])
 
 
 def test_rename_and_re_record_changes_only_the_name(pytester: pytest.Pytester, random_llama: Path) -> None:
@@ -218,7 +221,7 @@ def test_rename_and_re_record_changes_only_the_name(pytester: pytest.Pytester, r
     after = snapshot_path(pytester).read_text()
     assert after == before.replace("# name: fingerprint\n", "# name: fingerprint_v2\n")
     # values are stored at the precision the tolerances see (atol 0.02 -> 4 decimals)
-    scores = [line for line in after.splitlines() if "role_scores.previous_token.L0 = " in line][0]
+    scores = next(line for line in after.splitlines() if "role_scores.previous_token.L0 = " in line)
     assert all(len(v.split(".")[-1]) <= 4 for v in scores.split("= ")[1].split())
 
 
@@ -294,7 +297,8 @@ def test_concurrent_updates_keep_every_entry(tmp_path: Path) -> None:
     script = (
         "import sys\nfrom interp_assert import snapshot_store\n"
         "for i in range(40):\n"
-        "    snapshot_store.write(sys.argv[1], f'{sys.argv[2]}{i}', f'interp_assert fingerprint v1\\n[values]\\nx = {i}')\n"
+        "    text = f'interp_assert fingerprint v1\\n[values]\\nx = {i}'\n"
+        "    snapshot_store.write(sys.argv[1], f'{sys.argv[2]}{i}', text)\n"
     )
     workers = [subprocess.Popen([sys.executable, "-c", script, str(spec), tag]) for tag in ("a", "b")]
     assert [worker.wait(timeout=120) for worker in workers] == [0, 0]
