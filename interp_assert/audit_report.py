@@ -22,6 +22,7 @@ import numpy as np
 from interp_assert import diff_figures, heatmaps, scores
 from interp_assert.audit import Audit, AuditRow, print_table
 from interp_assert.capture import CaptureRequest
+from interp_assert.drift_summary import beyond_by_layer
 from interp_assert.errors import InterpAssertError
 from interp_assert.fingerprint import DEFAULT_TOLERANCES
 from interp_assert.spec import SpecFile
@@ -54,7 +55,8 @@ def write_audit_report(audit: Audit, spec: SpecFile, directory: Path) -> Path:
         pictures += _prompt_set_figures(spec, prompt_name, base, checkpoint, directory)
     for drift in audit.drifts:
         if drift.base is not None and drift.checkpoint is not None:
-            counts = _beyond_by_layer(drift.base.values, drift.checkpoint.values)
+            atol = DEFAULT_TOLERANCES["role_scores"].atol
+            counts = {k: np.array(v) for k, v in beyond_by_layer(drift.base, drift.checkpoint, atol).items()}
             file = f"snapshot-{_slug(drift.name)}-drift.png"
             title = f"snapshot {drift.name!r}: where the fingerprint moved"
             diff_figures.drift_by_layer(directory / file, counts, title)
@@ -117,21 +119,6 @@ def _largest_moves(old: np.ndarray, new: np.ndarray) -> list[tuple[str, float]]:
     layers, heads = np.unravel_index(order, delta.shape)
     pairs = zip(layers, heads, strict=True)
     return [(f"L{int(layer)}H{int(head)}", float(delta[layer, head])) for layer, head in pairs]
-
-
-def _beyond_by_layer(before: dict[str, list[float]], after: dict[str, list[float]]) -> dict[str, np.ndarray]:
-    atol = DEFAULT_TOLERANCES["role_scores"].atol
-    counts: dict[str, dict[int, int]] = {}
-    for key, old in before.items():
-        match = re.match(r"^role_scores\.(\w+)\.L(\d+)$", key)
-        if match is None or key not in after:
-            continue
-        beyond = sum(abs(b - a) > atol for a, b in zip(old, after[key], strict=False) if np.isfinite(a - b))
-        counts.setdefault(match.group(1), {})[int(match.group(2))] = beyond
-    n_layers = 1 + max((layer for by_layer in counts.values() for layer in by_layer), default=-1)
-    return {
-        role: np.array([by_layer.get(layer, 0) for layer in range(n_layers)]) for role, by_layer in counts.items()
-    }
 
 
 def _side_by_side_patterns(spec: SpecFile, row: AuditRow, base: Any, checkpoint: Any, out: Path) -> list[_Picture]:

@@ -217,7 +217,7 @@ def models_named(specs: list[SpecFile], overrides: dict[str, str]) -> set[str]:
         if is_name:
             named.add(reference)
             if reference in overrides:
-                todo.append((overrides[reference], Path.cwd(), False))
+                todo.append((overrides[reference], base_dir, False))  # as the runner: spec folder, then cwd
         base = _adapter_base(reference, base_dir)
         if base is not None:
             todo.append((base, base_dir / reference, True))

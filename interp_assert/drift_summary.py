@@ -96,3 +96,25 @@ def _runs(by_layer: dict[int, float], atol: float) -> list[list[int]]:
             runs.append([layer])
         previous = (layer, value)
     return runs
+
+
+def role_table(fingerprint: Fingerprint, role: str) -> list[list[float]] | None:
+    """A role's scores as ``[layer][head]`` from a fingerprint's series, or ``None`` if not recorded."""
+    rows: list[list[float]] = []
+    while (key := f"role_scores.{role}.L{len(rows)}") in fingerprint.values:
+        rows.append(list(fingerprint.values[key]))
+    return rows or None
+
+
+def beyond_by_layer(before: Fingerprint, after: Fingerprint, atol: float) -> dict[str, list[int]]:
+    """Per role, per layer: how many head scores moved by more than ``atol``."""
+    counts: dict[str, dict[int, int]] = defaultdict(dict)
+    for key, old in before.values.items():
+        match = _SCORE_KEY.match(key)
+        new = after.values.get(key)
+        if match is None or new is None:
+            continue
+        moved = sum(int(abs(b - a) > atol) for a, b in zip(old, new, strict=False) if not math.isnan(b - a))
+        counts[match.group(1)][int(match.group(2))] = moved
+    n_layers = 1 + max((layer for by_layer in counts.values() for layer in by_layer), default=-1)
+    return {role: [by_layer.get(layer, 0) for layer in range(n_layers)] for role, by_layer in counts.items()}

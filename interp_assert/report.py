@@ -25,6 +25,7 @@ from interp_assert.spec import (
     HiddenNormRatio,
     HiddenNormTrend,
     RoleFraction,
+    Snapshot,
     SpecFile,
     TopHeads,
     load_spec,
@@ -215,6 +216,49 @@ def _draw(spec: SpecFile, runner: Any, results: list[Result], out_dir: Path, pro
             continue  # the expectations on this prompt set already show the error in the table
         progress(f"drawing {prompt_name!r}")
         figures += _draw_prompt_set(prompt_name, plan, measured, out_dir)
+    for result in results:
+        if isinstance(result.entry.expectation, Snapshot) and result.status in ("passed", "failed"):
+            figures += _draw_snapshot(spec, runner, result, out_dir)
+    return figures
+
+
+def _draw_snapshot(spec: SpecFile, runner: Any, result: Result, out_dir: Path) -> list[_Figure]:
+    """Where the fingerprint moved from the stored snapshot: counts by layer and role, and the
+    delta heatmap of the role that moved most."""
+    import numpy as np
+
+    from interp_assert import diff_figures, snapshot
+    from interp_assert.drift_summary import beyond_by_layer, role_table
+
+    expectation: Any = result.entry.expectation
+    stored = snapshot.read(spec.path, expectation.name)
+    if stored is None:
+        return []
+    current = runner.fingerprint(spec, expectation)
+    tolerances, _ = runner.tolerances(spec, expectation)
+    counts = beyond_by_layer(stored, current, tolerances["role_scores"].atol)
+    slug = _slug(expectation.name)
+    failed = result.status == "failed"
+    file = f"snapshot-{slug}-drift.png"
+    title = f"snapshot {expectation.name!r}: head scores beyond tolerance, by layer (this run vs stored)"
+    diff_figures.drift_by_layer(out_dir / file, {k: np.array(v) for k, v in counts.items()}, title)
+    figures = [_Figure(file, "Snapshots", f"{expectation.name}: where the fingerprint moved", failed)]
+    result.figures.append(file)
+    tables = {role: (role_table(stored, role), role_table(current, role)) for role in counts}
+    moved = {
+        role: float(np.nansum(np.abs(np.array(after) - np.array(before))))
+        for role, (before, after) in tables.items()
+        if before is not None and after is not None and np.array(before).shape == np.array(after).shape
+    }
+    if moved:
+        role = max(moved, key=moved.__getitem__)  # the role whose scores moved most in total
+        before, after = tables[role]
+        if before is not None and after is not None:
+            file = f"snapshot-{slug}-{role}-delta.png"
+            title = f"{role}: this run - stored snapshot {expectation.name!r}"
+            diff_figures.delta_heatmap(out_dir / file, np.array(before), np.array(after), title)
+            figures.append(_Figure(file, "Snapshots", f"{expectation.name}: {role} change per head", failed))
+            result.figures.append(file)
     return figures
 
 

@@ -36,7 +36,7 @@ from interp_assert.yamlsource import SourceDocument, load_source, read_spec_text
 
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
 MAX_SEQUENCE_TOKENS = 1 << 20  # length * repeats of one random-token sequence (models' contexts are far shorter)
-MAX_BATCH_TOKENS = 1 << 24  # count * length * repeats: 128 MB of token ids
+MAX_BATCH_TOKENS = 1 << 20  # count * length * repeats: one batch, measured in one pass
 MAX_PROBLEMS = 20  # per expectation (or header); the rest are counted
 
 
@@ -50,7 +50,7 @@ class RandomTokens(_Strict):
 
     length: int = Field(ge=1, le=MAX_SEQUENCE_TOKENS)
     repeats: int = Field(default=2, ge=2, le=1024)
-    count: int = Field(default=4, ge=1, le=4096)
+    count: int = Field(default=4, ge=1, le=256)
     seed: int = Field(default=0, ge=0, le=2**63 - 1)
 
     @model_validator(mode="after")

@@ -458,6 +458,14 @@ SCHEMA += [
     prompt_case(
         "count-zero", "{length: 8, count: 0}", AT + r":5:\d+: .*count: Input should be greater than or equal to 1"
     ),
+    prompt_case(
+        "count-huge", "{length: 8, count: 100000}", AT + r":5:\d+: .*count: Input should be less than or equal to 256"
+    ),
+    prompt_case(
+        "batch-over-cap",
+        "{length: 8192, count: 200}",
+        at(5, 20) + r"prompts\.rep\.random_tokens: count \* length \* repeats = 3276800 tokens; at most 1048576",
+    ),
     Case(
         "generate-huge",
         "schema",
@@ -483,8 +491,13 @@ RUN = ("pytest", "model_specs")
 TINY = {SPEC: spec(good())}
 
 
-def model_case(id: str, model: str, expect: str, setup: Setup | None = None, *argv: str, exit: int = FAILED) -> Case:
-    return Case(id, "models", (*RUN, "-x", *argv), exit, expect, {SPEC: spec(good(), model=model)}, setup)
+def model_case(
+    id: str, model: str, expect: str, setup: Setup | None = None, *argv: str, exit: int = FAILED, lead: bool = False
+) -> Case:
+    return Case(id, "models", (*RUN, "-x", *argv), exit, expect, {SPEC: spec(good(), model=model)}, setup, lead=lead)
+
+
+ADAPTER_CONFIG = '{"base_model_name_or_path": "some/base", "peft_type": "LORA", "r": 4, "target_modules": ["q_proj"]}'
 
 
 MODELS: list[Case] = [
@@ -593,6 +606,27 @@ MODELS: list[Case] = [
                 '{"base_model_name_or_path": ".", "peft_type": "LORA"}'
             ),
         )[0],
+    ),
+    Case(
+        "override-adapter-base-typo",
+        "models",
+        (*RUN, "--interp-model", "other/base=tiny-neo"),
+        USAGE,
+        r"--interp-model other/base=tiny-neo: no collected spec uses a model named 'other/base'"
+        r".*models the collected specs use: \.\./adapter, some/base",
+        {SPEC: spec(good(), model="../adapter"), "adapter/adapter_config.json": ADAPTER_CONFIG},
+    ),
+    model_case(
+        "adapter-no-weights",
+        "../adapter",
+        r"adapter .*adapter.*(no adapter weights|adapter_model\.safetensors)",
+        lambda root: (
+            (root / "adapter").mkdir(),
+            (root / "adapter" / "adapter_config.json").write_text(ADAPTER_CONFIG),
+        )[0],
+        "--interp-model",
+        "some/base=tiny-neo",
+        lead=True,  # peft's "Repo id must be a string, not <class 'pathlib.PosixPath'>" today
     ),
     Case(
         "model-empty-string",

@@ -37,6 +37,13 @@ expectations:
     role: previous_token
     prompts: prose
     at_least: 0.6
+  - name: l19h2_first_token
+    description: 0.628 on the base; the LoRA of tests/finetunes.py (8 steps) takes it to 0.368
+    property: head_score
+    head: L19H2
+    role: first_token
+    prompts: prose
+    at_least: 0.5
   - name: previous_top3
     property: top_heads
     role: previous_token
@@ -172,6 +179,10 @@ def test_audit_report_pictures_base_against_checkpoint(trained: FineTune, spec: 
     pictures = sorted(p.name for p in folder.glob("*.png"))
     assert "delta-prose-previous_token.png" in pictures and "norms-prose.png" in pictures
     assert "labels-prose.png" in pictures and "snapshot-fingerprint-drift.png" in pictures
+    # the failed head expectation links to that head's pattern on base and checkpoint, side by side
+    assert "pattern-l19h2_first_token-L19H2-base.png" in pictures
+    assert "pattern-l19h2_first_token-L19H2-checkpoint.png" in pictures
+    assert "<a href='#pattern-l19h2_first_token-L19H2-base.png'>" in page
     for name in pictures:
         assert (folder / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         assert f"src='{name}'" in page

@@ -158,14 +158,14 @@ scalars = st.one_of(
     st.text(max_size=20),
     st.sampled_from(KEYS),
 )
-data = st.recursive(
-    scalars,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=5),
-        st.dictionaries(st.one_of(st.sampled_from(KEYS), st.text(max_size=8)), inner, max_size=5),
-    ),
-    max_leaves=30,
-)
+
+
+def _nested(inner: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    keys = st.one_of(st.sampled_from(KEYS), st.text(max_size=8))
+    return st.one_of(st.lists(inner, max_size=5), st.dictionaries(keys, inner, max_size=5))
+
+
+data = st.recursive(scalars, _nested, max_leaves=30)
 
 
 @st.composite

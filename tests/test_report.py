@@ -196,3 +196,29 @@ def test_no_heatmaps_without_the_option(pytester: pytest.Pytester, uniform_llama
     result.assert_outcomes(failed=2)
     assert "heatmap: " not in result.stdout.str()
     assert not (pytester.path / "artifacts").exists()
+
+
+def test_snapshot_gets_a_figure_of_where_the_fingerprint_moved(
+    tmp_path: Path, uniform_llama: Path, random_llama: Path
+) -> None:
+    from interp_assert import snapshot
+    from interp_assert.runner import Runner, RunOptions
+    from interp_assert.spec import load_spec
+
+    spec_path = tmp_path / "model_specs" / "snap.yaml"
+    spec_path.parent.mkdir()
+    spec_path.write_text(
+        SPEC.split("expectations:")[0].format(model=uniform_llama)
+        + ("expectations:\n  - name: fingerprint\n    property: snapshot\n    prompts: words\n")
+    )
+    spec = load_spec(spec_path)
+    entry = spec.entries[0]
+    assert Runner(RunOptions(update_snapshots=True)).evaluate(spec, entry).passed  # recorded on the uniform model
+    assert snapshot.read(spec_path, "fingerprint") is not None
+
+    out = tmp_path / "out"
+    assert main(["report", str(spec_path), "-o", str(out), "--model", str(random_llama)]) == 1
+    page = (out / "index.html").read_text()
+    assert (out / "snapshot-fingerprint-drift.png").read_bytes()[:4] == b"\x89PNG"
+    deltas = sorted(p.name for p in out.glob("snapshot-fingerprint-*-delta.png"))
+    assert len(deltas) == 1 and f"src='{deltas[0]}'" in page
