@@ -113,3 +113,15 @@ def test_audit_table_and_exit_codes(spec_dir: Path, checkpoints: dict[str, Path]
     row = report["expectations"][0]
     assert row["name"] == "l16h0_previous_token" and abs(row["change"]) < 0.01
     assert abs(row["base"]["value"] - row["checkpoint"]["value"]) < 0.01 and row["bound_low"] == 0.6
+
+
+def test_audit_against_another_base(spec_dir: Path, checkpoints: dict[str, Path]) -> None:
+    """--base compares two checkpoints directly: the zeroed head against the noisy copy."""
+    out = io.StringIO()
+    code = main_audit(str(spec_dir), str(checkpoints["zeroed"]), out=out, base=str(checkpoints["noisy"]))
+    assert code == 1
+    table = out.getvalue()
+    assert f"base {str(checkpoints['noisy'])!r} vs checkpoint {str(checkpoints['zeroed'])!r}" in table
+    row = next(line for line in table.splitlines() if line.startswith("l16h0_previous_token"))
+    base_value, checkpoint_value, change = (float(v) for v in row.split()[2:5])
+    assert base_value > 0.6 > checkpoint_value and change == pytest.approx(checkpoint_value - base_value, abs=2e-4)
