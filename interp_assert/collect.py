@@ -43,7 +43,6 @@ def run_options(config: pytest.Config) -> Any:
         dtype=options.get(config, "interp_dtype"),
         trust_remote_code=options.get(config, "interp_trust_remote_code"),
         allow_pickle=options.get(config, "interp_allow_pickle"),
-        missing=options.get(config, "interp_missing"),
         update_snapshots=bool(getattr(config.option, "update_snapshots", False)),
     )
 

@@ -39,7 +39,6 @@ ALIASES: dict[str, Callable[[], Path]] = {
     "smollm2-135m-instruct": _smollm2_gguf,
     "tiny-neo": lambda: BUILTIN_MODELS / "tiny-neo",
 }
-DEFAULT_MODEL = "smollm2-135m-instruct"
 # Hub ids whose weights ship embedded under an alias, in another precision. An adapter trained on
 # the hub model may run on the alias when the hub copy is not available, and the run says so.
 UPSTREAM_OF_ALIAS: dict[str, tuple[str, str]] = {
@@ -215,7 +214,7 @@ def resolve_adapter_base(name: str, directory: Path, options: LoadOptions) -> tu
     if name in ALIASES:
         return name, None, f"the built-in alias {name!r}"
     if Path(name).expanduser().exists():
-        return name, None, str(Path(name).expanduser())
+        return name, None, f"at {Path(name).expanduser()}"
     if name in UPSTREAM_OF_ALIAS and not _in_hub_cache(name):
         alias, what = UPSTREAM_OF_ALIAS[name]
         hint = f"pass --interp-model {name}=PATH for the hub weights"

@@ -2,9 +2,10 @@
 
 Also writes the figures for one failed pytest item (``--interp-artifacts``).
 Expectations are evaluated with :meth:`Runner.evaluate`, exactly as pytest
-runs them; the figures come from one extra capture per prompt set that asks
-for what the pictures need (attention patterns of the named heads, labels for
-the role fractions), so the numbers on the page are the ones the tests see.
+runs them. Before evaluation the report widens each prompt set's capture with
+what the pictures need (attention patterns of the named heads, labels for the
+role fractions), so evaluation and figures share one capture per prompt set and
+the numbers on the page are the ones the tests see.
 """
 
 from __future__ import annotations
@@ -293,7 +294,8 @@ def _draw_prompt_set(prompt_name: str, plan: _Plan, measured: Any, out_dir: Path
         add(file, "Attention patterns", f"{head} on {prompt_name}", shown)
     if plan.norms is not None and measured.hidden_norms_without_first is not None:
         file = f"norms-{slug}.png"
-        spans = [_span(r) for r in plan.norms if isinstance(r.entry.expectation, HiddenNormTrend)]
+        n_norms = len(measured.hidden_norms_without_first)
+        spans = [_span(r, n_norms) for r in plan.norms if isinstance(r.entry.expectation, HiddenNormTrend)]
         heatmaps.norms_plot(
             out_dir / file,
             measured.hidden_norms_without_first,
@@ -310,7 +312,7 @@ def _draw_prompt_set(prompt_name: str, plan: _Plan, measured: Any, out_dir: Path
         labels = scores.head_labels(measured.role_scores, threshold)
         file = f"fractions-{slug}.png"
         title = f"head labels by layer (threshold {threshold:g}), prompts {prompt_name!r}"
-        heatmaps.fractions_plot(out_dir / file, labels, title, [_span(r) for r in plan.fractions])
+        heatmaps.fractions_plot(out_dir / file, labels, title, [_span(r, measured.n_layers) for r in plan.fractions])
         add(file, "Role fractions by depth", f"labels on {prompt_name}", plan.fractions)
     if plan.stats is not None:
         stats = {
@@ -322,14 +324,15 @@ def _draw_prompt_set(prompt_name: str, plan: _Plan, measured: Any, out_dir: Path
             stats["mean"] = measured.mean_weight.mean(axis=1)
         file = f"attention-{slug}.png"
         title = f"attention statistics by layer, prompts {prompt_name!r} (dashed: bounds)"
-        heatmaps.stats_plot(out_dir / file, stats, title, [_span(r) for r in plan.stats])
+        heatmaps.stats_plot(out_dir / file, stats, title, [_span(r, measured.n_layers) for r in plan.stats])
         add(file, "Attention statistics", f"attention on {prompt_name}", plan.stats)
     return figures
 
 
-def _span(result: Result) -> heatmaps.Span:
+def _span(result: Result, count: int) -> heatmaps.Span:
+    """The expectation's layer range as drawn: negative indices resolved Python-style, as the checks do."""
     expectation: Any = result.entry.expectation
-    first, last = expectation.layers
+    first, last = ((index + count if index < 0 else index) for index in expectation.layers)
     return heatmaps.Span(
         first,
         last,

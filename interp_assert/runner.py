@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Literal
 
 from interp_assert import attribution, checks, snapshot
 from interp_assert import fingerprint as fp
@@ -20,8 +19,6 @@ from interp_assert.prompts import PromptError, build_batches
 from interp_assert.spec import Entry, PromptSet, Snapshot, SpecFile
 from interp_assert.vocab import TARGET_ROLES, TargetRole, parse_head
 
-MissingPolicy = Literal["error", "skip"]
-
 
 @dataclass(frozen=True, kw_only=True)
 class RunOptions:
@@ -30,7 +27,6 @@ class RunOptions:
     dtype: str | None = None
     trust_remote_code: bool = False
     allow_pickle: bool = False
-    missing: MissingPolicy = "error"
     cache_dir: Path | None = None
     update_snapshots: bool = False
 

@@ -21,8 +21,6 @@ import torch
 
 from interp_assert.vocab import POSITIONAL_LABELS, TARGET_ROLES, Label, Role, head_name
 
-ROW_STATS = ("max", "mean_sum", "mean_count")
-
 
 @dataclass
 class BlockSums:

@@ -20,7 +20,6 @@ Positional = Literal["previous_token", "first_token", "self"]
 POSITIONAL_LABELS: tuple[Positional, ...] = get_args(Positional)
 
 AttentionStat = Literal["max", "mean", "focus", "breadth"]
-ATTENTION_STATS: tuple[AttentionStat, ...] = get_args(AttentionStat)
 
 BosPolicy = Literal["prepend", "none"]
 DType = Literal["float32", "float16", "bfloat16"]
