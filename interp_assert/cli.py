@@ -23,6 +23,7 @@ ROLE_CHOICES = tuple(ROLES)
 
 PROG = "interp-assert"
 USAGE_ERROR = 2
+INTERNAL_ERROR = 3
 
 DESCRIPTION = """\
 Put a language model's internals under test. Specs (YAML) list interpretability
@@ -211,6 +212,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug of ours, not the user's: one line, the traceback behind --debug
+        if getattr(args, "debug", False):
+            raise
+        print(
+            f"{PROG}: internal error: {type(exc).__name__}: {exc}; run again with --debug for the traceback "
+            "and report it",
+            file=sys.stderr,
+        )
+        return INTERNAL_ERROR
 
 
 def _fail(message: str) -> int:
@@ -252,8 +262,7 @@ def _report(args: argparse.Namespace) -> int:
     from interp_assert.report import build_report
 
     spec_path: Path = args.spec
-    if not spec_path.is_file():
-        raise InterpAssertError(f"{spec_path}: no such spec file")
+    _readable_spec(spec_path)
     refuse_overwrite(args.output, force=args.force)
     with _progress(None) as step:
         summary = build_report(spec_path, args.output, _run_options(args), model=args.model, progress=step)
@@ -268,8 +277,7 @@ def _report(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     from interp_assert.audit import main_audit
 
-    if not args.spec.is_file():
-        raise InterpAssertError(f"{args.spec}: no such spec file")
+    _readable_spec(args.spec)
     return main_audit(
         str(args.spec),
         args.checkpoint,
@@ -304,6 +312,15 @@ def _measure(args: argparse.Namespace) -> int:
     else:
         measure.print_measurements(result, sys.stdout)
     return 0
+
+
+def _readable_spec(path: Path) -> None:
+    """A missing, unreadable, oversized, non-UTF-8 or non-regular spec file is one line, before any model loads."""
+    from interp_assert.yamlsource import read_spec_text
+
+    if not path.exists():
+        raise InterpAssertError(f"{path}: no such spec file")
+    read_spec_text(path)
 
 
 def _load(reference: str, args: argparse.Namespace) -> Any:

@@ -73,13 +73,9 @@ def read_prompt_sets(path: Path) -> dict[str, PromptSet]:
     """Prompt sets from a YAML file in spec format (a ``prompts:`` mapping; anything else is ignored)."""
     from pydantic import ValidationError
 
-    from interp_assert.yamlsource import load_source
+    from interp_assert.yamlsource import load_source, read_spec_text
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InterpAssertError(f"cannot read prompt file {path}: {exc.strerror or exc}") from None
-    doc = load_source(text, str(path))
+    doc = load_source(read_spec_text(path), str(path))
     raw = doc.data.get("prompts") if isinstance(doc.data, dict) else None
     if not isinstance(raw, dict) or not raw:
         raise SpecError([(doc.locate(()), "a prompt file needs a 'prompts:' mapping of name -> prompt set")])

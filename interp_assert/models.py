@@ -252,6 +252,17 @@ def _load_adapter(reference: str, directory: Path, options: LoadOptions) -> Load
     base_reference = adapter_base_name(directory)
     assert base_reference is not None
     target, base_dir, how = resolve_adapter_base(base_reference, directory, options)
+    weights = [name for name in ("adapter_model.safetensors", "adapter_model.bin") if (directory / name).is_file()]
+    if not weights:
+        raise ModelLoadError(
+            f"adapter {directory} has an adapter_config.json but no adapter weights "
+            "(adapter_model.safetensors); save it with model.save_pretrained(folder)"
+        )
+    if weights == ["adapter_model.bin"] and not options.allow_pickle:
+        raise ModelLoadError(
+            f"adapter {directory} has only pickled weights (adapter_model.bin), which can run arbitrary code when "
+            "loaded; save it with safe_serialization=True, or allow it with --interp-allow-pickle"
+        )
     base = load_model(target, options, base_dir=base_dir)
     if base.base_source is not None:
         raise ModelLoadError(f"adapter {directory}: its base {base_reference!r} is itself an adapter ({base.source})")

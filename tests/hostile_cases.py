@@ -626,7 +626,6 @@ MODELS: list[Case] = [
         )[0],
         "--interp-model",
         "some/base=tiny-neo",
-        lead=True,  # peft's "Repo id must be a string, not <class 'pathlib.PosixPath'>" today
     ),
     Case(
         "model-empty-string",
@@ -979,8 +978,7 @@ FILESYSTEM: list[Case] = [
         CLI_ERROR,
         r"interp-assert: error: model_specs/fifo\.yaml: not a regular file; a spec is a YAML text file",
         setup=lambda root: ((root / "model_specs").mkdir(), os.mkfifo(root / "model_specs" / "fifo.yaml"))[0],
-        lead=True,
-    ),  # cli.py says "no such spec file" for a path that exists but is not a file
+    ),
     Case(
         "spec-unreadable",
         "filesystem",

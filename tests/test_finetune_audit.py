@@ -166,7 +166,7 @@ def test_pytest_runs_the_adapter_with_its_base_mapped(
         f"--interp-model=smollm2-135m-instruct={trained.path}", f"--interp-model=smollm2-base={smollm2_dir}",
     )  # fmt: skip
     outcomes = result.parseoutcomes()
-    assert outcomes.get("error", 0) == 0 and outcomes.get("passed", 0) + outcomes.get("failed", 0) == 4
+    assert outcomes.get("error", 0) == 0 and outcomes.get("passed", 0) + outcomes.get("failed", 0) == 5
     result.stdout.fnmatch_lines(["*adapter '*adapter': base 'smollm2-base' from --interp-model smollm2-base=*"])
 
 
