@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from interp_assert import fingerprint as fp
-from interp_assert.checks import Outcome
 from interp_assert.errors import InterpAssertError, SpecError
+from interp_assert.outcome import Outcome
 from interp_assert.runner import Runner, RunOptions
-from interp_assert.snapshot import drift_report
-from interp_assert.spec import Snapshot, SpecFile, load_spec
+from interp_assert.spec import SpecFile, load_spec
 
 MAX_CELL = 48
 
@@ -100,12 +99,19 @@ def run_audit(spec_path: str, checkpoint: str, options: RunOptions | None = None
     for entry in spec.entries:
         expectation = entry.expectation
         assert expectation is not None
-        if isinstance(expectation, Snapshot):
-            drift = _snapshot_drift(spec, expectation, base_runner, checkpoint_runner)
-            drifts.append(drift)
-            moved = drift.headline
-            side = Side(drift.within, None, "within tolerance" if drift.within else _moved(moved), moved)
-            rows.append(AuditRow(entry.name, "snapshot", Side(True, None, "(reference)", ""), side))
+        moved = expectation.audit_drift(
+            base_runner.context(spec, expectation.prompts), checkpoint_runner.context(spec, expectation.prompts)
+        )
+        if moved is not None:  # the property compares the two models itself (snapshot)
+            drifts.append(
+                SnapshotDrift(
+                    entry.name, moved.within, moved.headline, moved.details, moved.summary, moved.before, moved.after
+                )
+            )
+            side = Side(
+                moved.within, None, "within tolerance" if moved.within else _moved(moved.headline), moved.headline
+            )
+            rows.append(AuditRow(entry.name, expectation.property, Side(True, None, "(reference)", ""), side))
             continue
         before = _side(base_runner, spec, entry)
         after = _side(checkpoint_runner, spec, entry)
@@ -138,17 +144,6 @@ def _moved(headline: str) -> str:
     return rest.replace(" values moved beyond tolerance", " moved") or headline
 
 
-def _snapshot_drift(spec: SpecFile, expectation: Snapshot, base: Runner, other: Runner) -> SnapshotDrift:
-    tolerances, _ = base.tolerances(spec, expectation)
-    before, after = base.fingerprint(spec, expectation), other.fingerprint(spec, expectation)
-    drift = fp.compare(before, after, tolerances)
-    if drift.within:
-        headline = f"snapshot {expectation.name!r}: within tolerance"
-        return SnapshotDrift(expectation.name, True, headline, (), drift.summary, before, after)
-    headline, details, _ = drift_report(expectation.name, drift, [])
-    return SnapshotDrift(expectation.name, False, headline, details[:-1], drift.summary, before, after)
-
-
 # ---- the table ----
 
 
@@ -173,7 +168,7 @@ def print_table(audit: Audit, out: TextIO) -> None:
     if any(not row.base.passed for row in audit.rows):
         out.write("* fails on the base model too\n")
     for row in audit.rows:
-        if not row.passed and row.kind != "snapshot":
+        if not row.passed and row.base.headline:  # drift rows are explained below the table
             out.write(f"\n{row.name}: {row.checkpoint.headline}\n")
     for drift in audit.drifts:
         out.write(f"\n{drift.headline} (checkpoint vs base)\n")

@@ -63,7 +63,7 @@ def write_audit_report(audit: Audit, spec: SpecFile, directory: Path) -> Path:
             pictures.append(_Picture(file, "Snapshots", drift.headline))
     links: dict[str, list[str]] = {}
     for row in audit.rows:
-        if not row.passed and row.checkpoint.heads and row.kind != "snapshot":
+        if not row.passed and row.checkpoint.heads:
             made = _side_by_side_patterns(spec, row, base, checkpoint, directory)
             pictures += made
             links[row.name] = [p.file for p in made]

@@ -99,12 +99,30 @@ def capturing(model: Any, capture: BlockwiseCapture) -> Iterator[bool]:
     """Run ``model`` with :func:`blockwise_attention` feeding ``capture``; yields False if the model
     cannot use it (then nothing is changed)."""
     register()
-    with attention_implementation(model, IMPLEMENTATION) as switched:
-        token = _ACTIVE.set(capture)
-        try:
-            yield switched
-        finally:
-            _ACTIVE.reset(token)
+    with attention_implementation(model, IMPLEMENTATION) as switched, active(capture):
+        yield switched
+
+
+@contextmanager
+def active(capture: BlockwiseCapture | None) -> Iterator[None]:
+    """Make ``capture`` the one :func:`blockwise_attention` feeds, for the duration."""
+    token = _ACTIVE.set(capture)
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
+def check_supported(
+    module: Any, query: torch.Tensor, key: torch.Tensor, dropout: float, kwargs: dict[str, Any]
+) -> None:
+    """Raise :class:`CaptureError` for attention that capture cannot describe faithfully."""
+    if kwargs.get("s_aux") is not None or not getattr(module, "is_causal", True):
+        raise CaptureError(f"{type(module).__name__}: attention sinks and non-causal attention are not supported")
+    if dropout and module.training:
+        raise CaptureError("capture runs in eval mode only (attention dropout is active)")
+    if key.shape[2] != query.shape[2]:
+        raise CaptureError("capture needs the whole sequence in one forward pass (no KV cache)")
 
 
 def blockwise_attention(
@@ -125,14 +143,9 @@ def blockwise_attention(
     Returns the output ``[B, T, H, D]`` and no weights.
     """
     capture = _ACTIVE.get()
-    if kwargs.get("s_aux") is not None or not getattr(module, "is_causal", True):
-        raise CaptureError(f"{type(module).__name__}: attention sinks and non-causal attention are not supported")
-    if dropout and module.training:
-        raise CaptureError("blockwise capture runs in eval mode only (attention dropout is active)")
+    check_supported(module, query, key, dropout, kwargs)
     batch, heads, n_queries, head_dim = query.shape
-    kv_heads, n_keys = key.shape[1], key.shape[2]
-    if n_keys != n_queries:
-        raise CaptureError("blockwise capture needs the whole sequence in one forward pass (no KV cache)")
+    kv_heads = key.shape[1]
     groups = heads // kv_heads
     scale = head_dim**-0.5 if scaling is None else scaling
     layer = _layer_index(module, capture)

@@ -13,62 +13,30 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from interp_assert import blockwise
+from interp_assert import blockwise, fused
 from interp_assert.errors import CaptureError
+from interp_assert.measurements import CaptureRequest, Measurements
 from interp_assert.models import LoadedModel
 from interp_assert.prompts import PromptBatch
-from interp_assert.scores import BlockSums, BlockTargets, block_targets, check_block, check_rows, score_block
+from interp_assert.scores import (
+    BlockSums,
+    BlockTargets,
+    block_targets,
+    check_block,
+    check_normaliser,
+    check_rows,
+    score_block,
+    score_rows,
+)
 from interp_assert.vocab import Role
 
-AttentionPath = Literal["auto", "blockwise", "eager"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class CaptureRequest:
-    """What to compute. ``patterns`` asks for the full ``[T, T]`` attention of a few
-    ``(layer, head)`` pairs on the first sequence only (for pictures, never for scores)."""
-
-    roles: frozenset[Role] = frozenset()
-    attention_stats: bool = False
-    hidden_norms: bool = False
-    patterns: frozenset[tuple[int, int]] = frozenset()
-
-    @property
-    def needs_attention(self) -> bool:
-        return bool(self.roles) or self.attention_stats or bool(self.patterns)
-
-    def __or__(self, other: CaptureRequest) -> CaptureRequest:
-        return CaptureRequest(
-            roles=self.roles | other.roles,
-            attention_stats=self.attention_stats or other.attention_stats,
-            hidden_norms=self.hidden_norms or other.hidden_norms,
-            patterns=self.patterns | other.patterns,
-        )
-
-
-@dataclass(frozen=True)
-class Measurements:
-    """Numbers measured on one prompt set. Arrays are ``[L, H]`` or ``[L + 1]`` (hidden states)."""
-
-    n_layers: int
-    n_heads: int
-    role_scores: dict[Role, np.ndarray] = field(default_factory=dict)
-    max_weight: np.ndarray | None = None
-    mean_weight: np.ndarray | None = None
-    # index k: the residual stream after k blocks (0 = embeddings; last = before the final norm)
-    hidden_norms: np.ndarray | None = None
-    hidden_norms_without_first: np.ndarray | None = None
-    # (layer, head) -> [T, T] attention on the first sequence, and that sequence's tokens as text
-    patterns: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
-    pattern_tokens: tuple[str, ...] = ()
-    # for prompt sets with ``generate``: each sequence's greedy continuation, decoded
-    generated_texts: tuple[str, ...] = ()
+AttentionPath = Literal["auto", "fused", "blockwise", "eager"]
 
 
 @dataclass(frozen=True)
@@ -99,11 +67,13 @@ def measure(
 ) -> Measurements:
     """Run the model over ``batches`` and reduce what ``request`` asks for.
 
-    Three ways, cheapest first (``attention="auto"``): no attention needed -> SDPA, no weights
-    computed at all; attention through transformers' ``AttentionInterface`` -> ``blockwise``
-    (weights computed and scored a row block at a time, see :mod:`interp_assert.blockwise`);
-    otherwise ``eager`` attention with a forward hook that scores each layer's weights and
-    drops them. ``attention`` forces one of the last two (for comparisons and benchmarks).
+    Four ways, cheapest first (``attention="auto"``): no attention needed -> SDPA, no weights
+    computed at all; attention through transformers' ``AttentionInterface`` -> ``fused`` where
+    it is the cheaper (a fused kernel's output and log-sum-exp, every score from the normaliser,
+    see :mod:`interp_assert.fused`) or else ``blockwise`` (weights computed and scored a row block
+    at a time, see :mod:`interp_assert.blockwise`); otherwise ``eager`` attention with a forward
+    hook that scores each layer's weights and drops them. ``attention`` forces one of the last
+    three (for comparisons and benchmarks).
     """
     arch = describe(loaded)
     n_layers = len(arch.blocks)
@@ -117,23 +87,65 @@ def measure(
         if not request.needs_attention:
             with blockwise.attention_implementation(model, "sdpa"):
                 return _Run(loaded, arch, request).forward(batches, hooks="norms")
+        device = torch.device(loaded.options.device)
+        use_fused = attention == "fused" or (attention == "auto" and fused_is_cheaper(request, device))
         if attention != "eager":
-            run = _Run(loaded, arch, request)
-            capture = blockwise.BlockwiseCapture(
-                run.score_rows, {id(m): i for i, m in enumerate(arch.attention)}, "breadth" in request.roles
-            )
-            with blockwise.capturing(model, capture) as switched:
-                if switched:
-                    result = run.forward(batches, hooks="norms")
-                    if capture.layers_seen == set(range(n_layers)):
-                        return result
-            if attention == "blockwise":
+            result = _through_interface(loaded, arch, request, batches, use_fused)
+            if result is not None:
+                return result
+            if attention in ("blockwise", "fused"):
                 raise CaptureError(
                     f"{type(model).__name__}: attention does not go through transformers' AttentionInterface "
-                    "in every layer, so it cannot be captured blockwise"
+                    f"in every layer, so it cannot be captured {attention}"
                 )
         # Some layer's attention bypasses the interface: measure it all from eager attention weights.
         return _Run(loaded, arch, request).forward(batches, hooks="attention+norms")
+
+
+def fused_is_cheaper(request: CaptureRequest, device: torch.device) -> bool:
+    """Whether :mod:`interp_assert.fused` beats :mod:`interp_assert.blockwise` for ``request``.
+
+    With FlexAttention (CUDA) one pass gives every statistic. On CPU the flash kernel gives the
+    output and ``lse`` at SDPA's cost, and each of breadth and the row maximum (focus, ``max``)
+    takes one more pass of the same cost; blockwise computes everything from one pass that costs
+    about 2.3 of them, so it is the cheaper when both are wanted."""
+    if device.type == "cuda":
+        return True
+    if device.type != "cpu":
+        return False
+    extra = ("breadth" in request.roles) + ("focus" in request.roles or request.attention_stats)
+    return extra <= 1
+
+
+def _through_interface(
+    loaded: LoadedModel, arch: Architecture, request: CaptureRequest, batches: list[PromptBatch], use_fused: bool
+) -> Measurements | None:
+    """Measure with an ``AttentionInterface`` function (fused or blockwise); None if some layer's
+    attention does not go through the interface."""
+    run = _Run(loaded, arch, request)
+    layer_of = {id(m): i for i, m in enumerate(arch.attention)}
+    wants_entropy = "breadth" in request.roles
+    fallback = blockwise.BlockwiseCapture(run.score_rows, layer_of, wants_entropy)
+    if use_fused:
+        capture = fused.FusedCapture(
+            run.score_normaliser,
+            run.targets_for,
+            layer_of,
+            wants_entropy,
+            "focus" in request.roles or request.attention_stats,
+            run.pattern_heads,
+            fallback,
+        )
+        switch = fused.capturing(loaded.model, capture)
+        seen = capture.layers_seen
+    else:
+        switch, seen = blockwise.capturing(loaded.model, fallback), set()
+    with switch as switched:
+        if switched:
+            result = run.forward(batches, hooks="norms")
+            if seen | fallback.layers_seen == set(range(len(arch.blocks))):
+                return result
+    return None
 
 
 class _Run:
@@ -214,6 +226,39 @@ class _Run:
                 if wanted_layer == layer:
                     pattern = self.patterns.setdefault((layer, head), np.zeros((n_tokens, n_tokens), np.float32))
                     pattern[row_start : row_start + n_rows, :n_keys] = weights[0, head].float().cpu().numpy()
+
+    def targets_for(self, n_keys: int, window: int | None) -> BlockTargets:
+        """The targets of rows ``0 .. n_keys - 1`` of this batch (shared by the layers with ``window``)."""
+        where = (0, n_keys, n_keys, window)
+        if where not in self.targets:
+            self.targets[where] = block_targets(self.tokens, 0, n_keys, n_keys, self.roles, window)
+        return self.targets[where]
+
+    def pattern_heads(self, layer: int) -> list[int]:
+        """Heads of ``layer`` whose full pattern is wanted from this batch (only the first has them)."""
+        return sorted(head for wanted, head in self.request.patterns if wanted == layer) if self.first_batch else []
+
+    def score_normaliser(self, layer: int, rows: fused.LayerRows) -> None:
+        """Score a whole layer from :mod:`interp_assert.fused`'s per-row reductions."""
+        problems = check_normaliser(rows.lse)
+        if problems:
+            raise CaptureError(f"invalid attention captured at layer {layer}: " + "; ".join(problems))
+        batch, _, n_tokens = rows.lse.shape
+        sums = score_rows(
+            rows.targets,
+            rows.target_weights,
+            0,
+            n_tokens,
+            batch,
+            self.roles,
+            rows.window,
+            max_weight=rows.max_weight,
+            entropy=rows.entropy,
+            attention_stats=self.request.attention_stats,
+        )
+        self.accumulator.add(layer, sums)
+        for head, pattern in rows.patterns.items():
+            self.patterns[(layer, head)] = pattern.float().cpu().numpy()
 
     def _attention_hook(self, layer: int) -> Any:
         window = self.arch.windows[layer]

@@ -169,7 +169,7 @@ class SpecItem(pytest.Item):
         lines += getattr(self, "artifact_lines", [])
         if runner.overridden(self.spec):
             lines.append("  the bound describes the spec's own model; a replacement missing it is no reason to edit it")
-        elif expectation.property not in ("snapshot", "generated_text"):
+        elif expectation.edit_hint:
             lines.append("  if the model changed on purpose, edit the bound in the spec")
         return "\n".join(lines)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from interp_assert.errors import InterpAssertError, Location, SpecError
+from interp_assert.errors import Location, SpecError
 from interp_assert.findings import (
     DiscoverSettings,
     Section,
@@ -178,20 +178,23 @@ def discover(
     spec = parse_spec(text, str(output))
     problems = spec.problems()
     if problems:
-        raise InterpAssertError(f"internal error: the discovered spec is invalid: {problems[0][1]}")
+        from interp_assert.errors import InternalError
+
+        raise InternalError(f"internal error: the discovered spec is invalid: {problems[0][1]}")
     check_discovered(spec, measured)
     return Discovered(text, spec, len(spec.entries))
 
 
 def check_discovered(spec: SpecFile, measured: dict[str, Any]) -> None:
     """Every written expectation must hold on the measurements it was derived from."""
-    from interp_assert import checks
+    from interp_assert.errors import InternalError
+    from interp_assert.properties import CheckContext
 
     for entry in spec.entries:
         assert entry.expectation is not None
-        outcome = checks.evaluate(entry.expectation, measured[entry.expectation.prompts])
+        outcome = entry.expectation.check(CheckContext(measured[entry.expectation.prompts]))
         if not outcome.passed:
-            raise InterpAssertError(f"internal error: discovered {entry.name!r} does not hold: {outcome.headline}")
+            raise InternalError(f"internal error: discovered {entry.name!r} does not hold: {outcome.headline}")
 
 
 def spec_model_reference(model: str, output: Path) -> str:

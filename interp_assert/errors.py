@@ -52,3 +52,21 @@ class ModelLoadError(InterpAssertError):
 
 class CaptureError(InterpAssertError):
     """The model's internals could not be captured or failed validation."""
+
+
+class PromptError(InterpAssertError):
+    """A prompt set cannot be built for this model (too long for its context, no BOS token);
+    the caller adds the prompt set's location."""
+
+
+class CheckInputError(InterpAssertError):
+    """An expectation names something the model does not have (a head, layer or index out of
+    range); the caller adds the expectation's location."""
+
+
+class SnapshotFileError(InterpAssertError):
+    """A snapshot file exists but cannot be read, or cannot be written."""
+
+
+class InternalError(InterpAssertError):
+    """An invariant of interp_assert itself broke: a bug to report, not something the user wrote."""

@@ -26,6 +26,8 @@ def pytest_configure(config: pytest.Config) -> None:
     from interp_assert import options
 
     config.addinivalue_line("markers", "interp_model(name): a spec item and the model it runs on")
+    for option in options.OPTIONS:
+        options.get(config, option.name)  # an invalid ini value is a usage error now, not in every item
     updating = bool(getattr(config.option, "update_snapshots", False))
     if updating and options.get(config, "interp_model") and not options.get(config, "interp_allow_override_update"):
         raise pytest.UsageError(

@@ -7,11 +7,8 @@ from typing import Any
 
 import torch
 
+from interp_assert.errors import PromptError
 from interp_assert.spec import PromptSet
-
-
-class PromptError(ValueError):
-    """A prompt set cannot be built for this model (the caller adds the location)."""
 
 
 @dataclass(frozen=True)

@@ -19,18 +19,7 @@ from typing import Any
 
 from interp_assert import heatmaps
 from interp_assert.errors import InterpAssertError, SpecError
-from interp_assert.spec import (
-    AttentionStatBounds,
-    Entry,
-    HeadScore,
-    HiddenNormRatio,
-    HiddenNormTrend,
-    RoleFraction,
-    Snapshot,
-    SpecFile,
-    TopHeads,
-    load_spec,
-)
+from interp_assert.spec import Entry, SpecFile, load_spec
 from interp_assert.vocab import POSITIONAL_LABELS, Role, parse_head
 
 Progress = Callable[[str], None]
@@ -120,7 +109,7 @@ def _evaluate(runner: Any, spec: SpecFile, entry: Entry) -> Result:
         return Result(entry, "error", str(exc).replace("\n", "; "))
     concerned: tuple[str, ...] = ()
     if not outcome.passed:
-        concerned = outcome.heads[:1] if isinstance(entry.expectation, HeadScore) else outcome.heads
+        concerned = outcome.heads
     status = "passed" if outcome.passed else "failed"
     return Result(entry, status, outcome.headline, tuple(outcome.details), concerned)
 
@@ -130,19 +119,13 @@ def _evaluate(runner: Any, spec: SpecFile, entry: Entry) -> Result:
 
 def _role_of(result: Result) -> Role | None:
     expectation = result.entry.expectation
-    role = getattr(expectation, "role", None)
-    if isinstance(expectation, AttentionStatBounds) and expectation.stat in ("focus", "breadth"):
-        role = expectation.stat
-    return role
+    roles = expectation.figures().roles if expectation is not None else ()
+    return roles[0] if roles else None
 
 
 def _named_heads(result: Result) -> list[str]:
     expectation = result.entry.expectation
-    if isinstance(expectation, HeadScore):
-        return [expectation.head]
-    if isinstance(expectation, TopHeads):
-        return list(expectation.include or expectation.equals or [])
-    return []
+    return list(expectation.figures().heads) if expectation is not None else []
 
 
 @dataclass
@@ -190,11 +173,12 @@ def _plans(spec: SpecFile, results: list[Result]) -> dict[str, _Plan]:
             plan.roles.setdefault(role, []).append(result)
         for head in _named_heads(result):
             plan.heads.setdefault(head, []).append(result)
-        if isinstance(expectation, HiddenNormTrend | HiddenNormRatio):
+        needs = expectation.figures()
+        if needs.norms:
             plan.norms = [*(plan.norms or []), result]
-        if isinstance(expectation, RoleFraction):
+        if needs.fractions:
             plan.fractions = [*(plan.fractions or []), result]
-        if isinstance(expectation, AttentionStatBounds):
+        if needs.stats:
             plan.stats = [*(plan.stats or []), result]
     # Depth profiles are drawn even when no expectation asks: on the first prompt set.
     first = plans.setdefault(next(iter(spec.header.prompts)), _Plan())
@@ -218,47 +202,12 @@ def _draw(spec: SpecFile, runner: Any, results: list[Result], out_dir: Path, pro
         progress(f"drawing {prompt_name!r}")
         figures += _draw_prompt_set(prompt_name, plan, measured, out_dir)
     for result in results:
-        if isinstance(result.entry.expectation, Snapshot) and result.status in ("passed", "failed"):
-            figures += _draw_snapshot(spec, runner, result, out_dir)
-    return figures
-
-
-def _draw_snapshot(spec: SpecFile, runner: Any, result: Result, out_dir: Path) -> list[_Figure]:
-    """Where the fingerprint moved from the stored snapshot: counts by layer and role, and the
-    delta heatmap of the role that moved most."""
-    import numpy as np
-
-    from interp_assert import diff_figures, snapshot
-    from interp_assert.drift_summary import beyond_by_layer, role_table
-
-    expectation: Any = result.entry.expectation
-    stored = snapshot.read(spec.path, expectation.name)
-    if stored is None:
-        return []
-    current = runner.fingerprint(spec, expectation)
-    tolerances, _ = runner.tolerances(spec, expectation)
-    counts = beyond_by_layer(stored, current, tolerances["role_scores"].atol)
-    slug = _slug(expectation.name)
-    failed = result.status == "failed"
-    file = f"snapshot-{slug}-drift.png"
-    title = f"snapshot {expectation.name!r}: head scores beyond tolerance, by layer (this run vs stored)"
-    diff_figures.drift_by_layer(out_dir / file, {k: np.array(v) for k, v in counts.items()}, title)
-    figures = [_Figure(file, "Snapshots", f"{expectation.name}: where the fingerprint moved", failed)]
-    result.figures.append(file)
-    tables = {role: (role_table(stored, role), role_table(current, role)) for role in counts}
-    moved = {
-        role: float(np.nansum(np.abs(np.array(after) - np.array(before))))
-        for role, (before, after) in tables.items()
-        if before is not None and after is not None and np.array(before).shape == np.array(after).shape
-    }
-    if moved:
-        role = max(moved, key=moved.__getitem__)  # the role whose scores moved most in total
-        before, after = tables[role]
-        if before is not None and after is not None:
-            file = f"snapshot-{slug}-{role}-delta.png"
-            title = f"{role}: this run - stored snapshot {expectation.name!r}"
-            diff_figures.delta_heatmap(out_dir / file, np.array(before), np.array(after), title)
-            figures.append(_Figure(file, "Snapshots", f"{expectation.name}: {role} change per head", failed))
+        expectation = result.entry.expectation
+        if expectation is None or result.status not in ("passed", "failed"):
+            continue
+        failed = result.status == "failed"
+        for file, caption in expectation.own_figures(runner.context(spec, expectation.prompts), out_dir):
+            figures.append(_Figure(file, "Snapshots", caption, failed))
             result.figures.append(file)
     return figures
 
@@ -295,7 +244,7 @@ def _draw_prompt_set(prompt_name: str, plan: _Plan, measured: Any, out_dir: Path
     if plan.norms is not None and measured.hidden_norms_without_first is not None:
         file = f"norms-{slug}.png"
         n_norms = len(measured.hidden_norms_without_first)
-        spans = [_span(r, n_norms) for r in plan.norms if isinstance(r.entry.expectation, HiddenNormTrend)]
+        spans = [_span(r, n_norms) for r in plan.norms if r.entry.expectation and r.entry.expectation.figures().span]
         heatmaps.norms_plot(
             out_dir / file,
             measured.hidden_norms_without_first,

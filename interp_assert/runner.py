@@ -10,13 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from interp_assert import attribution, checks, snapshot
-from interp_assert import fingerprint as fp
-from interp_assert.capture import CaptureRequest, Measurements, generate, max_positions, measure
-from interp_assert.errors import InterpAssertError, ModelLoadError, SpecError
+from interp_assert import attribution
+from interp_assert.capture import generate, max_positions, measure
+from interp_assert.errors import CheckInputError, InterpAssertError, ModelLoadError, PromptError, SpecError
+from interp_assert.measurements import CaptureRequest, Measurements
 from interp_assert.models import LoadedModel, LoadOptions, environment, load_model
-from interp_assert.prompts import PromptError, build_batches
-from interp_assert.spec import Entry, PromptSet, Snapshot, SpecFile
+from interp_assert.outcome import Outcome
+from interp_assert.prompts import build_batches
+from interp_assert.properties import CheckContext
+from interp_assert.spec import Entry, PromptSet, SpecFile
 from interp_assert.vocab import TARGET_ROLES, TargetRole, parse_head
 
 
@@ -71,17 +73,28 @@ class Runner:
                 raise
         return self._model[1]
 
-    def evaluate(self, spec: SpecFile, entry: Entry) -> checks.Outcome:
+    def context(self, spec: SpecFile, prompt_name: str) -> CheckContext:
+        """What a property's check sees: the prompt set's measurements and, for snapshots, the
+        spec's file, its spec-wide tolerances and the run's environment."""
+        assert spec.header is not None
+        loaded = self.model_for(spec)
+        # The model as the user named it (the spec's, or the override's): never a machine-specific path.
+        return CheckContext(
+            measurements=self.measurements(spec, prompt_name),
+            spec_path=spec.path,
+            snapshot_tolerance=spec.header.snapshot_tolerance,
+            environment=environment(loaded) | {"model": self.model_named(spec)},
+            update_snapshots=self.options.update_snapshots,
+        )
+
+    def evaluate(self, spec: SpecFile, entry: Entry) -> Outcome:
         """Evaluate one valid entry. Raises :class:`SpecError` (with the entry's location) for a
         head, layer or prompt the model cannot have."""
         assert spec.header is not None and entry.expectation is not None
         expectation = entry.expectation
-        if isinstance(expectation, Snapshot):
-            return self._snapshot(spec, expectation)
-        measurements = self.measurements(spec, expectation.prompts)
         try:
-            outcome = checks.evaluate(expectation, measurements)
-        except checks.CheckInputError as exc:
+            outcome = expectation.evaluate(self.context(spec, expectation.prompts))
+        except CheckInputError as exc:
             model = self.model_named(spec)
             raise SpecError([(entry.location, f"{entry.name}: {exc} (model {model!r})")]) from None
         role = getattr(expectation, "role", None)
@@ -104,13 +117,6 @@ class Runner:
         found = attribution.dominant_token(rows, measured.pattern_tokens)
         return attribution.describe(head, role, found) if found else ""
 
-    def fingerprint(self, spec: SpecFile, expectation: Snapshot) -> fp.Fingerprint:
-        loaded = self.model_for(spec)
-        measured = self.measurements(spec, expectation.prompts)
-        # The model as the user named it (the spec's, or the override's): never a machine-specific path.
-        env = environment(loaded) | {"model": self.model_named(spec), "prompts": expectation.prompts}
-        return fp.build(measured, tuple(expectation.covers), tuple(expectation.roles), env)
-
     def model_named(self, spec: SpecFile) -> str:
         """The model reference this run measures for ``spec``: the override's when one applies."""
         assert spec.header is not None
@@ -118,39 +124,6 @@ class Runner:
 
     def overridden(self, spec: SpecFile) -> bool:
         return spec.header is not None and spec.header.model in self.options.overrides
-
-    def tolerances(self, spec: SpecFile, expectation: Snapshot) -> tuple[dict[str, fp.Tolerance], set[str]]:
-        """Effective tolerances and the quantities the spec set explicitly."""
-        assert spec.header is not None
-        given = spec.header.snapshot_tolerance | expectation.tolerance
-        tolerances = dict(fp.DEFAULT_TOLERANCES)
-        for quantity, tolerance in given.items():
-            tolerances[quantity] = fp.Tolerance(rtol=tolerance.rtol, atol=tolerance.atol)
-        return tolerances, set(given)
-
-    def _snapshot(self, spec: SpecFile, expectation: Snapshot) -> checks.Outcome:
-        tolerances, explicit = self.tolerances(spec, expectation)
-        result = snapshot.check(
-            spec.path,
-            expectation.name,
-            self.fingerprint(spec, expectation),
-            tolerances,
-            explicit=explicit,
-            update=self.options.update_snapshots,
-        )
-        moved = result.measured.get("values_moved")
-        compared = result.measured.get("values_compared")
-        return checks.Outcome(
-            result.passed,
-            result.headline,
-            result.details,
-            result.measured,
-            result.heads,
-            result.notes,
-            value=moved if isinstance(moved, int) else None,
-            shown=f"{moved} of {compared} moved" if moved is not None else (result.action or ""),
-            written=(result.action, result.file) if result.action else None,
-        )
 
     def also_capture(self, spec: SpecFile, prompt_name: str, request: CaptureRequest) -> None:
         """Widen what the next capture of ``prompt_name`` computes (pictures: patterns, labels),
@@ -208,5 +181,5 @@ def _spec_request(spec: SpecFile, prompt_name: str) -> CaptureRequest:
     request = CaptureRequest()
     for entry in spec.entries:
         if entry.expectation is not None and entry.expectation.prompts == prompt_name:
-            request = request | checks.requirements(entry.expectation)
+            request = request | entry.expectation.requirements()
     return request

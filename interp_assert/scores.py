@@ -16,10 +16,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
-from interp_assert.vocab import POSITIONAL_LABELS, TARGET_ROLES, Label, Role, head_name
+from interp_assert.vocab import POSITIONAL_LABELS, TARGET_ROLES, Role
 
 
 @dataclass
@@ -215,6 +214,85 @@ def score_block(
     return sums
 
 
+def weights_from_normaliser(logits: torch.Tensor, lse: torch.Tensor) -> torch.Tensor:
+    """Softmax weights ``exp(logit - lse)`` from each row's log-sum-exp (broadcast), in float32."""
+    return torch.exp(logits.float() - lse.float())
+
+
+def entropy_from_normaliser(lse: torch.Tensor, expected_logit: torch.Tensor) -> torch.Tensor:
+    """A row's entropy ``-sum_j w_j log w_j`` with ``w_j = exp(s_j - lse)``: ``lse - sum_j w_j s_j``."""
+    return lse.float() - expected_logit.float()
+
+
+def score_rows(
+    targets: BlockTargets,
+    target_weights: torch.Tensor,
+    row_start: int,
+    n_rows: int,
+    batch: int,
+    roles: tuple[Role, ...],
+    window: int | None = None,
+    *,
+    max_weight: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
+    attention_stats: bool = False,
+) -> BlockSums:
+    """:func:`score_block`'s sums from per-row quantities instead of a block of weights.
+
+    ``target_weights[N, H]`` is the weight at each target of ``targets`` (in its order);
+    ``max_weight`` and ``entropy`` are ``[B, H, R]`` for rows ``row_start ..`` (needed for focus
+    and attention statistics, and for breadth). Rows sum to 1 by construction (the weights come
+    from the softmax normaliser), so there are no row sums to check and the mean visible weight
+    is one per row.
+    """
+    skip = 1 if row_start == 0 else 0
+    first_row, scored = row_start + skip, n_rows - skip
+    sums = BlockSums()
+    if scored <= 0:
+        return sums
+    heads = target_weights.shape[1]
+    if targets.roles:
+        per_role = target_weights.new_zeros(len(targets.roles), heads).index_add_(
+            0, targets.segment, target_weights.float()
+        )
+        for index, role in enumerate(targets.roles):
+            sums.role_sums[role] = per_role[index]
+            sums.role_rows[role] = targets.counted_rows[role]
+    rows = torch.arange(first_row, first_row + scored, device=target_weights.device)
+    n_seen = torch.clamp(rows + 1, max=window) if window is not None else rows + 1
+    for role in roles:
+        if role == "focus":
+            if max_weight is None:
+                raise ValueError("focus needs max_weight")
+            sums.role_sums[role] = max_weight[:, :, skip:].float().sum((0, 2))
+            sums.role_rows[role] = batch * scored
+        elif role == "breadth":
+            if entropy is None:
+                raise ValueError("breadth needs entropy")
+            normalised = entropy[:, :, skip:].float() / torch.log(n_seen.clamp(min=2).float())
+            scorable = n_seen >= 2
+            sums.role_sums[role] = normalised[:, :, scorable].sum((0, 2))
+            sums.role_rows[role] = batch * int(scorable.sum())
+    if attention_stats:
+        if max_weight is None:
+            raise ValueError("attention statistics need max_weight")
+        sums.max_weight = max_weight[:, :, skip:].float().amax((0, 2))
+        sums.visible_sum = torch.full((heads,), float(batch * scored), device=target_weights.device)
+        sums.visible_entries = batch * int(n_seen.sum())
+    return sums
+
+
+def check_normaliser(lse: torch.Tensor) -> list[str]:
+    """Problems with attention known by its rows' log-sum-exp ``lse[B, H, R]``: its rows sum to 1 by
+    construction, so what can go wrong is a non-finite logit (NaN or inf), which makes ``lse`` so."""
+    finite = torch.isfinite(lse).flatten(2).all(-1).all(0)  # [H]
+    if bool(finite.all()):
+        return []
+    return [
+        f"head {head}: attention weights are not finite (NaN or inf)" for head in range(len(finite)) if not finite[head]
+    ]
+
+
 def _hidden_sum(w: torch.Tensor, first_row: int, window: int | None) -> torch.Tensor:
     """``[H]``: total weight on keys the rows cannot see. Only the ragged edges (at most R x R per
     edge) are masked; fully hidden key ranges are summed as plain slices."""
@@ -311,44 +389,31 @@ def pattern_scores(
     }
 
 
-# ---- layer-level summaries over per-head score tables [L, H] (numpy) ----
+# Layer-level summaries over per-head score tables live in head_tables (numpy only, no torch),
+# re-exported here for the callers that already import them from scores.
+from interp_assert.head_tables import (  # noqa: E402
+    dominant_layer,
+    head_labels,
+    label_fraction,
+    layer_means,
+    ranked_heads,
+)
 
-
-def layer_means(scores: np.ndarray) -> np.ndarray:
-    """Mean of a role score over each layer's heads: ``[L]``."""
-    return scores.mean(axis=1)
-
-
-def dominant_layer(scores: np.ndarray) -> int:
-    """The layer whose heads' mean score is highest (lowest index on a tie)."""
-    return int(np.argmax(layer_means(scores)))
-
-
-def ranked_heads(scores: np.ndarray) -> list[tuple[str, float]]:
-    """All heads by descending score; ties keep (layer, head) order. NaN scores last."""
-    flat = [(head_name(l, h), float(scores[l, h])) for l in range(scores.shape[0]) for h in range(scores.shape[1])]
-    return sorted(flat, key=lambda item: -item[1] if not np.isnan(item[1]) else np.inf)
-
-
-def head_labels(role_scores: dict[Role, np.ndarray], threshold: float) -> np.ndarray:
-    """Label every head ``[L, H]`` (object array of label strings).
-
-    A head is labelled with the positional role (previous_token, first_token,
-    self) of its highest score if that score is at least ``threshold``; else
-    ``focused`` if its focus score is at least ``threshold``; else ``broad``.
-    """
-    stacked = np.stack([role_scores[role] for role in POSITIONAL_LABELS])  # [3, L, H]
-    best = np.argmax(stacked, axis=0)
-    best_score = np.take_along_axis(stacked, best[None], axis=0)[0]
-    labels = np.empty(best.shape, dtype=object)
-    focused = role_scores["focus"] >= threshold
-    for index, label in enumerate(POSITIONAL_LABELS):
-        labels[best == index] = label
-    fallback = np.where(focused, "focused", "broad")
-    return np.where(best_score >= threshold, labels, fallback)
-
-
-def label_fraction(labels: np.ndarray, label: Label, first: int, last: int) -> float:
-    """Fraction of heads in layers ``first..last`` (inclusive) carrying ``label``."""
-    chosen = labels[first : last + 1]
-    return float((chosen == label).mean())
+__all__ = [
+    "BlockSums",
+    "BlockTargets",
+    "block_targets",
+    "check_block",
+    "check_rows",
+    "dominant_layer",
+    "entropy_from_logits",
+    "head_labels",
+    "label_fraction",
+    "layer_means",
+    "pattern_scores",
+    "ranked_heads",
+    "row_entropy",
+    "score_block",
+    "target_mask",
+    "visible_keys",
+]

@@ -27,11 +27,7 @@ from syrupy.extensions.amber import AmberSnapshotExtension
 from syrupy.extensions.amber.serializer import AmberDataSerializer, MalformedAmberFile, MissingVersionError
 from syrupy.location import PyTestLocation
 
-from interp_assert.errors import InterpAssertError
-
-
-class SnapshotFileError(InterpAssertError):
-    """A snapshot file exists but cannot be read, or cannot be written."""
+from interp_assert.errors import SnapshotFileError
 
 
 @dataclass(frozen=True)

@@ -9,43 +9,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any
 
-from pydantic import (
-    AfterValidator,
-    BaseModel,
-    ConfigDict,
-    Field,
-    TypeAdapter,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import AfterValidator, BaseModel, Field, TypeAdapter, ValidationError, model_validator
 
+from interp_assert import properties
 from interp_assert.errors import Location, SpecError
-from interp_assert.vocab import (
-    AttentionStat,
-    BosPolicy,
-    DType,
-    Label,
-    Role,
-    parse_device,
-    parse_head,
+from interp_assert.properties import (
+    AttentionStatBounds,
+    DominantLayer,
+    Expectation,
+    GeneratedText,
+    HeadScore,
+    HiddenNormRatio,
+    HiddenNormTrend,
+    LayerScore,
+    RoleFraction,
+    Snapshot,
+    TopHeads,
 )
+from interp_assert.properties.base import Strict
+from interp_assert.properties.snapshot import ToleranceQuantity, ToleranceSpec
+from interp_assert.vocab import BosPolicy, DType, parse_device
 from interp_assert.yamlsource import SourceDocument, load_source, read_spec_text
 
-NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
 MAX_SEQUENCE_TOKENS = 1 << 20  # length * repeats of one random-token sequence (models' contexts are far shorter)
 MAX_BATCH_TOKENS = 1 << 20  # count * length * repeats: one batch, measured in one pass
 MAX_PROBLEMS = 20  # per expectation (or header); the rest are counted
 
 
-class _Strict(BaseModel):
-    # no NaN or infinity anywhere: a NaN bound compares false both ways and checks nothing
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
-
-class RandomTokens(_Strict):
+class RandomTokens(Strict):
     """``count`` sequences, each one random block of ``length`` tokens repeated ``repeats`` times."""
 
     length: int = Field(ge=1, le=MAX_SEQUENCE_TOKENS)
@@ -66,7 +59,7 @@ class RandomTokens(_Strict):
         return self
 
 
-class PromptSet(_Strict):
+class PromptSet(Strict):
     """Literal texts or repeated random tokens; BOS policy always explicit."""
 
     bos: BosPolicy
@@ -81,25 +74,12 @@ class PromptSet(_Strict):
         return self
 
 
-class ToleranceSpec(_Strict):
-    """Allowed change of a snapshot value: ``|new - old| <= atol + rtol * |old|``."""
-
-    rtol: float = Field(default=0.0, ge=0.0)
-    atol: float = Field(default=0.0, ge=0.0)
-
-
-ToleranceQuantity = Literal["role_scores", "layer_stats", "hidden_norms"]
-SnapshotPart = Literal["role_scores", "role_labels", "layer_stats", "hidden_norms"]
-SNAPSHOT_PARTS: tuple[SnapshotPart, ...] = get_args(SnapshotPart)
-SNAPSHOT_ROLES: tuple[Role, ...] = ("previous_token", "first_token", "self", "focus", "breadth")
-
-
 def _valid_device(text: str) -> str:
     parse_device(text)
     return text
 
 
-class SpecHeader(_Strict):
+class SpecHeader(Strict):
     """Everything in a spec file except its expectations."""
 
     schema_url: str | None = Field(default=None, alias="$schema")
@@ -111,209 +91,13 @@ class SpecHeader(_Strict):
     expectations: list[Any] = Field(min_length=1)
 
 
-def _valid_head(name: str) -> str:
-    parse_head(name)
-    return name
-
-
-HeadName = Annotated[str, AfterValidator(_valid_head)]
-
-
-class _Expectation(_Strict):
-    property: str  # each subclass narrows this to its own tag
-    name: str = Field(pattern=NAME_PATTERN)
-    prompts: str
-    description: str | None = None
-
-
-class _Bounded(_Expectation):
-    at_least: float | None = None
-    at_most: float | None = None
-
-    @model_validator(mode="after")
-    def _check_bounds(self) -> _Bounded:
-        if self.at_least is None and self.at_most is None:
-            raise ValueError("give at least one bound: 'at_least' and/or 'at_most'")
-        if self.at_least is not None and self.at_most is not None and self.at_least > self.at_most:
-            raise ValueError(f"at_least ({self.at_least}) is greater than at_most ({self.at_most})")
-        if self._unit_bounds():
-            for key in ("at_least", "at_most"):
-                value = getattr(self, key)
-                if value is not None and not 0.0 <= value <= 1.0:
-                    raise ValueError(f"{key}: {value} is outside [0, 1], the range of this score")
-        return self
-
-    def _unit_bounds(self) -> bool:
-        return True
-
-
-class HeadScore(_Bounded):
-    property: Literal["head_score"]
-    head: HeadName
-    role: Role
-
-
-class TopHeads(_Expectation):
-    property: Literal["top_heads"]
-    role: Role
-    k: int = Field(ge=1)
-    include: list[HeadName] | None = Field(default=None, min_length=1)
-    equals: list[HeadName] | None = Field(default=None, min_length=1)
-
-    @field_validator("include", "equals")
-    @classmethod
-    def _each_once(cls, heads: list[str] | None) -> list[str] | None:
-        repeated = sorted({head for head in heads or [] if heads and heads.count(head) > 1})
-        if repeated:
-            raise ValueError(f"{', '.join(repeated)} is listed more than once; list each head once")
-        return heads
-
-    @model_validator(mode="after")
-    def _one_set(self) -> TopHeads:
-        if (self.include is None) == (self.equals is None):
-            raise ValueError("give exactly one of 'include' or 'equals'")
-        heads = self.include or self.equals or []
-        if len(heads) > self.k:
-            raise ValueError(f"{len(heads)} heads listed but k is {self.k}; they cannot all be in the top {self.k}")
-        if self.equals is not None and len(self.equals) != self.k:
-            raise ValueError(f"'equals' lists {len(self.equals)} heads; it must list exactly k={self.k}")
-        return self
-
-
-class LayerScore(_Bounded):
-    property: Literal["layer_score"]
-    role: Role
-    layer: int
-
-
-class DominantLayer(_Expectation):
-    property: Literal["dominant_layer"]
-    role: Role
-    layer: int
-
-
-def _ordered_range(bounds: list[int]) -> list[int]:
-    first, last = bounds
-    if (first < 0) == (last < 0) and first > last:
-        raise ValueError(f"range [{first}, {last}] is empty: the first index must not come after the last")
-    return bounds
-
-
-LayerRange = Annotated[list[int], Field(min_length=2, max_length=2), AfterValidator(_ordered_range)]
-
-
-class RoleFraction(_Bounded):
-    property: Literal["role_fraction"]
-    label: Label
-    layers: LayerRange
-    label_threshold: float = Field(default=0.5, ge=0.0, le=1.0)
-
-
-class HiddenNormTrend(_Expectation):
-    property: Literal["hidden_norm_trend"]
-    layers: LayerRange
-    direction: Literal["increasing", "decreasing"]
-    tolerance: float = Field(default=0.0, ge=0.0)
-    include_first_position: bool = False
-
-    @field_validator("layers")
-    @classmethod
-    def _a_step(cls, layers: list[int]) -> list[int]:
-        first, last = layers
-        if first == last:
-            raise ValueError(
-                f"[{first}, {last}] is a single index: a trend needs at least one step, "
-                "so give two different indices, e.g. [0, -1]"
-            )
-        return layers
-
-
-class HiddenNormRatio(_Bounded):
-    property: Literal["hidden_norm_ratio"]
-    numerator: int = -1
-    denominator: int = 0
-    include_first_position: bool = False
-
-    def _unit_bounds(self) -> bool:
-        return False
-
-
-class AttentionStatBounds(_Bounded):
-    property: Literal["attention_stat"]
-    stat: AttentionStat
-    layers: LayerRange
-
-
-class Snapshot(_Expectation):
-    """A syrupy snapshot of the model's numeric fingerprint on one prompt set."""
-
-    property: Literal["snapshot"]
-    covers: list[SnapshotPart] = Field(default_factory=lambda: list(SNAPSHOT_PARTS), min_length=1)
-    roles: list[Role] = Field(default_factory=lambda: list(SNAPSHOT_ROLES), min_length=1)
-    tolerance: dict[ToleranceQuantity, ToleranceSpec] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _unique(self) -> Snapshot:
-        for key in ("covers", "roles"):
-            values = getattr(self, key)
-            if len(set(values)) != len(values):
-                raise ValueError(f"{key} lists a value twice")
-        return self
-
-
-class GeneratedText(_Expectation):
-    """A behavioural check beside the mechanistic ones: the prompt set's greedy continuation."""
-
-    property: Literal["generated_text"]
-    contains: str | None = Field(default=None, min_length=1)
-    equals: str | None = None
-    sequence: int | None = Field(default=None, ge=0)
-
-    @model_validator(mode="after")
-    def _one_test(self) -> GeneratedText:
-        if (self.contains is None) == (self.equals is None):
-            raise ValueError("give exactly one of 'contains' or 'equals'")
-        return self
-
-
-Expectation = Annotated[
-    HeadScore
-    | TopHeads
-    | LayerScore
-    | DominantLayer
-    | RoleFraction
-    | HiddenNormTrend
-    | HiddenNormRatio
-    | AttentionStatBounds
-    | GeneratedText
-    | Snapshot,
-    Field(discriminator="property"),
-]
-EXPECTATION_TYPES: dict[str, type[_Expectation]] = {
-    cls.model_fields["property"].annotation.__args__[0]: cls  # type: ignore[union-attr]
-    for cls in (
-        HeadScore,
-        TopHeads,
-        LayerScore,
-        DominantLayer,
-        RoleFraction,
-        HiddenNormTrend,
-        HiddenNormRatio,
-        AttentionStatBounds,
-        GeneratedText,
-        Snapshot,
-    )
-}
-_EXPECTATION_ADAPTER: TypeAdapter[Any] = TypeAdapter(Expectation)
-
-
 @dataclass(frozen=True)
 class Entry:
     """One expectation as written: its name, where it is, and either the model or its problems."""
 
     name: str
     location: Location
-    expectation: _Expectation | None
+    expectation: Expectation | None
     problems: tuple[tuple[Location | None, str], ...]
 
 
@@ -382,10 +166,10 @@ def _entries(raw: list[Any], doc: SourceDocument, header: SpecHeader | None) -> 
         problems: list[tuple[Location | None, str]] = []
         expectation = None
         try:
-            expectation = _EXPECTATION_ADAPTER.validate_python(item)
+            expectation = properties.expectation_adapter().validate_python(item)
         except ValidationError as exc:
             tag = item.get("property") if isinstance(item, dict) else None
-            cls = EXPECTATION_TYPES.get(tag) if isinstance(tag, str) else None
+            cls = properties.registered().get(tag) if isinstance(tag, str) else None
             problems = _describe(exc, doc, at, cls)
         if name in seen:
             problems.append(
@@ -415,7 +199,7 @@ def _describe(
     problems: list[tuple[Location | None, str]] = []
     for error in exc.errors():
         loc = tuple(error["loc"])
-        if base and loc and cls is not None and loc[0] in EXPECTATION_TYPES:
+        if base and loc and cls is not None and loc[0] in properties.registered():
             loc = loc[1:]  # drop the discriminator tag pydantic inserts
         path = (*base, *loc)
         kind = error["type"]
@@ -425,11 +209,11 @@ def _describe(
             message = f"unknown key {loc[-1]!r}" + (f"; valid keys here: {', '.join(valid)}" if valid else "")
             problems.append((doc.locate(path, key=True), message))
         elif kind == "union_tag_invalid":
-            tags = ", ".join(EXPECTATION_TYPES)
+            tags = ", ".join(properties.registered())
             message = f"unknown property {error['input'].get('property')!r}; valid properties: {tags}"
             problems.append((doc.locate((*path, "property")), message))
         elif kind == "union_tag_not_found":
-            tags = ", ".join(EXPECTATION_TYPES)
+            tags = ", ".join(properties.registered())
             problems.append((doc.locate(path), f"missing 'property'; valid properties: {tags}"))
         elif kind == "missing":
             problems.append((doc.locate(path[:-1]), f"missing required key {loc[-1]!r}"))
@@ -472,17 +256,37 @@ def _model_in(annotation: Any) -> Any:
     return None
 
 
-def head_of(expectation: HeadScore) -> tuple[int, int]:
-    return parse_head(expectation.head)
-
-
 def spec_json_schema() -> dict[str, Any]:
     """JSON Schema of a spec file, for editors (``$schema``)."""
-    document = TypeAdapter(_SpecDocumentSchema).json_schema(by_alias=True)
+
+    class SpecDocument(SpecHeader):
+        expectations: list[properties.union_type()] = Field(min_length=1)  # type: ignore[valid-type]
+
+    document = TypeAdapter(SpecDocument).json_schema(by_alias=True)
     document["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     document["title"] = "interp_assert spec"
     return document
 
 
-class _SpecDocumentSchema(SpecHeader):
-    expectations: list[Expectation] = Field(min_length=1)
+# The property classes are importable from here too (``from interp_assert.spec import HeadScore``).
+__all__ = [
+    "AttentionStatBounds",
+    "DominantLayer",
+    "Entry",
+    "Expectation",
+    "GeneratedText",
+    "HeadScore",
+    "HiddenNormRatio",
+    "HiddenNormTrend",
+    "LayerScore",
+    "PromptSet",
+    "RandomTokens",
+    "RoleFraction",
+    "Snapshot",
+    "SpecFile",
+    "SpecHeader",
+    "TopHeads",
+    "load_spec",
+    "parse_spec",
+    "spec_json_schema",
+]

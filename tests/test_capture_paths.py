@@ -1,4 +1,5 @@
-"""The three capture paths (blockwise, eager hooks, SDPA) give the numbers of the plain eager computation.
+"""The capture paths (blockwise, eager hooks, SDPA) give the numbers of the plain eager computation
+(the fused path has its own tests, ``tests/test_fused.py``).
 
 The reference is the naive one: an eager forward with ``output_attentions`` and
 ``output_hidden_states``, every layer's full pattern scored at once, and the
@@ -178,7 +179,7 @@ def test_blockwise_matches_eager_hooks_and_naive(
     loaded = tiny(kind)
     batches = repeated_batches(VOCAB)
     with ImplementationSpy(loaded) as spy:
-        ours = capture.measure(loaded, batches, EVERYTHING)
+        ours = capture.measure(loaded, batches, EVERYTHING, attention="blockwise")
     assert spy.calls and all(call == (blockwise.IMPLEMENTATION, False) for call in spy.calls), spy.calls
     assert loaded.model.config._attn_implementation == "eager", "the implementation is restored"
     eager = capture.measure(loaded, batches, EVERYTHING, attention="eager")
@@ -192,7 +193,7 @@ def test_without_breadth_one_buffer_serves(tiny: Callable[[str], LoadedModel], s
     loaded = tiny("qwen2_sliding")
     batches = repeated_batches(VOCAB)
     request = CaptureRequest(roles=frozenset(ROLES) - {"breadth"}, attention_stats=True)
-    ours, reference = capture.measure(loaded, batches, request), naive(loaded, batches)
+    ours, reference = capture.measure(loaded, batches, request, attention="blockwise"), naive(loaded, batches)
     for role in request.roles:
         np.testing.assert_allclose(ours.role_scores[role], reference.role_scores[role], atol=1e-5, err_msg=role)
     np.testing.assert_allclose(ours.mean_weight, reference.mean_weight, atol=1e-5)  # type: ignore[arg-type]
@@ -220,10 +221,11 @@ def test_smollm2_paths_agree(smollm2_dir: Path) -> None:
     request = CaptureRequest(
         roles=frozenset(ROLES), attention_stats=True, hidden_norms=True, patterns=frozenset({(16, 0), (20, 8)})
     )
-    ours = capture.measure(loaded, batches, request)
+    ours = capture.measure(loaded, batches, request, attention="blockwise")
     assert loaded.model.config._attn_implementation == "eager"
     reference = naive(loaded, batches)
     assert_same(ours, reference)
+    assert_same(capture.measure(loaded, batches, request, attention="fused"), reference)
     assert_same(capture.measure(loaded, batches, request, attention="eager"), reference)
 
 
@@ -232,7 +234,7 @@ def test_half_precision_blockwise_scores_float32_weights(tmp_path: Path, small_b
     softmax, so the two agree to bfloat16's precision."""
     loaded = load_model(str(save_model(llama_config(), tmp_path / "llama", seed=3)), LoadOptions(dtype="bfloat16"))
     batches = repeated_batches(VOCAB)
-    ours = capture.measure(loaded, batches, EVERYTHING)
+    ours = capture.measure(loaded, batches, EVERYTHING, attention="blockwise")
     eager = capture.measure(loaded, batches, EVERYTHING, attention="eager")
     for role in ROLES:
         np.testing.assert_allclose(ours.role_scores[role], eager.role_scores[role], atol=1e-3, err_msg=role)
@@ -285,7 +287,7 @@ def test_blocks_stay_within_the_budget(tiny: Callable[[str], LoadedModel], monke
         original(self, layer, weights, *args, **kwargs)
 
     monkeypatch.setattr(capture._Run, "score_rows", spy)
-    capture.measure(loaded, batches, CaptureRequest(roles=frozenset(["previous_token"])))
+    capture.measure(loaded, batches, CaptureRequest(roles=frozenset(["previous_token"])), attention="blockwise")
     assert len(seen) > 2 * 2, "each layer is scored in several blocks"
     assert all(b * h * rows * keys * 4 <= budget or rows == blockwise.MIN_BLOCK_ROWS for b, h, rows, keys in seen)
 

@@ -32,8 +32,11 @@ from pydantic import BaseModel
 
 from interp_assert import spec as spec_module
 from interp_assert.errors import InterpAssertError
-from interp_assert.spec import EXPECTATION_TYPES, SpecFile, parse_spec
+from interp_assert.properties import registered
+from interp_assert.spec import SpecFile, parse_spec
 from interp_assert.yamlsource import decode_spec_bytes
+
+EXPECTATION_TYPES = registered()
 
 REPO = Path(__file__).resolve().parent.parent
 SHIPPED = [path.read_text(encoding="utf-8") for path in sorted((REPO / "model_specs").glob("*.yaml"))]

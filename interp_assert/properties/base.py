@@ -1,0 +1,232 @@
+"""What every property is made of: a strict pydantic model of its spec keys, what it needs from
+capture, its check, and (optionally) what report draws for it and how audit compares it.
+
+A property module subclasses :class:`Expectation` (or :class:`Bounded`), narrows ``property``
+to its own ``Literal`` tag, and implements :meth:`Expectation.requirements` and
+:meth:`Expectation.check`. Everything else (the spec union, the JSON Schema, dispatch, report
+plans) is built from the registry in :mod:`interp_assert.properties`. Pure: numbers in, an
+:class:`~interp_assert.outcome.Outcome` out; no torch, no files (the snapshot property reaches
+its files through :mod:`interp_assert.snapshot`, imported when it runs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
+
+import numpy as np
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from interp_assert import head_tables as scores
+from interp_assert.errors import CheckInputError
+from interp_assert.measurements import CaptureRequest, Measurements
+from interp_assert.outcome import Outcome
+from interp_assert.vocab import Role, parse_head
+
+if TYPE_CHECKING:
+    from interp_assert import fingerprint as fp_types
+
+NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
+TOP_SHOWN = 5
+
+
+class Strict(BaseModel):
+    # no NaN or infinity anywhere: a NaN bound compares false both ways and checks nothing
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+def _valid_head(name: str) -> str:
+    parse_head(name)
+    return name
+
+
+HeadName = Annotated[str, AfterValidator(_valid_head)]
+
+
+def _ordered_range(bounds: list[int]) -> list[int]:
+    first, last = bounds
+    if (first < 0) == (last < 0) and first > last:
+        raise ValueError(f"range [{first}, {last}] is empty: the first index must not come after the last")
+    return bounds
+
+
+LayerRange = Annotated[list[int], Field(min_length=2, max_length=2), AfterValidator(_ordered_range)]
+
+
+@dataclass(frozen=True)
+class CheckContext:
+    """What a check may use beyond its own keys: the prompt set's measurements and, for the
+    snapshot property, where the spec lives, its spec-wide tolerances and the run's environment."""
+
+    measurements: Measurements
+    spec_path: str = ""
+    snapshot_tolerance: Mapping[Any, Any] = field(default_factory=dict)  # the header's snapshot_tolerance
+    environment: Mapping[str, str] = field(default_factory=dict)  # model, weights hash, versions
+    update_snapshots: bool = False
+
+
+@dataclass(frozen=True)
+class FigureNeeds:
+    """Which of report's standard figures show this expectation (see :mod:`interp_assert.report`)."""
+
+    roles: tuple[Role, ...] = ()  # layers x heads heatmaps of these role scores
+    heads: tuple[str, ...] = ()  # attention patterns of these heads
+    norms: bool = False  # the hidden-norm curve (``layers`` shaded when ``span``)
+    fractions: bool = False  # head-label fractions by layer
+    stats: bool = False  # attention statistics by layer
+    span: bool = False  # shade ``layers`` on the figure
+
+
+@dataclass(frozen=True)
+class ModelDrift:
+    """How one model moved from another, as audit shows it."""
+
+    within: bool
+    headline: str
+    details: tuple[str, ...] = ()
+    summary: tuple[str, ...] = ()  # by layer and role, in words
+    before: fp_types.Fingerprint | None = None
+    after: fp_types.Fingerprint | None = None
+
+
+class Expectation(Strict):
+    """One expectation of a spec: the keys every property has, and the hooks each implements."""
+
+    property: str  # each subclass narrows this to its own Literal tag
+    name: str = Field(pattern=NAME_PATTERN)
+    prompts: str
+    description: str | None = None
+
+    # Failure text ends with "edit the bound in the spec" for properties that have one.
+    edit_hint: ClassVar[bool] = True
+
+    def requirements(self) -> CaptureRequest:
+        """What capture must compute for this expectation."""
+        raise NotImplementedError(f"{type(self).__name__} does not say what it needs from capture")
+
+    def check(self, context: CheckContext) -> Outcome:
+        """Measurements -> outcome. Raises :class:`CheckInputError` for a head or layer the model lacks."""
+        raise NotImplementedError(f"{type(self).__name__} has no check")
+
+    def figures(self) -> FigureNeeds:
+        return FigureNeeds()
+
+    def own_figures(self, context: CheckContext, out_dir: Path) -> list[tuple[str, str]]:
+        """Figures only this property draws, written into ``out_dir``: (file name, caption) pairs."""
+        return []
+
+    def audit_drift(self, base: CheckContext, checkpoint: CheckContext) -> ModelDrift | None:
+        """For properties that compare a model with another (snapshot): how ``checkpoint`` moved
+        from ``base``. ``None`` (the default): audit checks the expectation on each model instead."""
+        return None
+
+    def evaluate(self, context: CheckContext) -> Outcome:
+        """:meth:`check`, with the bounds recorded and the headline value formatted."""
+        from dataclasses import replace
+
+        from interp_assert.outcome import format_value
+
+        outcome = self.check(context)
+        return replace(
+            outcome,
+            shown=outcome.shown or format_value(outcome.value),
+            bound_low=getattr(self, "at_least", None),
+            bound_high=getattr(self, "at_most", None),
+        )
+
+
+class Bounded(Expectation):
+    """An expectation on one number, with explicit ``at_least`` and/or ``at_most``."""
+
+    at_least: float | None = None
+    at_most: float | None = None
+
+    unit_bounds: ClassVar[bool] = True  # the number is a score in [0, 1]
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> Bounded:
+        if self.at_least is None and self.at_most is None:
+            raise ValueError("give at least one bound: 'at_least' and/or 'at_most'")
+        if self.at_least is not None and self.at_most is not None and self.at_least > self.at_most:
+            raise ValueError(f"at_least ({self.at_least}) is greater than at_most ({self.at_most})")
+        if self.unit_bounds:
+            for key in ("at_least", "at_most"):
+                value = getattr(self, key)
+                if value is not None and not 0.0 <= value <= 1.0:
+                    raise ValueError(f"{key}: {value} is outside [0, 1], the range of this score")
+        return self
+
+    def within(self, subject: str, value: float) -> tuple[bool, str]:
+        """Compare ``value`` to the bounds; the message says by how much."""
+        low, high = self.at_least, self.at_most
+        wanted = " and ".join(
+            part
+            for part in (
+                f"at_least {low:g}" if low is not None else "",
+                f"at_most {high:g}" if high is not None else "",
+            )
+            if part
+        )
+        if np.isnan(value):
+            return False, f"{subject} could not be measured (no query row had a target); expected {wanted}"
+        if low is not None and value < low:
+            return False, f"{subject} = {value:.4f}, expected {wanted}: short by {low - value:.4f}"
+        if high is not None and value > high:
+            return False, f"{subject} = {value:.4f}, expected {wanted}: over by {value - high:.4f}"
+        margins = [
+            m
+            for m in (value - low if low is not None else None, high - value if high is not None else None)
+            if m is not None
+        ]
+        return True, f"{subject} = {value:.4f}, expected {wanted} (margin {min(margins):.4f})"
+
+
+# ---- helpers the built-in properties share ----
+
+
+def resolve_index(index: int, count: int, what: str) -> int:
+    """A Python-style index (negative from the end) into ``count`` items, or :class:`CheckInputError`."""
+    resolved = index + count if index < 0 else index
+    if not 0 <= resolved < count:
+        raise CheckInputError(f"{what} {index} is out of range: this model has {count} ({-count} to {count - 1})")
+    return resolved
+
+
+def resolve_range(bounds: list[int], count: int, what: str) -> tuple[int, int]:
+    first, last = (resolve_index(b, count, what) for b in bounds)
+    if first > last:
+        raise CheckInputError(f"{what} range {bounds} is empty: the first must not come after the last")
+    return first, last
+
+
+def head_index(name: str, m: Measurements) -> tuple[int, int]:
+    layer, head = parse_head(name)
+    if not (0 <= layer < m.n_layers and 0 <= head < m.n_heads):
+        raise CheckInputError(
+            f"head {name} is out of range: this model has layers 0-{m.n_layers - 1} and heads 0-{m.n_heads - 1} "
+            f"(L0H0 to L{m.n_layers - 1}H{m.n_heads - 1})"
+        )
+    return layer, head
+
+
+def role_table(m: Measurements, role: Role) -> np.ndarray:
+    return m.role_scores[role]
+
+
+def top_line(table: np.ndarray, role: str, k: int = TOP_SHOWN) -> str:
+    ranked = scores.ranked_heads(table)[:k]
+    return f"top {k} {role} heads: " + ", ".join(f"{name} {value:.4f}" for name, value in ranked)
+
+
+def layer_line(table: np.ndarray, role: str) -> str:
+    means = scores.layer_means(table)
+    order = np.argsort(-means, kind="stable")[:TOP_SHOWN]
+    return f"layers by mean {role}: " + ", ".join(f"{int(i)} {means[i]:.4f}" for i in order)
+
+
+def norms(m: Measurements, include_first: bool) -> np.ndarray:
+    found = m.hidden_norms if include_first else m.hidden_norms_without_first
+    assert found is not None
+    return found

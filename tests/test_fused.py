@@ -1,0 +1,311 @@
+"""The fused path (scores from the softmax normaliser) against the eager reference.
+
+Both of its kernels run here: the CPU flash kernel (``aten``), and FlexAttention's maths
+(``flex``: on CUDA compiled; here its reference implementation, which materialises the logits,
+with the row maximum from the sharpened pass, since only CUDA returns ``max_scores``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from interp_assert import blockwise, capture, fused, scores
+from interp_assert.capture import CaptureRequest, Measurements
+from interp_assert.models import LoadedModel, LoadOptions, load_model
+from interp_assert.prompts import PromptBatch
+from interp_assert.vocab import ROLES
+from tests.builders import VOCAB, save_model, tiny_config
+from tests.test_capture_paths import (
+    EVERYTHING,
+    INTERFACE_KINDS,
+    ImplementationSpy,
+    _config,
+    assert_same,
+    naive,
+    repeated_batches,
+)
+
+BACKENDS = ["aten", "flex"]
+POSITIONAL = CaptureRequest(roles=frozenset(["previous_token", "first_token", "self"]), hidden_norms=True)
+
+
+def gemma2_config(**overrides: Any) -> Any:
+    """Soft-capped logits, a scaling that is not 1/sqrt(head_dim), and sliding / full layers in turn."""
+    from transformers import Gemma2Config
+
+    settings: dict[str, Any] = dict(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=128,
+        sliding_window=8,
+        attn_logit_softcapping=5.0,
+        query_pre_attn_scalar=24,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+    )
+    return Gemma2Config(**(settings | overrides))
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., LoadedModel]:
+    loaded: dict[tuple[str, str], LoadedModel] = {}
+
+    def get(kind: str, dtype: str = "float32") -> LoadedModel:
+        if (kind, dtype) not in loaded:
+            config = gemma2_config() if kind == "gemma2_softcap" else _config(kind)
+            directory = tmp_path_factory.mktemp(kind)
+            loaded[kind, dtype] = load_model(str(save_model(config, directory, seed=3)), LoadOptions(dtype=dtype))  # type: ignore[arg-type]
+        return loaded[kind, dtype]
+
+    return get
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """Each kernel, with sliding-window layers computed in bands of 5 rows (several per sequence)."""
+    monkeypatch.setattr(fused, "FORCE_BACKEND", request.param)
+    monkeypatch.setattr(fused, "WINDOW_ROWS", 5)
+    yield request.param
+
+
+class KernelSpy:
+    """Counts the fused kernel's calls and the layers handed to blockwise."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.flash_calls = 0
+        self.blockwise_calls = 0
+        flash, block = fused._FLASH_CPU, blockwise.blockwise_attention
+
+        def counted_flash(*args: Any, **kwargs: Any) -> Any:
+            self.flash_calls += 1
+            return flash(*args, **kwargs)
+
+        def counted_block(*args: Any, **kwargs: Any) -> Any:
+            self.blockwise_calls += 1
+            return block(*args, **kwargs)
+
+        monkeypatch.setattr(fused, "_FLASH_CPU", counted_flash)
+        monkeypatch.setattr(blockwise, "blockwise_attention", counted_block)
+
+
+def max_differences(got: Measurements, expected: Measurements) -> dict[str, float]:
+    found = {role: float(np.max(np.abs(got.role_scores[role] - expected.role_scores[role]))) for role in ROLES}
+    if got.max_weight is not None and expected.max_weight is not None:
+        found["max"] = float(np.max(np.abs(got.max_weight - expected.max_weight)))
+    return found
+
+
+# ---- exactness: float32 against the naive eager computation ----
+
+
+@pytest.mark.parametrize("kind", INTERFACE_KINDS)
+def test_fused_matches_naive(
+    kind: str, backend: str, tiny: Callable[..., LoadedModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every role, the attention statistics, patterns and hidden norms within 1e-5 of the eager
+    reference, on grouped-query heads, sliding windows, batches of two sequences and of one."""
+    loaded = tiny(kind)
+    batches = repeated_batches(VOCAB)
+    spy = KernelSpy(monkeypatch)
+    with ImplementationSpy(loaded) as implementation:
+        ours = capture.measure(loaded, batches, EVERYTHING, attention="fused")
+    assert implementation.calls and all(call == (fused.IMPLEMENTATION, False) for call in implementation.calls)
+    assert spy.blockwise_calls == 0, "every layer is fused"
+    assert loaded.model.config._attn_implementation == "eager", "the implementation is restored"
+    assert_same(ours, naive(loaded, batches))
+
+
+def test_soft_capping_fuses_with_flex_and_falls_back_on_cpu_kernel(
+    tiny: Callable[..., LoadedModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Gemma2: FlexAttention takes the cap as a ``score_mod``; the CPU flash kernel cannot, and
+    breadth with a cap is not ``q . o'``: those layers go blockwise, in the same run, still exact."""
+    loaded = tiny("gemma2_softcap")
+    batches = repeated_batches(VOCAB)
+    reference = naive(loaded, batches)
+    without_breadth = CaptureRequest(roles=frozenset(ROLES) - {"breadth"}, attention_stats=True)
+    for backend, request, fused_layers in [
+        ("flex", without_breadth, 2),
+        ("flex", EVERYTHING, 0),
+        ("aten", without_breadth, 0),
+    ]:
+        with monkeypatch.context() as patch:
+            patch.setattr(fused, "FORCE_BACKEND", backend)
+            spy = KernelSpy(patch)
+            ours = capture.measure(loaded, batches, request, attention="fused")
+        assert spy.blockwise_calls == 2 * (2 - fused_layers), (backend, request)  # two batches
+        for role in request.roles:
+            np.testing.assert_allclose(ours.role_scores[role], reference.role_scores[role], atol=1e-5, err_msg=role)
+        np.testing.assert_allclose(ours.max_weight, reference.max_weight, atol=1e-5)  # type: ignore[arg-type]
+
+
+# ---- bfloat16 against eager in the same dtype ----
+
+
+@pytest.mark.parametrize("kind", ["llama_gqa", "qwen2_sliding", "gemma2_softcap"])
+def test_bfloat16_fused_matches_eager(kind: str, backend: str, tiny: Callable[..., LoadedModel]) -> None:
+    """Within 2e-3 of eager attention in bfloat16 (whose weights are rounded to bfloat16 before they
+    are scored: half a bfloat16 step below 1 is 2 ** -9 = 1.95e-3, the most ``max`` can differ by)."""
+    loaded = tiny(kind, "bfloat16")
+    batches = repeated_batches(VOCAB)
+    request = CaptureRequest(roles=frozenset(ROLES), attention_stats=True, hidden_norms=True)
+    if kind == "gemma2_softcap":
+        request = CaptureRequest(roles=frozenset(ROLES) - {"breadth"}, attention_stats=True, hidden_norms=True)
+    ours = capture.measure(loaded, batches, request, attention="fused")
+    eager = capture.measure(loaded, batches, request, attention="eager")
+    for role in request.roles:
+        np.testing.assert_allclose(ours.role_scores[role], eager.role_scores[role], atol=2e-3, err_msg=role)
+    np.testing.assert_allclose(ours.max_weight, eager.max_weight, atol=2e-3)  # type: ignore[arg-type]
+    np.testing.assert_allclose(ours.mean_weight, eager.mean_weight, atol=2e-3)  # type: ignore[arg-type]
+    np.testing.assert_allclose(ours.hidden_norms, eager.hidden_norms, rtol=2e-2)  # type: ignore[arg-type]
+
+
+# ---- only what is asked for is computed ----
+
+
+@pytest.mark.parametrize(
+    ("request_", "passes"),
+    [
+        (POSITIONAL, 1),
+        (CaptureRequest(roles=frozenset(["induction", "duplicate_token", "self"])), 1),
+        (CaptureRequest(roles=frozenset(["breadth"])), 2),
+        (CaptureRequest(roles=frozenset(["focus"])), 2),
+        (CaptureRequest(roles=frozenset(["previous_token"]), attention_stats=True), 2),
+        (EVERYTHING, 3),
+    ],
+)
+def test_kernel_passes_follow_the_request(
+    request_: CaptureRequest, passes: int, tiny: Callable[..., LoadedModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """previous/first/self cost one kernel pass per layer and sequence, like the plain forward;
+    breadth and the row maximum (focus, ``max``) one more each, only when asked for."""
+    loaded = tiny("llama_gqa")
+    batches = repeated_batches(VOCAB)  # three sequences
+    spy = KernelSpy(monkeypatch)
+    capture.measure(loaded, batches, request_, attention="fused")
+    assert spy.flash_calls == passes * 2 * 3
+    assert spy.blockwise_calls == 0
+
+
+def test_auto_chooses_the_cheaper_path_on_cpu(tiny: Callable[..., LoadedModel]) -> None:
+    loaded = tiny("llama_gqa")
+    batches = repeated_batches(VOCAB)
+    for request, expected in [
+        (POSITIONAL, fused.IMPLEMENTATION),
+        (CaptureRequest(roles=frozenset(["breadth", "induction"])), fused.IMPLEMENTATION),
+        (EVERYTHING, blockwise.IMPLEMENTATION),  # breadth and the row maximum: one blockwise pass is cheaper
+    ]:
+        with ImplementationSpy(loaded) as spy:
+            capture.measure(loaded, batches, request)
+        assert {name for name, _ in spy.calls} == {expected}, request
+    assert capture.fused_is_cheaper(EVERYTHING, torch.device("cuda"))
+
+
+def test_gpt_neo_cannot_be_fused(tiny: Callable[..., LoadedModel]) -> None:
+    loaded = tiny("gpt_neo")
+    batches = repeated_batches(VOCAB)
+    assert_same(capture.measure(loaded, batches, EVERYTHING), naive(loaded, batches))  # eager hooks, as before
+    with pytest.raises(capture.CaptureError, match="cannot be captured fused"):
+        capture.measure(loaded, batches, POSITIONAL, attention="fused")
+
+
+# ---- the layer's output is the kernel's ----
+
+
+@pytest.mark.parametrize("window", [None, 6])
+def test_output_is_sdpa_output(window: int | None, backend: str) -> None:
+    """The fused function's output is attention's output (grouped-query heads, batch of 2)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(2, 23, 6, 16, generator=generator).transpose(1, 2)  # laid out as models do
+    key = torch.randn(2, 23, 2, 16, generator=generator).transpose(1, 2)
+    value = torch.randn(2, 23, 2, 16, generator=generator).transpose(1, 2)
+    module = torch.nn.Module()
+    module.num_key_value_groups = 3  # type: ignore[assignment]
+    module.is_causal = True  # type: ignore[assignment]
+    ours, _ = fused.fused_attention(module, query, key, value, None, scaling=0.3, sliding_window=window)
+    mask = None
+    if window is not None:
+        mask = scores.visible_keys(23, 0, 23, window).view(1, 1, 23, 23)
+    expected, _ = sdpa_attention_forward(module, query, key, value, mask, scaling=0.3, is_causal=window is None)
+    torch.testing.assert_close(ours, expected, atol=1e-6, rtol=1e-6)
+
+
+# ---- the pure scoring from the normaliser ----
+
+
+@pytest.mark.parametrize("window", [None, 5])
+def test_score_rows_matches_score_block(window: int | None) -> None:
+    """From lse, the weights at the targets, the row maximum and the entropy, the same sums as
+    from the whole block of weights."""
+    generator = torch.Generator().manual_seed(2)
+    batch, heads, n = 2, 3, 19
+    tokens = torch.randint(4, 9, (batch, n), generator=generator)
+    logits = torch.randn(batch, heads, n, n, generator=generator) * 3
+    logits = logits.masked_fill(~scores.visible_keys(n, 0, n, window), float("-inf"))
+    weights = torch.softmax(logits, -1)
+    lse = torch.logsumexp(logits, -1)
+    targets = scores.block_targets(tokens, 0, n, n, ROLES, window)
+    picked = scores.weights_from_normaliser(
+        logits[targets.batch_index, :, targets.row_index, targets.key_index],
+        lse[targets.batch_index, :, targets.row_index],
+    )
+    expected_logit = (weights * logits.masked_fill(weights == 0, 0.0)).sum(-1)
+    entropy = scores.entropy_from_normaliser(lse, expected_logit)
+    max_weight = scores.weights_from_normaliser(logits.amax(-1), lse)
+    got = scores.score_rows(
+        targets, picked, 0, n, batch, ROLES, window, max_weight=max_weight, entropy=entropy, attention_stats=True
+    )
+    reference = scores.score_block(weights, tokens, 0, ROLES, window, attention_stats=True)
+    for role in ROLES:
+        torch.testing.assert_close(got.role_sums[role], reference.role_sums[role], atol=1e-5, rtol=0)
+        assert got.role_rows[role] == reference.role_rows[role]
+    torch.testing.assert_close(got.max_weight, reference.max_weight)
+    torch.testing.assert_close(got.visible_sum, reference.visible_sum, atol=1e-4, rtol=0)
+    assert got.visible_entries == reference.visible_entries
+
+
+def test_non_finite_attention_is_an_error(tmp_path: Path) -> None:
+    config = tiny_config("llama")
+    loaded = load_model(str(save_model(config, tmp_path / "llama", seed=3)), LoadOptions())
+    with torch.no_grad():
+        loaded.model.model.layers[1].self_attn.q_proj.weight[16:32] = float("nan")  # query head 1
+    with pytest.raises(capture.CaptureError, match="layer 1: head 1: attention weights are not finite"):
+        capture.measure(loaded, repeated_batches(VOCAB), POSITIONAL, attention="fused")
+
+
+def test_sharpened_lse_gives_the_row_maximum() -> None:
+    """lse(SHARPNESS * s) / SHARPNESS is the largest logit to float32 precision, ties included."""
+    generator = torch.Generator().manual_seed(5)
+    query = torch.randn(1, 4, 300, 32, generator=generator) * 2
+    key = torch.randn(1, 4, 300, 32, generator=generator) * 2
+    key[:, :, 7] = key[:, :, 3]  # an exact tie
+    _, sharp = fused._FLASH_CPU(query, key, key, 0.0, True, scale=0.2 * fused.SHARPNESS)
+    logits = (query @ key.transpose(-1, -2) * 0.2).masked_fill(~scores.visible_keys(300, 0, 300, None), float("-inf"))
+    torch.testing.assert_close(sharp / fused.SHARPNESS, logits.amax(-1), atol=1e-5, rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_smollm2_fused_matches_naive(smollm2_dir: Path) -> None:
+    loaded = load_model(str(smollm2_dir), LoadOptions())
+    vocab = int(loaded.config.vocab_size)
+    piece = torch.randint(100, vocab, (1, 48), generator=torch.Generator().manual_seed(1))
+    tokens = torch.cat([torch.tensor([[loaded.tokenizer.bos_token_id]]), piece, piece], dim=1)
+    batches = [PromptBatch(tokens)]
+    request = CaptureRequest(
+        roles=frozenset(ROLES), attention_stats=True, hidden_norms=True, patterns=frozenset({(16, 0), (20, 8)})
+    )
+    assert_same(capture.measure(loaded, batches, request, attention="fused"), naive(loaded, batches))
