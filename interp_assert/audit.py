@@ -3,11 +3,8 @@ checkpoint, each one's headline value on base and checkpoint, and what moved, by
 
 from __future__ import annotations
 
-import json
 import math
-import sys
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, TextIO
 
 from interp_assert import fingerprint as fp
@@ -232,34 +229,3 @@ def _finite(value: Any) -> Any:
     if hasattr(value, "item"):  # numpy scalars
         return _finite(value.item())
     return value
-
-
-def main_audit(
-    spec_path: str,
-    checkpoint: str,
-    as_json: bool = False,
-    out: TextIO | None = None,
-    *,
-    options: RunOptions | None = None,
-    base: str | None = None,
-    report_dir: Path | None = None,
-    force: bool = False,
-) -> int:
-    """Print the audit (and write its report); return 1 if any expectation fails on the checkpoint."""
-    out = out or sys.stdout
-    if report_dir is not None:
-        from interp_assert.audit_report import refuse_overwrite
-
-        refuse_overwrite(report_dir, force=force)
-    audit = run_audit(spec_path, checkpoint, options, base=base)
-    if as_json:
-        json.dump(to_json(audit), out, indent=2, allow_nan=False)
-        out.write("\n")
-    else:
-        print_table(audit, out)
-    if report_dir is not None:
-        from interp_assert.audit_report import write_audit_report
-
-        index = write_audit_report(audit, load_spec(spec_path), report_dir)
-        print(f"wrote {index}", file=sys.stderr if as_json else out)
-    return 0 if audit.passed else 1

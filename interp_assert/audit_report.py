@@ -19,12 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from interp_assert import diff_figures, heatmaps, scores
+from interp_assert import diff_figures, heatmaps
+from interp_assert import head_tables as scores
 from interp_assert.audit import Audit, AuditRow, print_table
-from interp_assert.capture import CaptureRequest
 from interp_assert.drift_summary import beyond_by_layer
 from interp_assert.errors import InterpAssertError
 from interp_assert.fingerprint import DEFAULT_TOLERANCES
+from interp_assert.measurements import CaptureRequest
 from interp_assert.spec import SpecFile
 from interp_assert.vocab import POSITIONAL_LABELS, ROLES, parse_head
 

@@ -13,11 +13,14 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from interp_assert.errors import InterpAssertError
 from interp_assert.version import package_version
 from interp_assert.vocab import ROLES
+
+if TYPE_CHECKING:
+    from interp_assert.runner import RunOptions
 
 ROLE_CHOICES = tuple(ROLES)
 
@@ -275,8 +278,6 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from interp_assert.audit import main_audit
-
     _readable_spec(args.spec)
     return main_audit(
         str(args.spec),
@@ -287,6 +288,37 @@ def _audit(args: argparse.Namespace) -> int:
         report_dir=args.report,
         force=args.force,
     )
+
+
+def main_audit(
+    spec_path: str,
+    checkpoint: str,
+    as_json: bool = False,
+    out: TextIO | None = None,
+    *,
+    options: RunOptions | None = None,
+    base: str | None = None,
+    report_dir: Path | None = None,
+    force: bool = False,
+) -> int:
+    """Print the audit (and write its report); return 1 if any expectation fails on the checkpoint."""
+    from interp_assert.audit import print_table, run_audit, to_json
+    from interp_assert.audit_report import refuse_overwrite, write_audit_report
+    from interp_assert.spec import load_spec
+
+    out = out or sys.stdout
+    if report_dir is not None:
+        refuse_overwrite(report_dir, force=force)
+    audit = run_audit(spec_path, checkpoint, options, base=base)
+    if as_json:
+        json.dump(to_json(audit), out, indent=2, allow_nan=False)
+        out.write("\n")
+    else:
+        print_table(audit, out)
+    if report_dir is not None:
+        index = write_audit_report(audit, load_spec(spec_path), report_dir)
+        print(f"wrote {index}", file=sys.stderr if as_json else out)
+    return 0 if audit.passed else 1
 
 
 def _measure(args: argparse.Namespace) -> int:

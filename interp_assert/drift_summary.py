@@ -9,10 +9,17 @@ from __future__ import annotations
 import math
 import re
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from interp_assert.fingerprint import Fingerprint
+
+class Fingerprint(Protocol):
+    """What is read here of :class:`interp_assert.fingerprint.Fingerprint` (no import: it imports us)."""
+
+    @property
+    def values(self) -> dict[str, list[float]]: ...
+
+    @property
+    def labels(self) -> dict[str, list[str]]: ...
 
 MAX_LINES = 8
 _SCORE_KEY = re.compile(r"^role_scores\.(\w+)\.L(\d+)$")

@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from interp_assert import drift_summary, scores
-from interp_assert.capture import Measurements
+from interp_assert import drift_summary
+from interp_assert import head_tables as scores
+from interp_assert.measurements import Measurements
 from interp_assert.vocab import ROLES, Role, head_name
 
 FORMAT = "interp_assert fingerprint v1"

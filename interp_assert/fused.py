@@ -154,15 +154,15 @@ def fused_attention(
         )
     if capture is None:
         return output, None
-    grouped = query.unflatten(1, (key.shape[1], -1)).float()  # [B, KV, G, T, D]
-    keys = key.float()
     targets = capture.targets_for(n_tokens, sliding_window)
-    weights = _target_weights(grouped, keys, lse, targets, scale, softcap)
+    weights = _target_weights(query, key, lse, targets, scale, softcap)
+    groups = heads // key.shape[1]
     patterns = {
-        head: _pattern(grouped[0].flatten(0, 1)[head], keys[0, head // grouped.shape[2]], lse[0].flatten(0, 1)[head],
-                       scale, sliding_window, softcap)
+        head: _pattern(
+            query[0, head], key[0, head // groups], lse[0].flatten(0, 1)[head], scale, sliding_window, softcap
+        )
         for head in capture.pattern_heads(layer)
-    }  # fmt: skip
+    }
     rows = LayerRows(
         sliding_window,
         lse.flatten(1, 2),
@@ -373,61 +373,70 @@ def _sharpened(score_mod: Callable[..., Any] | None) -> Callable[..., Any] | Non
 
 
 def _target_weights(
-    grouped: torch.Tensor,
-    keys: torch.Tensor,
+    query: torch.Tensor,
+    key: torch.Tensor,
     lse: torch.Tensor,
     targets: BlockTargets,
     scale: float,
     softcap: float | None,
 ) -> torch.Tensor:
     """``[N, H]``: the weight at each target. Positional roles from one dot product per row (for
-    every row at once, no gather); the others from gathered dot products, a chunk at a time."""
-    heads, head_dim = grouped.shape[1] * grouped.shape[2], grouped.shape[-1]
-    picked = lse.new_empty(len(targets.segment), heads)
+    every row at once, no gather); the others from gathered dot products, a chunk at a time.
+
+    Rows are taken in the layout the projections produce, ``[B, T, KV, G, D]`` (``query`` and
+    ``key`` arrive as transposed views of it), where a row's heads are contiguous."""
+    kv_heads = key.shape[1]
+    heads, head_dim = query.shape[1], query.shape[-1]
+    rows = query.transpose(1, 2).unflatten(2, (kv_heads, -1)).float()  # [B, T, KV, G, D]
+    keys = key.transpose(1, 2).float()  # [B, T, KV, D]
+    row_lse = lse.flatten(1, 2).transpose(1, 2)  # [B, T, H]
+    picked = row_lse.new_empty(len(targets.segment), heads)
     lengths = torch.bincount(targets.segment, minlength=len(targets.roles)).tolist() if targets.roles else []
     start = 0
     for role, length in zip(targets.roles, lengths, strict=True):
         stop = start + length
         b_index, r_index = targets.batch_index[start:stop], targets.row_index[start:stop]
         if role in POSITIONAL_LABELS:
-            logits = _positional_logits(role, grouped, keys) * scale  # [B, KV, G, T]
-            if softcap is not None:
-                logits = torch.tanh(logits / softcap) * softcap
-            weights = weights_from_normaliser(logits, lse).flatten(1, 2)  # [B, H, T]
-            picked[start:stop] = weights[b_index, :, r_index]
+            logits = _capped(_positional_logits(role, query, key, rows, keys) * scale, softcap)  # [B, T, H]
+            picked[start:stop] = weights_from_normaliser(logits, row_lse)[b_index, r_index]
         else:
             chunk = max(1, GATHER_BYTES // (4 * heads * head_dim))
             k_index = targets.key_index[start:stop]
-            flat_lse = lse.flatten(1, 2)
             for first in range(0, length, chunk):
                 b, r, k = (index[first : first + chunk] for index in (b_index, r_index, k_index))
-                q_rows = grouped[b, :, :, r]  # [C, KV, G, D]
-                logits = torch.linalg.vecdot(q_rows, keys[b, :, k].unsqueeze(2)).flatten(1) * scale  # [C, H]
-                if softcap is not None:
-                    logits = torch.tanh(logits / softcap) * softcap
-                picked[start + first : start + first + len(b)] = weights_from_normaliser(logits, flat_lse[b, :, r])
+                logits = torch.matmul(rows[b, r], keys[b, k].unsqueeze(-1)).flatten(1) * scale  # [C, H]
+                picked[start + first : start + first + len(b)] = weights_from_normaliser(
+                    _capped(logits, softcap), row_lse[b, r]
+                )
         start = stop
     return picked
 
 
-def _positional_logits(role: str, grouped: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-    """``q_i . k_j`` for every row i, j = i - 1 (row 0: 0), 0 or i: ``[B, KV, G, T]``."""
+def _positional_logits(
+    role: str, query: torch.Tensor, key: torch.Tensor, rows: torch.Tensor, keys: torch.Tensor
+) -> torch.Tensor:
+    """``q_i . k_j`` for every row i, j = i - 1 (row 0: 0), 0 or i: ``[B, T, H]``. Each is one batched
+    product of a row's grouped heads with its key (``rows[B, T, KV, G, D]``, ``keys[B, T, KV, D]``)."""
     if role == "self":
-        return torch.linalg.vecdot(grouped, keys.unsqueeze(2))
+        return torch.matmul(rows, keys.unsqueeze(-1)).flatten(2)
     if role == "first_token":
-        return torch.matmul(grouped, keys[:, :, None, 0, :, None]).squeeze(-1)
-    previous = grouped.new_zeros(grouped.shape[:-1])
-    previous[..., 1:] = torch.linalg.vecdot(grouped[..., 1:, :], keys[:, :, None, :-1])
+        groups = query.shape[1] // key.shape[1]
+        first_keys = key[:, :, 0].float().repeat_interleave(groups, 1).unsqueeze(-1)  # [B, H, D, 1]
+        return torch.matmul(query.float(), first_keys).squeeze(-1).transpose(1, 2)
+    previous = rows.new_zeros(rows.shape[:2] + (query.shape[1],))
+    previous[:, 1:] = torch.matmul(rows[:, 1:], keys[:, :-1].unsqueeze(-1)).flatten(2)
     return previous
+
+
+def _capped(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    return logits if softcap is None else torch.tanh(logits / softcap) * softcap
 
 
 def _pattern(
     query: torch.Tensor, key: torch.Tensor, lse: torch.Tensor, scale: float, window: int | None, softcap: float | None
 ) -> torch.Tensor:
     """``[T, T]`` attention of one head from its ``lse`` (for pictures of a few heads)."""
-    logits = (query @ key.T) * scale
-    if softcap is not None:
-        logits = torch.tanh(logits / softcap) * softcap
+    logits = _capped((query.float() @ key.float().T) * scale, softcap)
     rows = torch.arange(len(query), device=query.device).unsqueeze(1)
     keys = torch.arange(len(key), device=query.device).unsqueeze(0)
     hidden = keys > rows

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from interp_assert.audit import main_audit
-from interp_assert.cli import main
+from interp_assert.cli import main, main_audit
 from tests.finetunes import HUB_ID, FineTune, train_lora
 
 SPEC = """\

@@ -1,0 +1,114 @@
+"""The property registry: built-ins are one module each, and an installed package adds its own
+through the ``interp_assert.properties`` entry-point group."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from interp_assert import properties
+from interp_assert.spec import parse_spec, spec_json_schema
+
+PLUGIN = '''
+from typing import Literal
+
+from interp_assert.measurements import CaptureRequest
+from interp_assert.outcome import Outcome
+from interp_assert.properties.base import Bounded, CheckContext
+
+
+class StrongHeads(Bounded):
+    """The fraction of all heads whose role score reaches ``threshold``."""
+
+    property: Literal["strong_heads"]
+    role: Literal["previous_token", "first_token"]
+    threshold: float = 0.5
+
+    def requirements(self) -> CaptureRequest:
+        return CaptureRequest(roles=frozenset([self.role]))
+
+    def check(self, context: CheckContext) -> Outcome:
+        table = context.measurements.role_scores[self.role]
+        value = float((table >= self.threshold).mean())
+        passed, line = self.within(f"fraction of {self.role} heads >= {self.threshold:g}", value)
+        return Outcome(passed, line, value=value)
+'''
+
+SPEC = """\
+model: tiny-neo
+prompts:
+  repeated:
+    bos: prepend
+    random_tokens: {{length: 10, repeats: 2, count: 2, seed: 0}}
+expectations:
+  - name: one_previous_token_head
+    property: strong_heads
+    role: previous_token
+    threshold: 0.9
+    prompts: repeated
+    {bounds}
+"""
+
+
+def install_plugin(pytester: pytest.Pytester) -> None:
+    """A package with an entry point, on sys.path, as ``pip install`` would leave it."""
+    (pytester.path / "strong_heads_plugin.py").write_text(PLUGIN)
+    dist = pytester.path / "strong_heads_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: strong-heads-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(
+        "[interp_assert.properties]\nstrong_heads = strong_heads_plugin:StrongHeads\n"
+    )
+    pytester.syspathinsert()
+
+
+def test_builtin_properties_are_registered_by_their_tags() -> None:
+    tags = set(properties.registered())
+    assert {"head_score", "top_heads", "snapshot", "generated_text", "attention_stat"} <= tags
+    for tag, cls in properties.registered().items():
+        assert properties.tag_of(cls) == tag and cls.__module__.startswith("interp_assert.properties.")
+
+
+def test_an_installed_property_runs_in_a_spec(pytester: pytest.Pytester) -> None:
+    install_plugin(pytester)
+    (pytester.path / "model_specs").mkdir()
+    spec = pytester.path / "model_specs" / "plugin.yaml"
+    spec.write_text(SPEC.format(bounds="at_least: 0.1"))  # tiny-neo: L0H0 of 8 heads -> 0.125
+    result = pytester.runpytest("model_specs")
+    result.assert_outcomes(passed=1)
+
+    spec.write_text(SPEC.format(bounds="at_least: 0.5"))
+    failed = pytester.runpytest("model_specs")
+    failed.assert_outcomes(failed=1)
+    failed.stdout.fnmatch_lines(
+        ["*fraction of previous_token heads >= 0.9 = 0.1250, expected at_least 0.5: short by 0.3750"]
+    )
+    # the plug-in's keys are validated like a built-in's, with positions
+    spec.write_text(SPEC.format(bounds="at_least: 0.5\n    treshold: 1"))
+    invalid = pytester.runpytest("model_specs")
+    invalid.stdout.fnmatch_lines(["*plugin.yaml:13:5: unknown key 'treshold'; valid keys here: *threshold*"])
+    assert "strong_heads" in json.dumps(spec_json_schema())
+
+
+def test_a_property_registered_in_process_validates(pytester: pytest.Pytester) -> None:
+    install_plugin(pytester)
+    import strong_heads_plugin  # type: ignore[import-not-found]
+
+    cls = strong_heads_plugin.StrongHeads
+    assert properties.registered()["strong_heads"] is cls
+    spec = parse_spec(SPEC.format(bounds="at_least: 2"), "x.yaml")
+    assert "at_least: 2.0 is outside [0, 1]" in spec.entries[0].problems[0][1]
+
+
+def test_a_clashing_tag_is_refused(tmp_path: Path) -> None:
+    from typing import Literal
+
+    from interp_assert.properties.base import Expectation
+
+    class Impostor(Expectation):
+        property: Literal["head_score"]
+
+    with pytest.raises(properties.PropertyPluginError, match="two properties answer to 'head_score'"):
+        properties._registry(("clash",), (Impostor,))
