@@ -288,7 +288,8 @@ class _Run:
         def hook(module: Any, args: Any, kwargs: Any, output: Any = None) -> None:
             hidden = output if output is not None else (args[0] if args else kwargs["hidden_states"])
             hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-            self.accumulator.add_norms(index, hidden.float().norm(dim=-1))
+            with fused.one_thread():  # one small reduction: not worth waking (or waiting for) other threads
+                self.accumulator.add_norms(index, hidden.float().norm(dim=-1))
 
         return hook
 

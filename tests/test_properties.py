@@ -112,3 +112,85 @@ def test_a_clashing_tag_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(properties.PropertyPluginError, match="two properties answer to 'head_score'"):
         properties._registry(("clash",), (Impostor,))
+
+
+# ---- every built-in check's failure path, on hand-made measurements (pure: no model) ----
+
+
+def measured(**fields: object) -> object:
+    import numpy as np
+
+    from interp_assert.measurements import Measurements
+
+    first = np.array([[0.9, 0.1, 0.2], [0.95, 0.9, 0.1]])  # 2 layers x 3 heads
+    roles = {
+        "first_token": first,
+        "previous_token": np.array([[0.05, 0.8, 0.1], [0.0, 0.05, 0.7]]),
+        "self": np.full((2, 3), 0.05),
+        "focus": np.array([[0.9, 0.8, 0.3], [0.95, 0.9, 0.7]]),
+        "breadth": np.full((2, 3), 0.4),
+    }
+    defaults = dict(n_layers=2, n_heads=3, role_scores=roles, hidden_norms=np.array([1.0, 3.0, 2.0]))
+    defaults["hidden_norms_without_first"] = np.array([1.0, 3.0, 2.0])
+    defaults["max_weight"] = np.array([[0.9, 0.8, 0.3], [1.0, 0.9, 0.7]])
+    defaults["mean_weight"] = np.full((2, 3), 0.2)
+    return Measurements(**(defaults | fields))  # type: ignore[arg-type]
+
+
+FAILING = [
+    (
+        {"property": "head_score", "head": "L0H1", "role": "previous_token", "at_least": 0.9},
+        "L0H1 previous_token = 0.8000, expected at_least 0.9: short by 0.1000",
+    ),
+    (
+        {"property": "top_heads", "role": "previous_token", "k": 1, "include": ["L1H2"]},
+        "top 1 previous_token heads do not include the expected set; missing: L1H2 0.7000 (rank 2)",
+    ),
+    (
+        {"property": "layer_score", "role": "first_token", "layer": 0, "at_least": 0.5},
+        "layer 0 mean first_token = 0.4000, expected at_least 0.5: short by 0.1000",
+    ),
+    (
+        {"property": "dominant_layer", "role": "first_token", "layer": 0},
+        "layer 1 dominates first_token (mean 0.6500), not layer 0 (mean 0.4000, short by 0.2500)",
+    ),
+    (
+        {"property": "role_fraction", "label": "first_token", "layers": [0, -1], "at_least": 0.6},
+        "fraction of first_token heads in layers 0-1 = 0.5000, expected at_least 0.6: short by 0.1000",
+    ),
+    (
+        {"property": "hidden_norm_trend", "layers": [0, -1], "direction": "increasing"},
+        "hidden norms over indices 0-2 are not increasing within tolerance 0; 1 step(s) break it: 1->2: 3 -> 2",
+    ),
+    (
+        {"property": "hidden_norm_ratio", "at_most": 1.5},
+        "hidden norm ratio [2]/[0] (2/1) = 2.0000, expected at_most 1.5: over by 0.5000",
+    ),
+    (
+        {"property": "attention_stat", "stat": "max", "layers": [0, 1], "at_least": 0.95},
+        "1 of 2 layers out of bounds: layer 0 max = 0.9000, expected at_least 0.95: short by 0.0500",
+    ),
+    (
+        {"property": "sink_rate", "at_least": 0.75},
+        "sink rate (first_token > 0.3) over all layers = 0.5000, expected at_least 0.75: short by 0.2500",
+    ),
+]
+
+
+@pytest.mark.parametrize(("keys", "headline"), FAILING, ids=[keys["property"] for keys, _ in FAILING])
+def test_each_check_fails_with_the_number(keys: dict[str, object], headline: str) -> None:
+    from interp_assert.properties import CheckContext, expectation_adapter
+
+    expectation = expectation_adapter().validate_python({"name": "x", "prompts": "p", **keys})
+    outcome = expectation.evaluate(CheckContext(measured()))  # type: ignore[arg-type]
+    assert not outcome.passed
+    assert outcome.headline.startswith(headline), outcome.headline
+
+
+def test_generated_text_failure_shows_the_text() -> None:
+    from interp_assert.properties import CheckContext, GeneratedText
+
+    expectation = GeneratedText(property="generated_text", name="x", prompts="p", contains="Paris")
+    outcome = expectation.evaluate(CheckContext(measured(generated_texts=(" Lyon.", " Paris."))))  # type: ignore[arg-type]
+    assert not outcome.passed and outcome.headline == "1 of 2 generated text(s) do not contain 'Paris': ' Lyon.'"
+    assert outcome.value == " Lyon." and outcome.shown == "' Lyon.'"

@@ -30,6 +30,7 @@ from interp_assert.properties.hidden_norm_ratio import HiddenNormRatio
 from interp_assert.properties.hidden_norm_trend import HiddenNormTrend
 from interp_assert.properties.layer_score import LayerScore
 from interp_assert.properties.role_fraction import RoleFraction
+from interp_assert.properties.sink_rate import SinkRate
 from interp_assert.properties.snapshot import Snapshot
 from interp_assert.properties.top_heads import TopHeads
 
@@ -45,6 +46,7 @@ BUILTIN: tuple[type[Expectation], ...] = (
     HiddenNormRatio,
     AttentionStatBounds,
     GeneratedText,
+    SinkRate,
     Snapshot,
 )
 
@@ -146,6 +148,7 @@ __all__ = [
     "ModelDrift",
     "PropertyPluginError",
     "RoleFraction",
+    "SinkRate",
     "Snapshot",
     "TopHeads",
     "expectation_adapter",

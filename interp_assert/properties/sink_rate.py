@@ -1,0 +1,45 @@
+"""``sink_rate``: the fraction of heads that are attention sinks, after Gu et al. 2024
+("When attention sink emerges in language models"): a (layer, head) pair counts when its mean
+attention to position 0 exceeds ``eps`` (0.3 by default).
+
+The mean attention to position 0 over the query rows that can see it is exactly the
+``first_token`` role score, so the rate costs nothing beyond that score.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from interp_assert.measurements import CaptureRequest
+from interp_assert.outcome import Outcome
+from interp_assert.properties.base import Bounded, CheckContext, FigureNeeds, LayerRange, resolve_range
+
+
+class SinkRate(Bounded):
+    property: Literal["sink_rate"]
+    eps: float = Field(default=0.3, gt=0.0, lt=1.0)
+    layers: LayerRange | None = None  # default: every layer
+
+    def requirements(self) -> CaptureRequest:
+        return CaptureRequest(roles=frozenset(["first_token"]))
+
+    def check(self, context: CheckContext) -> Outcome:
+        m = context.measurements
+        first, last = resolve_range(self.layers or [0, -1], m.n_layers, "layer")
+        table = m.role_scores["first_token"][first : last + 1]
+        sinks = table > self.eps
+        value = float(sinks.mean())
+        span = f"layers {first}-{last}" if (first, last) != (0, m.n_layers - 1) else "all layers"
+        passed, line = self.within(f"sink rate (first_token > {self.eps:g}) over {span}", value)
+        per_layer = ", ".join(f"{first + k}:{int(n)}" for k, n in enumerate(sinks.sum(axis=1)))
+        detail = f"sink heads per layer (of {m.n_heads}): {per_layer}"
+        measured: dict[str, float | str] = {"sink_heads": int(sinks.sum()), "heads": int(sinks.size)}
+        if np.isnan(table).any():
+            detail += "; heads whose first_token could not be measured count as non-sinks"
+        return Outcome(passed, line, (detail,), measured, value=value)
+
+    def figures(self) -> FigureNeeds:
+        return FigureNeeds(roles=("first_token",))
