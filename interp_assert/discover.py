@@ -24,6 +24,7 @@ from interp_assert.findings import (
     head_findings,
     norm_findings,
     sharpness_findings,
+    sink_findings,
 )
 from interp_assert.spec import PromptSet, SpecFile, parse_spec
 from interp_assert.vocab import Role
@@ -169,6 +170,8 @@ def discover(
     sections.append(norm_findings(first_set, first.hidden_norms_without_first, settings, used))
     sharpness = {"max": first.max_weight.max(axis=1), "focus": first.role_scores["focus"].mean(axis=1)}
     sections.append(sharpness_findings(first_set, sharpness, settings, used))
+    if "first_token" in first.role_scores:
+        sections.append(sink_findings(first_set, first.role_scores["first_token"], settings, used))
     header = {
         "model": spec_model_reference(model, output),
         "dtype": loaded.options.dtype,

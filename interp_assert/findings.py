@@ -260,3 +260,24 @@ def unique_name(base: str, prompt_name: str, used: set[str]) -> str:
         candidate, suffix = f"{name}_{suffix}", suffix + 1
     used.add(candidate)
     return candidate
+
+
+def sink_findings(
+    prompt_name: str, first_token: np.ndarray, settings: DiscoverSettings, used_names: set[str]
+) -> Section:
+    """Gu et al. 2024's sink rate (heads whose mean attention to position 0 exceeds 0.3), overall."""
+    section = Section(f"attention sinks ({prompt_name}; a sink attends to position 0 with mean weight > 0.3)")
+    sinks = first_token > 0.3
+    rate = float(sinks.mean())
+    per_layer = ", ".join(f"{layer}:{int(n)}" for layer, n in enumerate(sinks.sum(axis=1)))
+    bound = {"at_least": lower_bound(rate, settings.keep)} if rate > 0 else {"at_most": 0.0}
+    section.expectations.append(
+        {
+            "name": unique_name("sink_rate", prompt_name, used_names),
+            "description": f"measured {rate:.4f} ({int(sinks.sum())} of {sinks.size} heads; per layer {per_layer})",
+            "property": "sink_rate",
+            "prompts": prompt_name,
+            **bound,
+        }
+    )
+    return section
