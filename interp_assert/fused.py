@@ -241,7 +241,7 @@ def _aten(
             if expected is not None:
                 with_keys, _ = _flash_cpu(q32, k32, k32, scale, window, masks)  # o'_i = sum_j A_ij k_j
                 with one_thread():
-                    expected[b] = (torch.linalg.vecdot(q32, with_keys) * scale).transpose(0, 1)
+                    expected[b] = (_rowwise_dot(q32, with_keys, _row_chunk(q32)) * scale).transpose(0, 1)
             if largest is not None:
                 _, sharp = _flash_cpu(q32, k32, k32, scale * SHARPNESS, window, masks)
                 with one_thread():
@@ -321,8 +321,8 @@ def _flex(
     lse = aux.lse.float().unflatten(1, (kv_heads, groups))
     expected = largest = None
     if entropy:
-        with_keys = result[..., value_dim:].float()
-        expected = (torch.linalg.vecdot(query.float(), with_keys) * scale).unflatten(1, (kv_heads, groups))
+        with_keys = result[..., value_dim:]
+        expected = (_rowwise_dot(query, with_keys, _row_chunk(query)) * scale).unflatten(1, (kv_heads, groups))
     if native_max:
         largest = aux.max_scores.float().unflatten(1, (kv_heads, groups))
     elif row_max:
@@ -404,16 +404,17 @@ def _target_weights(
     scale: float,
     softcap: float | None,
 ) -> torch.Tensor:
-    """``[N, H]``: the weight at each target. Positional roles from one dot product per row (for
-    every row at once, no gather); the others from gathered dot products, a chunk at a time.
+    """``[N, H]``: the weight at each target. Positional roles from one dot product per row (every
+    row, no gather); the others from gathered dot products. Both a chunk of ``GATHER_BYTES`` at a time.
 
     Rows are taken in the layout the projections produce, ``[B, T, KV, G, D]`` (``query`` and
     ``key`` arrive as transposed views of it), where a row's heads are contiguous."""
     kv_heads = key.shape[1]
     heads, head_dim = query.shape[1], query.shape[-1]
-    rows = query.transpose(1, 2).unflatten(2, (kv_heads, -1)).float()  # [B, T, KV, G, D]
-    keys = key.transpose(1, 2).float()  # [B, T, KV, D]
+    rows = query.transpose(1, 2).unflatten(2, (kv_heads, -1))  # [B, T, KV, G, D], a view
+    keys = key.transpose(1, 2)  # [B, T, KV, D]
     row_lse = lse.flatten(1, 2).transpose(1, 2)  # [B, T, H]
+    chunk = max(1, GATHER_BYTES // (4 * heads * head_dim))
     picked = row_lse.new_empty(len(targets.segment), heads)
     lengths = torch.bincount(targets.segment, minlength=len(targets.roles)).tolist() if targets.roles else []
     start = 0
@@ -421,14 +422,13 @@ def _target_weights(
         stop = start + length
         b_index, r_index = targets.batch_index[start:stop], targets.row_index[start:stop]
         if role in POSITIONAL_LABELS:
-            logits = _capped(_positional_logits(role, query, key, rows, keys) * scale, softcap)  # [B, T, H]
-            picked[start:stop] = weights_from_normaliser(logits, row_lse)[b_index, r_index]
+            weights = _positional_weights(role, rows, keys, row_lse, scale, softcap, chunk)  # [B, T, H]
+            picked[start:stop] = weights[b_index, r_index]
         else:
-            chunk = max(1, GATHER_BYTES // (4 * heads * head_dim))
             k_index = targets.key_index[start:stop]
             for first in range(0, length, chunk):
                 b, r, k = (index[first : first + chunk] for index in (b_index, r_index, k_index))
-                logits = torch.matmul(rows[b, r], keys[b, k].unsqueeze(-1)).flatten(1) * scale  # [C, H]
+                logits = _dots(rows[b, r], keys[b, k]) * scale  # [C, H]
                 picked[start + first : start + first + len(b)] = weights_from_normaliser(
                     _capped(logits, softcap), row_lse[b, r]
                 )
@@ -436,20 +436,51 @@ def _target_weights(
     return picked
 
 
-def _positional_logits(
-    role: str, query: torch.Tensor, key: torch.Tensor, rows: torch.Tensor, keys: torch.Tensor
+def _positional_weights(
+    role: str,
+    rows: torch.Tensor,
+    keys: torch.Tensor,
+    row_lse: torch.Tensor,
+    scale: float,
+    softcap: float | None,
+    chunk: int,
 ) -> torch.Tensor:
-    """``q_i . k_j`` for every row i, j = i - 1 (row 0: 0), 0 or i: ``[B, T, H]``. Each is one batched
-    product of a row's grouped heads with its key (``rows[B, T, KV, G, D]``, ``keys[B, T, KV, D]``)."""
-    if role == "self":
-        return torch.matmul(rows, keys.unsqueeze(-1)).flatten(2)
-    if role == "first_token":
-        groups = query.shape[1] // key.shape[1]
-        first_keys = key[:, :, 0].float().repeat_interleave(groups, 1).unsqueeze(-1)  # [B, H, D, 1]
-        return torch.matmul(query.float(), first_keys).squeeze(-1).transpose(1, 2)
-    previous = rows.new_zeros((*rows.shape[:2], query.shape[1]))
-    previous[:, 1:] = torch.matmul(rows[:, 1:], keys[:, :-1].unsqueeze(-1)).flatten(2)
-    return previous
+    """``[B, T, H]``: each row i's weight on key i - 1 (row 0: 0), 0 or i, ``chunk`` rows at a time."""
+    batch, n_tokens = rows.shape[:2]
+    weights = row_lse.new_zeros(batch, n_tokens, row_lse.shape[-1])
+    first_row = 1 if role == "previous_token" else 0
+    for start in range(first_row, n_tokens, chunk):
+        stop = min(n_tokens, start + chunk)
+        if role == "self":
+            chunk_keys = keys[:, start:stop]
+        elif role == "previous_token":
+            chunk_keys = keys[:, start - 1 : stop - 1]
+        else:
+            chunk_keys = keys[:, :1].expand(-1, stop - start, -1, -1)
+        logits = _capped(_dots(rows[:, start:stop], chunk_keys) * scale, softcap)
+        weights[:, start:stop] = weights_from_normaliser(logits, row_lse[:, start:stop])
+    return weights
+
+
+def _dots(rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Each query head's dot product with its key/value head's key, in float32: ``rows[..., KV, G, D]``,
+    ``keys[..., KV, D]`` -> ``[..., KV * G]`` (one batched matrix-vector product per row)."""
+    return torch.matmul(rows.float(), keys.float().unsqueeze(-1)).flatten(-3)
+
+
+def _rowwise_dot(a: torch.Tensor, b: torch.Tensor, chunk: int) -> torch.Tensor:
+    """``sum_d a[..., t, d] * b[..., t, d]`` in float32, ``chunk`` rows of the last-but-one dimension at a time."""
+    out = torch.empty(a.shape[:-1], dtype=torch.float32, device=a.device)
+    for start in range(0, a.shape[-2], chunk):
+        out[..., start : start + chunk] = torch.linalg.vecdot(
+            a[..., start : start + chunk, :].float(), b[..., start : start + chunk, :].float()
+        )
+    return out
+
+
+def _row_chunk(query: torch.Tensor) -> int:
+    """Rows (of every head and sequence of ``query[..., T, D]``) that fit ``GATHER_BYTES`` in float32."""
+    return max(1, GATHER_BYTES * query.shape[-2] // (4 * query.numel()))
 
 
 def _capped(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:

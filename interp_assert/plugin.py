@@ -90,3 +90,13 @@ def pytest_report_header(config: pytest.Config) -> Any:
 
     overrides = get(config, "interp_model")
     return f"interp_assert: model overrides {', '.join(overrides)}" if overrides else None
+
+
+@pytest.fixture(scope="session")
+def interp(pytestconfig: pytest.Config) -> Any:
+    """State a spec's properties from a Python test: ``interp.model("tiny-neo").expect(...)``.
+    Honours the ``--interp-*`` options (overrides, device, dtype) like spec files do."""
+    from interp_assert.api import Interp
+    from interp_assert.collect import run_options
+
+    return Interp(run_options(pytestconfig))

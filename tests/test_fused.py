@@ -74,9 +74,11 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., LoadedModel]
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Each kernel, with sliding-window layers computed in bands of 5 rows (several per sequence)."""
+    """Each kernel, with sliding-window layers computed in bands of 5 rows and dot products in chunks
+    of a few rows (several per sequence)."""
     monkeypatch.setattr(fused, "FORCE_BACKEND", request.param)
     monkeypatch.setattr(fused, "WINDOW_ROWS", 5)
+    monkeypatch.setattr(fused, "GATHER_BYTES", 1000)
     yield request.param
 
 

@@ -194,3 +194,40 @@ def test_generated_text_failure_shows_the_text() -> None:
     outcome = expectation.evaluate(CheckContext(measured(generated_texts=(" Lyon.", " Paris."))))  # type: ignore[arg-type]
     assert not outcome.passed and outcome.headline == "1 of 2 generated text(s) do not contain 'Paris': ' Lyon.'"
     assert outcome.value == " Lyon." and outcome.shown == "' Lyon.'"
+
+
+# ---- the same properties from a Python test: the ``interp`` fixture ----
+
+PYTHON_TEST = """
+REPEATED = {"bos": "prepend", "random_tokens": {"length": 10, "repeats": 2, "count": 2, "seed": 0}}
+
+
+def test_previous_token_head(interp):
+    neo = interp.model("tiny-neo")
+    assert neo.head_score("L0H0", "previous_token", prompts=REPEATED) > 0.99
+    neo.expect("top_heads", prompts=REPEATED, role="induction", k=1, include=["L1H0"])
+
+
+def test_a_false_claim(interp):
+    interp.model("tiny-neo").expect("head_score", prompts=REPEATED, head="L0H1", role="previous_token", at_least=0.9)
+"""
+
+
+def test_interp_fixture_states_properties_from_python(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_model=PYTHON_TEST)
+    result = pytester.runpytest("test_model.py")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*ExpectationFailed: expectation 'python' (head_score) failed",
+            "*L0H1 previous_token = 0.1220, expected at_least 0.9: short by 0.7780",
+            "*model: 'tiny-neo'",
+        ]
+    )
+
+
+def test_public_api_is_lazy_and_complete() -> None:
+    import interp_assert
+
+    for name in interp_assert.__all__:
+        assert getattr(interp_assert, name) is not None, name
