@@ -70,3 +70,7 @@ class SnapshotFileError(InterpAssertError):
 
 class InternalError(InterpAssertError):
     """An invariant of interp_assert itself broke: a bug to report, not something the user wrote."""
+
+
+class PropertyPluginError(InterpAssertError):
+    """An installed property plug-in is broken (not importable, not an Expectation, a clashing tag)."""

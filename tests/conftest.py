@@ -36,3 +36,10 @@ def smollm2_dir() -> Path:
     from interp_assert.models import ALIASES, LoadOptions, gguf_as_safetensors
 
     return gguf_as_safetensors(ALIASES["smollm2-135m-instruct"](), LoadOptions())
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that loads SmolLM2 (through the fixture, or a spec naming it) is ``slow``: derived, not hand-marked."""
+    for item in items:
+        if "smollm2_dir" in getattr(item, "fixturenames", ()) or "smollm2" in item.nodeid:
+            item.add_marker(pytest.mark.slow)

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Union
 
 from pydantic import Field, TypeAdapter
 
-from interp_assert.errors import InterpAssertError
+from interp_assert.errors import PropertyPluginError
 from interp_assert.properties.attention_stat import AttentionStatBounds
 from interp_assert.properties.base import Bounded, CheckContext, Expectation, FigureNeeds, ModelDrift
 from interp_assert.properties.dominant_layer import DominantLayer
@@ -51,10 +51,6 @@ BUILTIN: tuple[type[Expectation], ...] = (
 )
 
 _REGISTERED_BY_CALL: list[type[Expectation]] = []
-
-
-class PropertyPluginError(InterpAssertError):
-    """An installed property plug-in is broken (not importable, not an Expectation, a clashing tag)."""
 
 
 def tag_of(cls: type[Expectation]) -> str:
