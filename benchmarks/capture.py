@@ -1,21 +1,30 @@
 """Time and peak memory of capture against a plain forward pass and the naive eager capture.
 
-    python benchmarks/capture.py            # T = 128 (batch 8), 1024, 4096; about 5-8 minutes on 2 cores
-    python benchmarks/capture.py --quick    # T = 128 and 1024 only
+    python benchmarks/capture.py                 # CPU: T = 128 (batch 8), 1024, 4096; about 6-10 minutes on 2 cores
+    python benchmarks/capture.py --quick         # CPU: T = 128 and 1024 only
+    python benchmarks/capture.py --device cuda   # GPU: a Llama-3.2-1B-shaped model, T = 1024, 4096, 16384
 
-Three ways to run each configuration, each in a fresh subprocess (so peak memory is its own):
+Ways to run each configuration:
 
 - ``plain``: the fastest forward pass with no outputs (SDPA where the model has it; GPT-Neo has
   only eager attention), without the LM head.
 - ``naive``: the seed notebooks' way: eager forward with ``output_attentions`` and
   ``output_hidden_states``, every layer kept, then scored (``scores.pattern_scores``) and normed.
-- ``ours``: ``capture.measure`` with every role, attention statistics and hidden norms.
+- ``ours``, per role set: ``capture.measure`` with ``pfs`` = previous_token, first_token, self and
+  hidden norms (on CUDA also induction and duplicate_token, the issue's first role set), and
+  ``all`` = every role, attention statistics and hidden norms; ``--attention`` picks the path
+  (default ``auto``, as ``pytest`` runs it).
 
-Peak memory is the process's peak resident set during the run minus its resident set just
-before it (after the model is loaded and warmed up, and freed heap memory is returned with
-``malloc_trim``): the peak is reset through ``/proc/self/clear_refs``, or sampled every 2 ms
-where that is not allowed. Models: SmolLM2
+CPU: each run in a fresh subprocess (so peak memory is its own); peak memory is the process's
+peak resident set during the run minus its resident set just before it (after the model is
+loaded and warmed up, and freed heap memory is returned with ``malloc_trim``): the peak is reset
+through ``/proc/self/clear_refs``, or sampled every 2 ms where that is not allowed. Models: SmolLM2
 (the real weights) and a GPT-Neo-125M-shaped model (12 layers x 12 heads, 768 wide, random weights).
+
+CUDA: one process; a model of Llama-3.2-1B's shape (16 layers, 32 query heads, 8 key/value heads,
+2048 wide, bfloat16, random weights) built from its config, no download. Times are the fastest of
+three synchronised runs after a warm-up at the same length (which compiles FlexAttention's
+kernels); memory is ``torch.cuda.max_memory_allocated`` during the run (weights included).
 """
 
 from __future__ import annotations
@@ -35,24 +44,32 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 NAIVE_LIMIT_GB = 16.0  # do not try the naive capture where its kept attention alone needs more
-SHAPES = {"smollm2": (30, 9), "gpt-neo-125m": (12, 12)}  # layers, heads (for the naive estimate)
+SHAPES = {"smollm2": (30, 9), "gpt-neo-125m": (12, 12), "llama-1b-shaped": (16, 32)}  # layers, heads (naive estimate)
+ROLE_SETS = ("pfs", "all")
+METHODS = ("plain", "naive", *(f"ours-{name}" for name in ROLE_SETS))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="only T = 128 (batch 8) and 1024")
-    parser.add_argument("--models", default="smollm2,gpt-neo-125m")
-    parser.add_argument("--child", nargs=4, metavar=("MODEL", "METHOD", "TOKENS", "BATCH"), help=argparse.SUPPRESS)
+    parser.add_argument("--quick", action="store_true", help="CPU: only T = 128 (batch 8) and 1024")
+    parser.add_argument("--models", default="smollm2,gpt-neo-125m", help="CPU models")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--attention", default="auto", choices=("auto", "fused", "blockwise", "eager"))
+    parser.add_argument("--lengths", help="comma-separated sequence lengths (batch 1), instead of the defaults")
+    parser.add_argument("--child", nargs=5, metavar=("MODEL", "METHOD", "TOKENS", "BATCH", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        model, method, tokens, batch = args.child
-        print(json.dumps(run_one(model, method, int(tokens), int(batch))))
+        model, method, tokens, batch, path = args.child
+        print(json.dumps(run_one(model, method, int(tokens), int(batch), path)))
         return
-    configs = [(128, 8), (1024, 1)] + ([] if args.quick else [(4096, 1)])
-    print(f"capture benchmark: {os.cpu_count()} CPU cores, torch threads default; time in s, memory in MB")
-    print(f"{'model':<13} {'T x B':>8} | {'plain s':>8} {'naive s':>8} {'ours s':>8} | "
-          f"{'plain MB':>8} {'naive MB':>8} {'ours MB':>8} | {'ours/plain t':>12} {'mem':>5} | "
-          f"{'naive/ours t':>12} {'mem':>5}")  # fmt: skip
+    lengths = [(int(t), 1) for t in args.lengths.split(",")] if args.lengths else None
+    if args.device == "cuda":
+        cuda_benchmark(lengths or [(1024, 1), (4096, 1), (16384, 1)], args.attention)
+        return
+    configs = lengths or [(128, 8), (1024, 1)] + ([] if args.quick else [(4096, 1)])
+    print(f"capture benchmark: {os.cpu_count()} CPU cores, torch threads default, load average "
+          f"{os.getloadavg()[0]:.1f}; path {args.attention}; time in s, memory in MB")  # fmt: skip
+    print(header())
     for model in args.models.split(","):
         for tokens, batch in configs:
             results: dict[str, dict[str, Any] | None] = {}
@@ -60,54 +77,65 @@ def main() -> None:
             naive_gb = layers * batch * heads * tokens * tokens * 4 / 1e9
             # the kept attention, a quarter more for the forward's own temporaries, within 80% of free memory
             naive_fits = naive_gb <= NAIVE_LIMIT_GB and naive_gb * 1.25 <= 0.8 * _available_gb()
-            for method in ("plain", "naive", "ours"):
+            for method in METHODS:
                 if method == "naive" and not naive_fits:
                     results[method] = None
                     continue
-                results[method] = child(model, method, tokens, batch)
+                results[method] = child(model, method, tokens, batch, args.attention)
             print(row(model, tokens, batch, results))
             if results["naive"] is None:
                 need = "> 10 GB" if naive_gb > 10 else "more than is free"
-                print(f"{'':<13} naive needs {need} (about {naive_gb:.1f} GB of kept attention alone): not run")
+                print(f"{'':<15} naive needs {need} (about {naive_gb:.1f} GB of kept attention alone): not run")
             sys.stdout.flush()
 
 
-def child(model: str, method: str, tokens: int, batch: int) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--child", model, method, str(tokens), str(batch)]
+def header() -> str:
+    return (
+        f"{'model':<15} {'T x B':>8} | {'plain s':>7} {'naive s':>7} {'pfs s':>7} {'all s':>7} | "
+        f"{'plain MB':>8} {'naive MB':>8} {'pfs MB':>8} {'all MB':>8} | {'pfs/plain t':>11} {'mem':>5} | "
+        f"{'all/plain t':>11} {'mem':>5} | {'naive/all t':>11} {'mem':>5}"
+    )
+
+
+def child(model: str, method: str, tokens: int, batch: int, path: str) -> dict[str, Any]:
+    command = [sys.executable, __file__, "--child", model, method, str(tokens), str(batch), path]
     done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{model} {method} T={tokens} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def row(model: str, tokens: int, batch: int, results: dict[str, dict[str, Any] | None]) -> str:
+def row(model: str, tokens: int, batch: int, results: dict[str, dict[str, Any] | None], unit: float = 1.0) -> str:
     def cell(method: str, key: str, fmt: str) -> str:
-        result = results[method]
-        return format(result[key], fmt) if result else f"{'-':>8}"
+        result = results.get(method)
+        return format(result[key] * (unit if key == "seconds" else 1), fmt) if result else f"{'-':>{fmt[0]}}"
 
-    def ratio(top: str, bottom: str, key: str) -> str:
-        a, b = results[top], results[bottom]
-        return f"{a[key] / b[key]:.2f}" if a and b and b[key] > 0 else "-"
+    def ratio(top: str, bottom: str, key: str, width: int) -> str:
+        a, b = results.get(top), results.get(bottom)
+        text = f"{a[key] / b[key]:.2f}" if a and b and b[key] > 0 else "-"
+        return f"{text:>{width}}"
 
     return (
-        f"{model:<13} {f'{tokens}x{batch}':>8} | {cell('plain', 'seconds', '8.2f')} {cell('naive', 'seconds', '8.2f')} "
-        f"{cell('ours', 'seconds', '8.2f')} | {cell('plain', 'peak_mb', '8.0f')} {cell('naive', 'peak_mb', '8.0f')} "
-        f"{cell('ours', 'peak_mb', '8.0f')} | {ratio('ours', 'plain', 'seconds'):>12} "
-        f"{ratio('ours', 'plain', 'peak_mb'):>5} | {ratio('naive', 'ours', 'seconds'):>12} "
-        f"{ratio('naive', 'ours', 'peak_mb'):>5}"
+        f"{model:<15} {f'{tokens}x{batch}':>8} | {cell('plain', 'seconds', '7.2f')} {cell('naive', 'seconds', '7.2f')} "
+        f"{cell('ours-pfs', 'seconds', '7.2f')} {cell('ours-all', 'seconds', '7.2f')} | "
+        f"{cell('plain', 'peak_mb', '8.0f')} {cell('naive', 'peak_mb', '8.0f')} {cell('ours-pfs', 'peak_mb', '8.0f')} "
+        f"{cell('ours-all', 'peak_mb', '8.0f')} | {ratio('ours-pfs', 'plain', 'seconds', 11)} "
+        f"{ratio('ours-pfs', 'plain', 'peak_mb', 5)} | {ratio('ours-all', 'plain', 'seconds', 11)} "
+        f"{ratio('ours-all', 'plain', 'peak_mb', 5)} | {ratio('naive', 'ours-all', 'seconds', 11)} "
+        f"{ratio('naive', 'ours-all', 'peak_mb', 5)}"
     )
 
 
-# ---- one measurement, in its own process ----
+# ---- one measurement, in its own process (CPU) ----
 
 
-def run_one(model_name: str, method: str, tokens: int, batch: int) -> dict[str, Any]:
+def run_one(model_name: str, method: str, tokens: int, batch: int, path: str) -> dict[str, Any]:
     import torch
 
     loaded = load(model_name)
     generator = torch.Generator().manual_seed(0)
     ids = torch.randint(10, int(loaded.config.vocab_size), (batch, tokens), generator=generator)
-    runner = {"plain": plain, "naive": naive, "ours": ours}[method]
+    runner = runners(path)[method]
     runner(loaded, ids[:, :16])  # warm up: threads, allocator, lazy imports
     repeats = 3 if tokens * batch <= 1024 else 1
     seconds, peak = [], []
@@ -144,6 +172,22 @@ def load(model_name: str) -> Any:
     return LoadedModel("gpt-neo-125m-shaped", "random", model, None, LoadOptions())
 
 
+def runners(path: str, cuda: bool = False) -> dict[str, Any]:
+    """method -> function(loaded, ids) running it."""
+    from interp_assert.capture import CaptureRequest
+    from interp_assert.vocab import ROLES
+
+    positional = {"previous_token", "first_token", "self"} | ({"induction", "duplicate_token"} if cuda else set())
+    requests = {
+        "pfs": CaptureRequest(roles=frozenset(positional), hidden_norms=True),  # type: ignore[arg-type]
+        "all": CaptureRequest(roles=frozenset(ROLES), attention_stats=True, hidden_norms=True),
+    }
+    found: dict[str, Any] = {"plain": plain, "naive": naive}
+    for name, request in requests.items():
+        found[f"ours-{name}"] = lambda loaded, ids, request=request: ours(loaded, ids, request, path)
+    return found
+
+
 def plain(loaded: Any, ids: Any) -> None:
     import torch
 
@@ -160,7 +204,7 @@ def naive(loaded: Any, ids: Any) -> None:
     from interp_assert.vocab import ROLES
 
     windows = capture.describe(loaded).windows
-    with torch.inference_mode():
+    with torch.inference_mode(), blockwise_eager(loaded.model):
         out = capture._base_model(loaded.model)(
             input_ids=ids, use_cache=False, output_attentions=True, output_hidden_states=True
         )
@@ -170,13 +214,93 @@ def naive(loaded: Any, ids: Any) -> None:
         [hidden.norm(dim=-1).mean() for hidden in out.hidden_states]
 
 
-def ours(loaded: Any, ids: Any) -> None:
+def blockwise_eager(model: Any) -> Any:
+    from interp_assert import blockwise
+
+    return blockwise.attention_implementation(model, "eager")
+
+
+def ours(loaded: Any, ids: Any, request: Any, path: str) -> None:
     from interp_assert import capture
     from interp_assert.prompts import PromptBatch
-    from interp_assert.vocab import ROLES
 
-    request = capture.CaptureRequest(roles=frozenset(ROLES), attention_stats=True, hidden_norms=True)
-    capture.measure(loaded, [PromptBatch(ids)], request)
+    capture.measure(loaded, [PromptBatch(ids)], request, attention=path)
+
+
+# ---- CUDA: one process, synchronised timings, torch.cuda.max_memory_allocated ----
+
+
+def cuda_benchmark(configs: list[tuple[int, int]], path: str) -> None:
+    import torch
+
+    loaded = llama_1b_shaped()
+    free, total = torch.cuda.mem_get_info()
+    print(f"capture benchmark on {torch.cuda.get_device_name()} ({total / 2**30:.0f} GiB), torch {torch.__version__}; "
+          f"Llama-3.2-1B shape, bfloat16, random weights; path {path}; time in ms, peak memory in MB "
+          "(torch.cuda.max_memory_allocated, weights included)")  # fmt: skip
+    print("pfs = previous_token, first_token, self, induction, duplicate_token + hidden norms; "
+          "all = every role + attention statistics + hidden norms")  # fmt: skip
+    print(header())
+    methods = runners(path, cuda=True)
+    for tokens, batch in configs:
+        ids = torch.randint(10, int(loaded.config.vocab_size), (batch, tokens), device="cuda")
+        layers, heads = SHAPES["llama-1b-shaped"]
+        naive_gb = layers * batch * heads * tokens * tokens * 2 / 1e9
+        results: dict[str, dict[str, Any] | None] = {}
+        for method in METHODS:
+            if method == "naive" and naive_gb * 1.5 > 0.8 * free / 1e9:
+                results[method] = None
+                continue
+            results[method] = time_cuda(methods[method], loaded, ids)
+        print(row("llama-1b-shaped", tokens, batch, results, unit=1000.0))
+        if results["naive"] is None:
+            print(f"{'':<15} naive would keep about {naive_gb:.1f} GB of attention: not run")
+        sys.stdout.flush()
+
+
+def llama_1b_shaped() -> Any:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from interp_assert.models import LoadedModel, LoadOptions
+
+    config = LlamaConfig(
+        vocab_size=128256,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=64,
+        max_position_embeddings=131072,
+        rope_theta=500000.0,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.eval().requires_grad_(False)
+    model.set_attn_implementation("eager")  # as interp_assert loads models; capture switches as it needs
+    return LoadedModel("llama-1b-shaped", "random", model, None, LoadOptions(device="cuda", dtype="bfloat16"))
+
+
+def time_cuda(runner: Any, loaded: Any, ids: Any, repeats: int = 3) -> dict[str, Any]:
+    import torch
+
+    runner(loaded, ids)  # warm up at this length: compiles FlexAttention's kernels, block masks
+    torch.cuda.synchronize()
+    seconds = []
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(repeats):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        runner(loaded, ids)
+        torch.cuda.synchronize()
+        seconds.append(time.perf_counter() - start)
+    return {"seconds": min(seconds), "peak_mb": torch.cuda.max_memory_allocated() / 2**20}
+
+
+# ---- peak resident memory (CPU) ----
 
 
 class PeakMemory:

@@ -21,6 +21,7 @@ class Fingerprint(Protocol):
     @property
     def labels(self) -> dict[str, list[str]]: ...
 
+
 MAX_LINES = 8
 _SCORE_KEY = re.compile(r"^role_scores\.(\w+)\.L(\d+)$")
 _LABEL_KEY = re.compile(r"^role_labels\.L(\d+)$")

@@ -64,9 +64,7 @@ def measure_model(
         if not (0 <= layer < n_layers and 0 <= index < n_heads):
             from interp_assert.errors import InterpAssertError
 
-            raise InterpAssertError(
-                f"--head {head}: this model has layers 0-{n_layers - 1} and heads 0-{n_heads - 1}"
-            )
+            raise InterpAssertError(f"--head {head}: this model has layers 0-{n_layers - 1} and heads 0-{n_heads - 1}")
     results = []
     for name, prompt_set in prompt_sets.items():
         progress(f"measuring {name!r}")

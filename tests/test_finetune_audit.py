@@ -141,9 +141,7 @@ def test_adapter_base_found_next_to_the_adapter(trained: FineTune, tmp_path: Pat
     assert any("found next to the adapter" in note for note in loaded.notes)
 
 
-def test_adapter_of_the_hub_model_runs_on_the_embedded_copy_with_a_note(
-    smollm2_dir: Path, tmp_path: Path
-) -> None:
+def test_adapter_of_the_hub_model_runs_on_the_embedded_copy_with_a_note(smollm2_dir: Path, tmp_path: Path) -> None:
     run = train_lora(smollm2_dir, tmp_path / "hub-training", steps=2, base_name=HUB_ID, keep_base_link=False)
     assert not (tmp_path / "hub-training" / HUB_ID).exists()
     from interp_assert.models import LoadOptions, load_model
