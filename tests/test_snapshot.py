@@ -89,8 +89,11 @@ def test_lifecycle_create_pass_drift_update_pass(pytester: pytest.Pytester, rand
             "*role_scores: * beyond (atol 0.02, rtol 0); max |change| *",
             "*heads that moved most:",
             "*to accept the new numbers: pytest --snapshot-update",
+            f"*model: '{other}' (--interp-model, in place of the spec's '{random_llama}')",
+            "*the bound describes the spec's own model; a replacement missing it is no reason to edit it",
         ]
     )
+    assert "edit the bound in the spec" not in drifted.stdout.str()
     assert snapshot_path(pytester).read_text() == stored, "a failing run must not rewrite the snapshot"
 
     refused = pytester.runpytest("model_specs", f"--interp-model={random_llama}={other}", "--snapshot-update")
