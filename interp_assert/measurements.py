@@ -22,6 +22,11 @@ class CaptureRequest:
     attention_stats: bool = False
     hidden_norms: bool = False
     patterns: frozenset[tuple[int, int]] = frozenset()
+    activation_peaks: bool = False  # per hidden state: the largest |x|, where it sits, the median |x|
+
+    @property
+    def needs_hidden_states(self) -> bool:
+        return self.hidden_norms or self.activation_peaks
 
     @property
     def needs_attention(self) -> bool:
@@ -33,7 +38,22 @@ class CaptureRequest:
             attention_stats=self.attention_stats or other.attention_stats,
             hidden_norms=self.hidden_norms or other.hidden_norms,
             patterns=self.patterns | other.patterns,
+            activation_peaks=self.activation_peaks or other.activation_peaks,
         )
+
+
+@dataclass(frozen=True)
+class ActivationPeaks:
+    """Per hidden-state index k (0 = embeddings, last = last block before the final norm): the
+    largest magnitude |x| of any element over the prompt set, the sequence, position and feature
+    dimension where it sits, and the median |x| of that sequence's hidden state at that depth
+    (all its positions and dimensions), after Sun et al. 2024 ("Massive activations in LLMs")."""
+
+    value: np.ndarray  # [L + 1]
+    median: np.ndarray  # [L + 1]
+    sequence: np.ndarray  # [L + 1], ints: index in the prompt set, in batch order
+    position: np.ndarray  # [L + 1], ints
+    dimension: np.ndarray  # [L + 1], ints
 
 
 @dataclass(frozen=True)
@@ -53,3 +73,4 @@ class Measurements:
     pattern_tokens: tuple[str, ...] = ()
     # for prompt sets with ``generate``: each sequence's greedy continuation, decoded
     generated_texts: tuple[str, ...] = ()
+    activation_peaks: ActivationPeaks | None = None

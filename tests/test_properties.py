@@ -231,3 +231,34 @@ def test_public_api_is_lazy_and_complete() -> None:
 
     for name in interp_assert.__all__:
         assert getattr(interp_assert, name) is not None, name
+
+
+def test_massive_activation_on_hand_made_peaks() -> None:
+    import numpy as np
+
+    from interp_assert.measurements import ActivationPeaks
+    from interp_assert.properties import CheckContext, expectation_adapter
+
+    peaks = ActivationPeaks(
+        value=np.array([2.0, 40.0, 900.0, 1200.0]),
+        median=np.array([0.5, 0.4, 0.3, 0.5]),
+        sequence=np.zeros(4, dtype=int),
+        position=np.array([3, 0, 0, 0]),
+        dimension=np.array([7, 12, 12, 12]),
+    )
+    context = CheckContext(measured(activation_peaks=peaks))  # type: ignore[arg-type]
+
+    def check(**keys: object) -> object:
+        keys = {"property": "massive_activation", "name": "m", "prompts": "p", **keys}
+        return expectation_adapter().validate_python(keys).evaluate(context)
+
+    holds = check(position=0, dimension=12, first_index=[2, 2], at_least=2000)
+    assert holds.passed and holds.headline.startswith("massive from index 2 (2 indices); largest |x| 900 = 3000x")
+    wrong = check(first_index=[1, 1], dimension=7)
+    assert not wrong.passed
+    assert wrong.headline == (
+        "first massive index is 2, expected in [1, 1]; "
+        "largest activation not in dimension 7 at index 2 (in dimension 12)"
+    )
+    loose = check(position=0, threshold=1000)  # 1200 > 1000 but 1200/0.5 = 2400 >= 1000: index 3 only
+    assert loose.passed and loose.measured["first_massive_index"] == 3

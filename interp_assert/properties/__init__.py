@@ -29,6 +29,7 @@ from interp_assert.properties.head_score import HeadScore
 from interp_assert.properties.hidden_norm_ratio import HiddenNormRatio
 from interp_assert.properties.hidden_norm_trend import HiddenNormTrend
 from interp_assert.properties.layer_score import LayerScore
+from interp_assert.properties.massive_activation import MassiveActivation
 from interp_assert.properties.role_fraction import RoleFraction
 from interp_assert.properties.sink_rate import SinkRate
 from interp_assert.properties.snapshot import Snapshot
@@ -47,6 +48,7 @@ BUILTIN: tuple[type[Expectation], ...] = (
     AttentionStatBounds,
     GeneratedText,
     SinkRate,
+    MassiveActivation,
     Snapshot,
 )
 
@@ -141,6 +143,7 @@ __all__ = [
     "HiddenNormRatio",
     "HiddenNormTrend",
     "LayerScore",
+    "MassiveActivation",
     "ModelDrift",
     "PropertyPluginError",
     "RoleFraction",

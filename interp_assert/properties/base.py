@@ -144,10 +144,11 @@ class Bounded(Expectation):
     at_most: float | None = None
 
     unit_bounds: ClassVar[bool] = True  # the number is a score in [0, 1]
+    bounds_required: ClassVar[bool] = True  # False: the property states other things too
 
     @model_validator(mode="after")
     def _check_bounds(self) -> Bounded:
-        if self.at_least is None and self.at_most is None:
+        if self.bounds_required and self.at_least is None and self.at_most is None:
             raise ValueError("give at least one bound: 'at_least' and/or 'at_most'")
         if self.at_least is not None and self.at_most is not None and self.at_least > self.at_most:
             raise ValueError(f"at_least ({self.at_least}) is greater than at_most ({self.at_most})")
@@ -169,6 +170,8 @@ class Bounded(Expectation):
             )
             if part
         )
+        if not wanted:
+            return True, f"{subject} = {value:.4f}"
         if np.isnan(value):
             return False, f"{subject} could not be measured (no query row had a target); expected {wanted}"
         if low is not None and value < low:
