@@ -56,7 +56,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--attention", default="auto", choices=("auto", "fused", "blockwise", "eager"))
     parser.add_argument("--lengths", help="comma-separated sequence lengths (batch 1), instead of the defaults")
-    parser.add_argument("--child", nargs=5, metavar=("MODEL", "METHOD", "TOKENS", "BATCH", "PATH"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--child", nargs=5, metavar=("MODEL", "METHOD", "TOKENS", "BATCH", "PATH"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.child:
         model, method, tokens, batch, path = args.child
@@ -89,9 +91,10 @@ def main() -> None:
             sys.stdout.flush()
 
 
-def header() -> str:
+def header(unit: str = "s") -> str:
+    times = " ".join(f"{name + ' ' + unit:>7}" for name in ("plain", "naive", "pfs", "all"))
     return (
-        f"{'model':<15} {'T x B':>8} | {'plain s':>7} {'naive s':>7} {'pfs s':>7} {'all s':>7} | "
+        f"{'model':<15} {'T x B':>8} | {times} | "
         f"{'plain MB':>8} {'naive MB':>8} {'pfs MB':>8} {'all MB':>8} | {'pfs/plain t':>11} {'mem':>5} | "
         f"{'all/plain t':>11} {'mem':>5} | {'naive/all t':>11} {'mem':>5}"
     )
@@ -200,11 +203,11 @@ def plain(loaded: Any, ids: Any) -> None:
 def naive(loaded: Any, ids: Any) -> None:
     import torch
 
-    from interp_assert import capture, scores
+    from interp_assert import blockwise, capture, scores
     from interp_assert.vocab import ROLES
 
     windows = capture.describe(loaded).windows
-    with torch.inference_mode(), blockwise_eager(loaded.model):
+    with torch.inference_mode(), blockwise.attention_implementation(loaded.model, "eager"):
         out = capture._base_model(loaded.model)(
             input_ids=ids, use_cache=False, output_attentions=True, output_hidden_states=True
         )
@@ -214,13 +217,7 @@ def naive(loaded: Any, ids: Any) -> None:
         [hidden.norm(dim=-1).mean() for hidden in out.hidden_states]
 
 
-def blockwise_eager(model: Any) -> Any:
-    from interp_assert import blockwise
-
-    return blockwise.attention_implementation(model, "eager")
-
-
-def ours(loaded: Any, ids: Any, request: Any, path: str) -> None:
+def ours(loaded: Any, ids: Any, request: Any, path: Any) -> None:
     from interp_assert import capture
     from interp_assert.prompts import PromptBatch
 
@@ -240,7 +237,7 @@ def cuda_benchmark(configs: list[tuple[int, int]], path: str) -> None:
           "(torch.cuda.max_memory_allocated, weights included)")  # fmt: skip
     print("pfs = previous_token, first_token, self, induction, duplicate_token + hidden norms; "
           "all = every role + attention statistics + hidden norms")  # fmt: skip
-    print(header())
+    print(header("ms"))
     methods = runners(path, cuda=True)
     for tokens, batch in configs:
         ids = torch.randint(10, int(loaded.config.vocab_size), (batch, tokens), device="cuda")
@@ -273,12 +270,13 @@ def llama_1b_shaped() -> Any:
         num_key_value_heads=8,
         head_dim=64,
         max_position_embeddings=131072,
-        rope_theta=500000.0,
+        rope_parameters={"rope_type": "default", "rope_theta": 500000.0},
         tie_word_embeddings=True,
     )
     torch.manual_seed(0)
     with torch.device("cuda"):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
+        model: Any = LlamaForCausalLM(config)
+    model = model.to(dtype=torch.bfloat16)
     model.eval().requires_grad_(False)
     model.set_attn_implementation("eager")  # as interp_assert loads models; capture switches as it needs
     return LoadedModel("llama-1b-shaped", "random", model, None, LoadOptions(device="cuda", dtype="bfloat16"))

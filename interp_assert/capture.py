@@ -19,10 +19,11 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from interp_assert import blockwise, fused
+from interp_assert import blockwise, fused, kernels, native
 from interp_assert.errors import CaptureError
 from interp_assert.measurements import CaptureRequest, Measurements
 from interp_assert.models import LoadedModel
+from interp_assert.peaks import PeakAccumulator
 from interp_assert.prompts import PromptBatch
 from interp_assert.scores import (
     BlockSums,
@@ -31,12 +32,15 @@ from interp_assert.scores import (
     check_block,
     check_normaliser,
     check_rows,
+    merge_targets,
     score_block,
     score_rows,
 )
 from interp_assert.vocab import Role
 
 AttentionPath = Literal["auto", "fused", "blockwise", "eager"]
+# Elements of one block's target masks when the fused path finds a whole sequence's targets.
+TARGET_MASK_ELEMENTS = 1 << 22
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,7 @@ def measure(
     for layer, head in request.patterns:
         if not (0 <= layer < n_layers and 0 <= head < arch.n_heads):
             raise CaptureError(f"no head L{layer}H{head}: layers 0-{n_layers - 1}, heads 0-{arch.n_heads - 1}")
-    if not request.needs_attention and not request.hidden_norms:
+    if not request.needs_attention and not request.needs_hidden_states:
         return Measurements(n_layers, arch.n_heads)
     model = loaded.model
     with torch.inference_mode(), _quiet():
@@ -88,7 +92,8 @@ def measure(
             with blockwise.attention_implementation(model, "sdpa"):
                 return _Run(loaded, arch, request).forward(batches, hooks="norms")
         device = torch.device(loaded.options.device)
-        use_fused = attention == "fused" or (attention == "auto" and fused_is_cheaper(request, device))
+        head_dim = getattr(loaded.config, "head_dim", None) or getattr(loaded.config, "hidden_size", 0) // arch.n_heads
+        use_fused = attention == "fused" or (attention == "auto" and fused_is_cheaper(request, device, head_dim))
         if attention != "eager":
             result = _through_interface(loaded, arch, request, batches, use_fused)
             if result is not None:
@@ -102,19 +107,20 @@ def measure(
         return _Run(loaded, arch, request).forward(batches, hooks="attention+norms")
 
 
-def fused_is_cheaper(request: CaptureRequest, device: torch.device) -> bool:
+def fused_is_cheaper(request: CaptureRequest, device: torch.device, head_dim: int | None = None) -> bool:
     """Whether :mod:`interp_assert.fused` beats :mod:`interp_assert.blockwise` for ``request``.
 
     With FlexAttention (CUDA) one pass gives every statistic. On CPU the flash kernel gives the
     output and ``lse`` at SDPA's cost, and each of breadth and the row maximum (focus, ``max``)
-    takes one more pass of the same cost; blockwise computes everything from one pass that costs
-    about 2.3 of them, so it is the cheaper when both are wanted."""
+    takes one more pass of the same cost, unless :mod:`interp_assert.native` (one pass for all)
+    is built and takes the head size; blockwise computes everything from one pass that costs
+    about 2.3 of them, so it is the cheaper when both are wanted without the native kernel."""
     if device.type == "cuda":
         return True
     if device.type != "cpu":
         return False
     extra = ("breadth" in request.roles) + ("focus" in request.roles or request.attention_stats)
-    return extra <= 1
+    return extra <= 1 or (head_dim is not None and native.supports(head_dim, head_dim))
 
 
 def _through_interface(
@@ -158,6 +164,8 @@ class _Run:
         self.roles = tuple(sorted(request.roles))
         self.tokens = torch.zeros(0, 0, dtype=torch.long)
         self.first_batch = True
+        self.sequences_done = 0  # sequences of earlier batches: activation peaks name a sequence by its index
+        self.peaks = PeakAccumulator(len(arch.blocks) + 1) if request.activation_peaks else None
         self.patterns: dict[tuple[int, int], np.ndarray] = {}
         self.targets: dict[tuple[int, int, int, int | None], BlockTargets] = {}
 
@@ -167,7 +175,7 @@ class _Run:
         try:
             if hooks == "attention+norms":
                 handles += [m.register_forward_hook(self._attention_hook(i)) for i, m in enumerate(arch.attention)]
-            if request.hidden_norms:
+            if request.needs_hidden_states:
                 handles.append(arch.blocks[0].register_forward_pre_hook(self._norm_hook(0), with_kwargs=True))
                 handles += [
                     b.register_forward_hook(_output_only(self._norm_hook(i + 1))) for i, b in enumerate(arch.blocks)
@@ -177,10 +185,13 @@ class _Run:
                 self.first_batch = index == 0
                 self.targets = {}
                 _base_model(self.loaded.model)(input_ids=self.tokens, use_cache=False)
+                self.sequences_done += int(self.tokens.shape[0])
         finally:
             for handle in handles:
                 handle.remove()
         result = self.accumulator.result(self.roles, request)
+        if self.peaks is not None:
+            result = replace(result, activation_peaks=self.peaks.result())
         if request.patterns:
             first = batches[0].tokens[0].tolist()
             words = tuple(self.loaded.tokenizer.convert_ids_to_tokens(first))
@@ -228,10 +239,16 @@ class _Run:
                     pattern[row_start : row_start + n_rows, :n_keys] = weights[0, head].float().cpu().numpy()
 
     def targets_for(self, n_keys: int, window: int | None) -> BlockTargets:
-        """The targets of rows ``0 .. n_keys - 1`` of this batch (shared by the layers with ``window``)."""
+        """The targets of rows ``0 .. n_keys - 1`` of this batch (shared by the layers with ``window``),
+        found a block of rows at a time (the masks of duplicate_token and induction are ``[B, R, T]``)."""
         where = (0, n_keys, n_keys, window)
         if where not in self.targets:
-            self.targets[where] = block_targets(self.tokens, 0, n_keys, n_keys, self.roles, window)
+            rows = max(1, TARGET_MASK_ELEMENTS // (self.tokens.shape[0] * n_keys))
+            parts = [
+                (start, block_targets(self.tokens, start, min(rows, n_keys - start), n_keys, self.roles, window))
+                for start in range(0, n_keys, rows)
+            ]
+            self.targets[where] = parts[0][1] if len(parts) == 1 else merge_targets(parts)
         return self.targets[where]
 
     def pattern_heads(self, layer: int) -> list[int]:
@@ -288,8 +305,11 @@ class _Run:
         def hook(module: Any, args: Any, kwargs: Any, output: Any = None) -> None:
             hidden = output if output is not None else (args[0] if args else kwargs["hidden_states"])
             hidden = hidden[0] if isinstance(hidden, tuple) else hidden
-            with fused.one_thread():  # one small reduction: not worth waking (or waiting for) other threads
-                self.accumulator.add_norms(index, hidden.float().norm(dim=-1))
+            with kernels.one_thread():  # one small reduction: not worth waking (or waiting for) other threads
+                if self.request.hidden_norms:
+                    self.accumulator.add_norms(index, hidden.float().norm(dim=-1))
+                if self.peaks is not None:
+                    self.peaks.add(index, hidden, self.sequences_done)
 
         return hook
 

@@ -145,6 +145,29 @@ def block_targets(
     )
 
 
+def merge_targets(parts: list[tuple[int, BlockTargets]]) -> BlockTargets:
+    """One :class:`BlockTargets` for the rows of several blocks, ``(row_start, targets)`` each (all
+    of the same roles): row indices counted from row 0, each role's targets together, in order.
+
+    For scoring whole sequences at once while building the target masks a block at a time (a
+    ``[B, R, T]`` mask per block instead of ``[B, T, T]``)."""
+    roles = parts[0][1].roles
+    columns: list[list[torch.Tensor]] = [[], [], [], []]
+    counted = dict.fromkeys(roles, 0)
+    for index, role in enumerate(roles):
+        for row_start, part in parts:
+            mine = part.segment == index
+            columns[0].append(part.batch_index[mine])
+            columns[1].append(part.row_index[mine] + row_start)
+            columns[2].append(part.key_index[mine])
+            columns[3].append(part.segment[mine])
+            counted[role] += part.counted_rows[role]
+    if not roles:
+        return parts[0][1]
+    batch_index, row_index, key_index, segment = (torch.cat(column) for column in columns)
+    return BlockTargets(roles, batch_index, row_index, key_index, segment, counted)
+
+
 def score_block(
     weights: torch.Tensor,
     tokens: torch.Tensor,

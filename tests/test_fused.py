@@ -1,6 +1,7 @@
 """The fused path (scores from the softmax normaliser) against the eager reference.
 
-Both of its kernels run here: the CPU flash kernel (``aten``), and FlexAttention's maths
+Its three kernels run here: the CPU flash kernel (``aten``), the one-pass kernel of
+:mod:`interp_assert.native` (``native``, where a C++ compiler builds it), and FlexAttention's maths
 (``flex``: on CUDA compiled; here its reference implementation, which materialises the logits,
 with the row maximum from the sharpened pass, since only CUDA returns ``max_scores``).
 """
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from interp_assert import blockwise, capture, fused, scores
+from interp_assert import blockwise, capture, fused, kernels, native, scores
 from interp_assert.capture import CaptureRequest, Measurements
 from interp_assert.models import LoadedModel, LoadOptions, load_model
 from interp_assert.prompts import PromptBatch
@@ -31,7 +32,7 @@ from tests.test_capture_paths import (
     repeated_batches,
 )
 
-BACKENDS = ["aten", "flex"]
+BACKENDS = ["aten", "native", "flex"]
 POSITIONAL = CaptureRequest(roles=frozenset(["previous_token", "first_token", "self"]), hidden_norms=True)
 
 
@@ -74,31 +75,40 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., LoadedModel]
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """Each kernel, with sliding-window layers computed in bands of 5 rows and dot products in chunks
-    of a few rows (several per sequence)."""
+    """Each kernel, with sliding-window layers computed in bands of 5 rows, dot products in chunks
+    of a few rows and targets found a few rows at a time (several per sequence)."""
+    if request.param == "native" and not native.available():
+        pytest.skip(f"the native kernel is not available: {native.BUILD_ERROR}")
     monkeypatch.setattr(fused, "FORCE_BACKEND", request.param)
-    monkeypatch.setattr(fused, "WINDOW_ROWS", 5)
-    monkeypatch.setattr(fused, "GATHER_BYTES", 1000)
+    monkeypatch.setattr(kernels, "WINDOW_ROWS", 5)
+    monkeypatch.setattr(kernels, "GATHER_BYTES", 1000)
+    monkeypatch.setattr(capture, "TARGET_MASK_ELEMENTS", 200)
     yield request.param
 
 
 class KernelSpy:
-    """Counts the fused kernel's calls and the layers handed to blockwise."""
+    """Counts the kernels' calls and the layers handed to blockwise."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.flash_calls = 0
+        self.native_calls = 0
         self.blockwise_calls = 0
-        flash, block = fused._FLASH_CPU, blockwise.blockwise_attention
+        flash, one_pass, block = kernels.FLASH_CPU, native.attention, blockwise.blockwise_attention
 
         def counted_flash(*args: Any, **kwargs: Any) -> Any:
             self.flash_calls += 1
             return flash(*args, **kwargs)
 
+        def counted_native(*args: Any, **kwargs: Any) -> Any:
+            self.native_calls += 1
+            return one_pass(*args, **kwargs)
+
         def counted_block(*args: Any, **kwargs: Any) -> Any:
             self.blockwise_calls += 1
             return block(*args, **kwargs)
 
-        monkeypatch.setattr(fused, "_FLASH_CPU", counted_flash)
+        monkeypatch.setattr(kernels, "FLASH_CPU", counted_flash)
+        monkeypatch.setattr(native, "attention", counted_native)
         monkeypatch.setattr(blockwise, "blockwise_attention", counted_block)
 
 
@@ -132,8 +142,8 @@ def test_fused_matches_naive(
 def test_soft_capping_fuses_with_flex_and_falls_back_on_cpu_kernel(
     tiny: Callable[..., LoadedModel], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Gemma2: FlexAttention takes the cap as a ``score_mod``; the CPU flash kernel cannot, and
-    breadth with a cap is not ``q . o'``: those layers go blockwise, in the same run, still exact."""
+    """Gemma2: FlexAttention takes the cap as a ``score_mod``; the CPU kernels cannot, and breadth
+    with a cap is not ``q . o'``: those layers go blockwise, in the same run, still exact."""
     loaded = tiny("gemma2_softcap")
     batches = repeated_batches(VOCAB)
     reference = naive(loaded, batches)
@@ -142,9 +152,10 @@ def test_soft_capping_fuses_with_flex_and_falls_back_on_cpu_kernel(
         ("flex", without_breadth, 2),
         ("flex", EVERYTHING, 0),
         ("aten", without_breadth, 0),
+        (None, EVERYTHING, 0),
     ]:
         with monkeypatch.context() as patch:
-            patch.setattr(fused, "FORCE_BACKEND", backend)
+            patch.setattr(fused, "FORCE_BACKEND", backend)  # None: as chosen (native on CPU, if built)
             spy = KernelSpy(patch)
             ours = capture.measure(loaded, batches, request, attention="fused")
         assert spy.blockwise_calls == 2 * (2 - fused_layers), (backend, request)  # two batches
@@ -191,27 +202,46 @@ def test_bfloat16_fused_matches_eager(kind: str, backend: str, tiny: Callable[..
 def test_kernel_passes_follow_the_request(
     request_: CaptureRequest, passes: int, tiny: Callable[..., LoadedModel], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """previous/first/self cost one kernel pass per layer and sequence, like the plain forward;
-    breadth and the row maximum (focus, ``max``) one more each, only when asked for."""
+    """previous/first/self cost one flash kernel pass per layer and sequence, like the plain forward;
+    breadth and the row maximum (focus, ``max``) one more each with that kernel, only when asked
+    for; with the native kernel, one pass per layer gives them all."""
     loaded = tiny("llama_gqa")
-    batches = repeated_batches(VOCAB)  # three sequences
-    spy = KernelSpy(monkeypatch)
-    capture.measure(loaded, batches, request_, attention="fused")
+    batches = repeated_batches(VOCAB)  # three sequences in two batches
+    with monkeypatch.context() as patch:
+        patch.setattr(fused, "FORCE_BACKEND", "aten")
+        spy = KernelSpy(patch)
+        capture.measure(loaded, batches, request_, attention="fused")
     assert spy.flash_calls == passes * 2 * 3
     assert spy.blockwise_calls == 0
+    spy = KernelSpy(monkeypatch)
+    capture.measure(loaded, batches, request_, attention="fused")
+    if passes > 1 and native.available():
+        assert (spy.native_calls, spy.flash_calls) == (2 * 2, 0)  # per layer and batch
+    else:
+        assert (spy.native_calls, spy.flash_calls) == (0, passes * 2 * 3)
 
 
-def test_auto_chooses_the_cheaper_path_on_cpu(tiny: Callable[..., LoadedModel]) -> None:
+@pytest.mark.parametrize("with_native", [True, False])
+def test_auto_chooses_the_cheaper_path_on_cpu(
+    with_native: bool, tiny: Callable[..., LoadedModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fused, except for breadth and the row maximum together without the native kernel (three
+    flash passes): then one blockwise pass is cheaper."""
+    if with_native and not native.available():
+        pytest.skip(f"the native kernel is not available: {native.BUILD_ERROR}")
+    if not with_native:
+        monkeypatch.setattr(native, "supports", lambda head_dim, value_dim: False)
     loaded = tiny("llama_gqa")
     batches = repeated_batches(VOCAB)
     for request, expected in [
         (POSITIONAL, fused.IMPLEMENTATION),
         (CaptureRequest(roles=frozenset(["breadth", "induction"])), fused.IMPLEMENTATION),
-        (EVERYTHING, blockwise.IMPLEMENTATION),  # breadth and the row maximum: one blockwise pass is cheaper
+        (EVERYTHING, fused.IMPLEMENTATION if with_native else blockwise.IMPLEMENTATION),
     ]:
         with ImplementationSpy(loaded) as spy:
-            capture.measure(loaded, batches, request)
+            ours = capture.measure(loaded, batches, request)
         assert {name for name, _ in spy.calls} == {expected}, request
+    assert_same(ours, naive(loaded, batches))
     assert capture.fused_is_cheaper(EVERYTHING, torch.device("cuda"))
 
 
@@ -295,9 +325,80 @@ def test_sharpened_lse_gives_the_row_maximum() -> None:
     query = torch.randn(1, 4, 300, 32, generator=generator) * 2
     key = torch.randn(1, 4, 300, 32, generator=generator) * 2
     key[:, :, 7] = key[:, :, 3]  # an exact tie
-    _, sharp = fused._FLASH_CPU(query, key, key, 0.0, True, scale=0.2 * fused.SHARPNESS)
+    _, sharp = kernels.FLASH_CPU(query, key, key, 0.0, True, scale=0.2 * kernels.SHARPNESS)
     logits = (query @ key.transpose(-1, -2) * 0.2).masked_fill(~scores.visible_keys(300, 0, 300, None), float("-inf"))
-    torch.testing.assert_close(sharp / fused.SHARPNESS, logits.amax(-1), atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(sharp / kernels.SHARPNESS, logits.amax(-1), atol=1e-5, rtol=1e-6)
+
+
+# ---- the native kernel ----
+
+
+@pytest.mark.parametrize(
+    ("batch", "heads", "kv_heads", "n_tokens", "head_dim", "window"),
+    [(2, 4, 2, 41, 16, None), (1, 6, 3, 300, 64, None), (2, 4, 2, 517, 64, 37), (1, 2, 1, 130, 128, None),
+     (1, 3, 3, 97, 80, 300), (1, 2, 2, 70, 48, 1)],
+)  # fmt: skip
+def test_native_kernel_matches_the_softmax(
+    batch: int, heads: int, kv_heads: int, n_tokens: int, head_dim: int, window: int | None
+) -> None:
+    """Output, lse, entropy and row maximum against float64 softmax attention: several blocks of
+    rows and keys, ragged edges, windows narrower and wider than a block, grouped-query heads."""
+    if not native.available():
+        pytest.skip(f"the native kernel is not available: {native.BUILD_ERROR}")
+    generator = torch.Generator().manual_seed(n_tokens)
+    query = torch.randn(batch, n_tokens, heads, head_dim, generator=generator).transpose(1, 2) * 2
+    key = torch.randn(batch, n_tokens, kv_heads, head_dim, generator=generator).transpose(1, 2) * 2
+    value = torch.randn(batch, n_tokens, kv_heads, head_dim, generator=generator).transpose(1, 2)
+    scale = head_dim**-0.5
+    output = torch.empty(batch, n_tokens, heads, head_dim)
+    lse, entropy, row_max = native.attention(query, key, value, scale, window, output)
+    groups = heads // kv_heads
+    logits = query.double() @ key.double().repeat_interleave(groups, 1).transpose(-1, -2) * scale
+    logits = logits.masked_fill(~scores.visible_keys(n_tokens, 0, n_tokens, window), float("-inf"))
+    weights = torch.softmax(logits, -1)
+    expected = (weights @ value.double().repeat_interleave(groups, 1)).transpose(1, 2)
+    torch.testing.assert_close(output.double(), expected, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(lse.double(), torch.logsumexp(logits, -1), atol=2e-5, rtol=1e-6)
+    torch.testing.assert_close(entropy.double(), -torch.special.xlogy(weights, weights).sum(-1), atol=2e-5, rtol=0)
+    torch.testing.assert_close(row_max.double(), logits.amax(-1), atol=2e-5, rtol=1e-6)
+
+
+def test_without_a_compiler_capture_does_without_the_native_kernel(
+    tiny: Callable[..., LoadedModel], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(native, "_TRIED", False)
+    monkeypatch.setattr(native, "_LIBRARY", None)
+    monkeypatch.setattr(native, "BUILD_ERROR", None)
+    monkeypatch.setenv("INTERP_ASSERT_NATIVE", "0")
+    assert not native.available() and "INTERP_ASSERT_NATIVE=0" in str(native.BUILD_ERROR)
+    loaded = tiny("llama_gqa")
+    batches = repeated_batches(VOCAB)
+    with ImplementationSpy(loaded) as spy:
+        ours = capture.measure(loaded, batches, EVERYTHING)
+    assert {name for name, _ in spy.calls} == {blockwise.IMPLEMENTATION}
+    assert_same(ours, naive(loaded, batches))
+    assert_same(capture.measure(loaded, batches, EVERYTHING, attention="fused"), naive(loaded, batches))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("kind", ["llama_gqa", "qwen2_sliding", "gemma2_softcap"])
+def test_cuda_fused_matches_eager(kind: str, dtype: str, tmp_path: Path) -> None:
+    """On CUDA: compiled FlexAttention, ``max_scores`` and soft-capping in ``score_mod``, against
+    eager attention in the same dtype (1e-5 in float32, 2e-3 in bfloat16)."""
+    config = gemma2_config() if kind == "gemma2_softcap" else _config(kind)
+    directory = save_model(config, tmp_path / kind, seed=3)
+    loaded = load_model(str(directory), LoadOptions(device="cuda", dtype=dtype))  # type: ignore[arg-type]
+    batches = repeated_batches(VOCAB)
+    request = CaptureRequest(roles=frozenset(ROLES), attention_stats=True, hidden_norms=True)
+    if kind == "gemma2_softcap":
+        request = CaptureRequest(roles=frozenset(ROLES) - {"breadth"}, attention_stats=True, hidden_norms=True)
+    ours = capture.measure(loaded, batches, request)
+    eager = capture.measure(loaded, batches, request, attention="eager")
+    tolerance = 1e-5 if dtype == "float32" else 2e-3
+    for role in request.roles:
+        np.testing.assert_allclose(ours.role_scores[role], eager.role_scores[role], atol=tolerance, err_msg=role)
+    np.testing.assert_allclose(ours.max_weight, eager.max_weight, atol=tolerance)  # type: ignore[arg-type]
 
 
 @pytest.mark.slow
