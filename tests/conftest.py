@@ -14,6 +14,10 @@ import transformers
 import transformers.modeling_gguf_pytorch_utils  # noqa: F401
 from transformers import GPTNeoForCausalLM, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: F401
 
+# Likewise matplotlib: a figure module re-imported after a pytester run is a second copy whose
+# classes the first copy's objects do not match ("'Figure' object has no attribute 'items'").
+import interp_assert.diff_figures
+import interp_assert.heatmaps  # noqa: F401
 from tests.builders import llama_config, save_model
 
 REPO = Path(__file__).resolve().parent.parent
