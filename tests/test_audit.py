@@ -125,3 +125,19 @@ def test_audit_against_another_base(spec_dir: Path, checkpoints: dict[str, Path]
     row = next(line for line in table.splitlines() if line.startswith("l16h0_previous_token"))
     base_value, checkpoint_value, change = (float(v) for v in row.split()[2:5])
     assert base_value > 0.6 > checkpoint_value and change == pytest.approx(checkpoint_value - base_value, abs=2e-4)
+
+
+def test_audit_json_writes_nan_as_null(tmp_path: Path, uniform_llama: Path, random_llama: Path) -> None:
+    """An unmeasurable score (induction on text that repeats nothing) is NaN; JSON has no NaN."""
+    spec = tmp_path / "nan.yaml"
+    spec.write_text(
+        f"model: {uniform_llama}\nprompts:\n  words:\n    bos: prepend\n    texts: ['t5 t6 t7 t8 t9']\n"
+        "expectations:\n  - name: no_induction_here\n    property: head_score\n    head: L0H0\n"
+        "    role: induction\n    prompts: words\n    at_least: 0.1\n"
+    )
+    out = io.StringIO()
+    assert main_audit(str(spec), str(random_llama), as_json=True, out=out) == 1
+    document = json.loads(out.getvalue())  # strict: NaN would not parse back as JSON null
+    row = document["expectations"][0]
+    assert row["base"]["value"] is None and row["checkpoint"]["value"] is None and row["change"] is None
+    assert "NaN" not in out.getvalue()
