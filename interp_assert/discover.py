@@ -22,6 +22,7 @@ from interp_assert.findings import (
     DiscoverSettings,
     Section,
     head_findings,
+    massive_findings,
     norm_findings,
     sharpness_findings,
     sink_findings,
@@ -161,6 +162,7 @@ def discover(
             roles=frozenset(roles | ({"focus"} if extras else set())),
             attention_stats=extras,
             hidden_norms=extras,
+            activation_peaks=extras,
         )
         measured[name] = measure_named(loaded, name, prompt_set, request)
         for role in roles_for(prompt_set):
@@ -172,6 +174,8 @@ def discover(
     sections.append(sharpness_findings(first_set, sharpness, settings, used))
     if "first_token" in first.role_scores:
         sections.append(sink_findings(first_set, first.role_scores["first_token"], settings, used))
+    if first.activation_peaks is not None:
+        sections.append(massive_findings(first_set, first.activation_peaks, settings, used))
     header = {
         "model": spec_model_reference(model, output),
         "dtype": loaded.options.dtype,

@@ -281,3 +281,30 @@ def sink_findings(
         }
     )
     return section
+
+
+def massive_findings(prompt_name: str, peaks: Any, settings: DiscoverSettings, used_names: set[str]) -> Section:
+    """Sun et al. 2024's massive activation (|x| > 100 and >= 1000x its hidden state's median |x|):
+    where it sits and the first depth where it holds; or a note that there is none."""
+    section = Section(f"massive activations ({prompt_name}; |x| > 100 and >= 1000x the median |x|)")
+    ratios = peaks.value / np.maximum(peaks.median, np.finfo(np.float64).tiny)
+    massive = [k for k in range(len(ratios)) if peaks.value[k] > 100 and ratios[k] >= 1000]
+    top = int(np.argmax(ratios))
+    if not massive:
+        section.notes.append(f"none: the largest |x| / median is {ratios[top]:.4g}x (index {top})")
+        return section
+    where = {(int(peaks.position[k]), int(peaks.dimension[k])) for k in massive}
+    position, dimension = (int(peaks.position[top]), int(peaks.dimension[top]))
+    expectation: dict[str, Any] = {
+        "name": unique_name("massive_activation", prompt_name, used_names),
+        "description": f"measured |x| = {peaks.value[top]:.5g} at position {position}, dimension {dimension}, "
+        f"{ratios[top]:.5g}x the median (index {top}); massive at indices {massive[0]}-{massive[-1]}",
+        "property": "massive_activation",
+        "prompts": prompt_name,
+        "first_index": [massive[0], massive[0]],
+        "at_least": lower_bound(float(ratios[top]), settings.keep),
+    }
+    if len(where) == 1:  # the same element every time: claim where it sits
+        expectation |= {"position": position, "dimension": dimension}
+    section.expectations.append(expectation)
+    return section
