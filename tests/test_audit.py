@@ -97,6 +97,8 @@ def test_tiny_noise_passes(pytester: pytest.Pytester, spec_dir: Path, checkpoint
 def test_zero_lora_adapter_passes(pytester: pytest.Pytester, spec_dir: Path, checkpoints: dict[str, Path]) -> None:
     result = pytester.runpytest("model_specs", f"--interp-model={MODEL}={checkpoints['lora']}")
     result.assert_outcomes(passed=3)
+    # it passes because the adapter changes nothing, not because it was ignored: it was loaded and merged
+    result.stdout.fnmatch_lines([f"*adapter '{checkpoints['lora']}': base '*' found at *"])
 
 
 def test_audit_table_and_exit_codes(spec_dir: Path, checkpoints: dict[str, Path]) -> None:
