@@ -148,7 +148,7 @@ def blockwise_attention(
     kv_heads = key.shape[1]
     groups = heads // kv_heads
     scale = head_dim**-0.5 if scaling is None else scaling
-    layer = _layer_index(module, capture)
+    layer = layer_index(module, capture)
     output = query.new_empty(batch, n_queries, heads, value.shape[-1])
     key_columns = key.transpose(-1, -2).contiguous()  # [B, KV, D, T]: a faster GEMM operand than a transpose
     # Breadth needs the logits beside the weights; otherwise the softmax runs in place, in one buffer.
@@ -203,7 +203,8 @@ def _buffer(capture: BlockwiseCapture | None, name: str, size: int, like: torch.
     return capture.buffer(name, size, like)
 
 
-def _layer_index(module: Any, capture: BlockwiseCapture | None) -> int:
+def layer_index(module: Any, capture: Any) -> int:
+    """Which layer ``module`` is for the active capture (blockwise or fused), -1 with none; marks it seen."""
     if capture is None:
         return -1
     layer = capture.layer_of.get(id(module))

@@ -38,7 +38,6 @@ from typing import Any, Literal
 import torch
 
 from interp_assert import blockwise, kernels, native
-from interp_assert.errors import CaptureError
 from interp_assert.kernels import one_thread
 from interp_assert.scores import BlockTargets, weights_from_normaliser
 from interp_assert.vocab import POSITIONAL_LABELS
@@ -142,7 +141,7 @@ def fused_attention(
             module, query, key, value, attention_mask, scaling, dropout, sliding_window, softcap, **kwargs
         )
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-    layer = _layer_index(module, capture)
+    layer = blockwise.layer_index(module, capture)
     batch, heads, n_tokens, _ = query.shape
     output = query.new_empty(batch, n_tokens, heads, value.shape[-1])
     masks = capture.masks if capture is not None else {}
@@ -182,16 +181,6 @@ def fused_attention(
         )
         capture.consume(layer, rows)
     return output, None
-
-
-def _layer_index(module: Any, capture: FusedCapture | None) -> int:
-    if capture is None:
-        return -1
-    layer = capture.layer_of.get(id(module))
-    if layer is None:
-        raise CaptureError(f"{type(module).__name__} is not one of the attention modules capture found")
-    capture.layers_seen.add(layer)
-    return layer
 
 
 # ---- single weights from the normaliser ----
