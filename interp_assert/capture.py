@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from interp_assert import blockwise, fused, kernels, native
+from interp_assert import blockwise, fused, kernels, lens, native
 from interp_assert.errors import CaptureError
 from interp_assert.measurements import CaptureRequest, Measurements
 from interp_assert.models import LoadedModel
@@ -67,6 +67,17 @@ def max_positions(loaded: LoadedModel) -> int | None:
 
 
 def measure(
+    loaded: LoadedModel, batches: list[PromptBatch], request: CaptureRequest, *, attention: AttentionPath = "auto"
+) -> Measurements:
+    """:func:`measure_internals`, plus the logit lens (:mod:`interp_assert.lens`, a pass of its own) when asked."""
+    result = measure_internals(loaded, batches, request, attention=attention)
+    if request.logit_lens:
+        with _quiet():
+            result = replace(result, logit_lens=lens.measure(loaded, batches))
+    return result
+
+
+def measure_internals(
     loaded: LoadedModel, batches: list[PromptBatch], request: CaptureRequest, *, attention: AttentionPath = "auto"
 ) -> Measurements:
     """Run the model over ``batches`` and reduce what ``request`` asks for.

@@ -23,6 +23,7 @@ class CaptureRequest:
     hidden_norms: bool = False
     patterns: frozenset[tuple[int, int]] = frozenset()
     activation_peaks: bool = False  # per hidden state: the largest |x|, where it sits, the median |x|
+    logit_lens: bool = False  # per hidden state: agreement with the final prediction, KL from it
 
     @property
     def needs_hidden_states(self) -> bool:
@@ -39,7 +40,17 @@ class CaptureRequest:
             hidden_norms=self.hidden_norms or other.hidden_norms,
             patterns=self.patterns | other.patterns,
             activation_peaks=self.activation_peaks or other.activation_peaks,
+            logit_lens=self.logit_lens or other.logit_lens,
         )
+
+
+@dataclass(frozen=True)
+class LogitLens:
+    """Per hidden-state index k (0 = embeddings): each depth read through the final norm and
+    unembedding, over query positions >= 1 (see :mod:`interp_assert.lens`)."""
+
+    agreement: np.ndarray  # [L + 1]: fraction of positions whose top-1 token is the final top-1
+    kl: np.ndarray  # [L + 1]: mean KL(final || lens_k) in nats
 
 
 @dataclass(frozen=True)
@@ -74,3 +85,4 @@ class Measurements:
     # for prompt sets with ``generate``: each sequence's greedy continuation, decoded
     generated_texts: tuple[str, ...] = ()
     activation_peaks: ActivationPeaks | None = None
+    logit_lens: LogitLens | None = None

@@ -262,3 +262,38 @@ def test_massive_activation_on_hand_made_peaks() -> None:
     )
     loose = check(position=0, threshold=1000)  # 1200 > 1000 but 1200/0.5 = 2400 >= 1000: index 3 only
     assert loose.passed and loose.measured["first_massive_index"] == 3
+
+
+def test_logit_lens_forms_on_hand_made_numbers() -> None:
+    import numpy as np
+
+    from interp_assert.measurements import LogitLens
+    from interp_assert.properties import CheckContext, expectation_adapter
+
+    lens = LogitLens(agreement=np.array([0.0, 0.2, 0.6, 1.0]), kl=np.array([9.0, 4.0, 4.4, 0.0]))
+    context = CheckContext(measured(logit_lens=lens))  # type: ignore[arg-type]
+
+    def check(**keys: object) -> object:
+        keys = {"property": "logit_lens", "name": "l", "prompts": "p", **keys}
+        return expectation_adapter().validate_python(keys).evaluate(context)
+
+    assert check(agreement_at_least=0.5, by_index=2).passed
+    short = check(agreement_at_least=0.5, by_index=1)
+    assert short.headline == "agreement at index 1 = 0.2000, expected at least 0.5: short by 0.3000"
+    assert check(first_reaching=0.5, within=[2, 2]).passed
+    assert not check(first_reaching=0.5, within=[3, -1]).passed
+    rises = check(kl_non_increasing=[0, -1])
+    assert rises.headline == "KL rises over indices 0-3: 1->2: 4 -> 4.4"
+    assert check(kl_non_increasing=[0, -1], tolerance=0.1).passed
+
+
+@pytest.mark.slow
+def test_logit_lens_on_smollm2_reads_the_answer_late() -> None:
+    from interp_assert.api import Interp
+
+    prose = ["The old lighthouse keeper climbed the spiral stairs every evening to light the lamp."]
+    smol = Interp().model("smollm2-135m-instruct")
+    outcome = smol.expect("logit_lens", prompts=prose, first_reaching=0.3, within=[20, 30])
+    assert outcome.passed
+    with pytest.raises(AssertionError, match=r"agreement at index 5 = 0\.0"):
+        smol.expect("logit_lens", prompts=prose, agreement_at_least=0.5, by_index=5)

@@ -29,6 +29,7 @@ from interp_assert.properties.head_score import HeadScore
 from interp_assert.properties.hidden_norm_ratio import HiddenNormRatio
 from interp_assert.properties.hidden_norm_trend import HiddenNormTrend
 from interp_assert.properties.layer_score import LayerScore
+from interp_assert.properties.logit_lens import LogitLensExpectation
 from interp_assert.properties.massive_activation import MassiveActivation
 from interp_assert.properties.role_fraction import RoleFraction
 from interp_assert.properties.sink_rate import SinkRate
@@ -49,6 +50,7 @@ BUILTIN: tuple[type[Expectation], ...] = (
     GeneratedText,
     SinkRate,
     MassiveActivation,
+    LogitLensExpectation,
     Snapshot,
 )
 
@@ -143,6 +145,7 @@ __all__ = [
     "HiddenNormRatio",
     "HiddenNormTrend",
     "LayerScore",
+    "LogitLensExpectation",
     "MassiveActivation",
     "ModelDrift",
     "PropertyPluginError",

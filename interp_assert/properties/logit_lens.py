@@ -1,0 +1,96 @@
+"""``logit_lens``: when the model's answer becomes readable from its residual stream.
+
+Each hidden-state index k is read through the final norm and unembedding (see
+:mod:`interp_assert.lens`): ``agreement[k]`` is the fraction of positions whose top-1 token
+already is the model's final top-1 token, ``kl[k]`` the mean KL(final || lens_k) in nats.
+A spec states any of:
+
+- ``agreement_at_least: x`` with ``by_index: k``: agreement reaches x by index k;
+- ``first_reaching: x`` with ``within: [a, b]``: the first index whose agreement reaches x
+  lies in [a, b];
+- ``kl_non_increasing: [a, b]`` (``tolerance``, relative, default 0): KL never rises over a..b.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from interp_assert.errors import CheckInputError
+from interp_assert.measurements import CaptureRequest
+from interp_assert.outcome import Outcome
+from interp_assert.properties.base import CheckContext, Expectation, LayerRange, resolve_index, resolve_range
+
+
+class LogitLensExpectation(Expectation):
+    property: Literal["logit_lens"]
+    agreement_at_least: float | None = Field(default=None, ge=0.0, le=1.0)
+    by_index: int | None = None
+    first_reaching: float | None = Field(default=None, gt=0.0, le=1.0)
+    within: LayerRange | None = None
+    kl_non_increasing: LayerRange | None = None
+    tolerance: float = Field(default=0.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _pairs(self) -> LogitLensExpectation:
+        if (self.agreement_at_least is None) != (self.by_index is None):
+            raise ValueError("'agreement_at_least' and 'by_index' go together")
+        if (self.first_reaching is None) != (self.within is None):
+            raise ValueError("'first_reaching' and 'within' go together")
+        if self.agreement_at_least is None and self.first_reaching is None and self.kl_non_increasing is None:
+            raise ValueError(
+                "state something to check: agreement_at_least + by_index, first_reaching + within, "
+                "or kl_non_increasing: [a, b]"
+            )
+        return self
+
+    def requirements(self) -> CaptureRequest:
+        return CaptureRequest(logit_lens=True)
+
+    def check(self, context: CheckContext) -> Outcome:
+        lens = context.measurements.logit_lens
+        if lens is None:
+            raise CheckInputError("the logit lens was not captured for this prompt set")
+        count = len(lens.agreement)
+        failures, said = [], []
+        if self.agreement_at_least is not None and self.by_index is not None:
+            k = resolve_index(self.by_index, count, "hidden-state index")
+            value = float(lens.agreement[k])
+            line = f"agreement at index {k} = {value:.4f}"
+            if value < self.agreement_at_least:
+                failures.append(f"{line}, expected at least {self.agreement_at_least:g}: short by "
+                                f"{self.agreement_at_least - value:.4f}")  # fmt: skip
+            said.append(line)
+        if self.first_reaching is not None and self.within is not None:
+            low, high = resolve_range(self.within, count, "hidden-state index")
+            found = next((k for k in range(count) if lens.agreement[k] >= self.first_reaching), None)
+            line = f"agreement first reaches {self.first_reaching:g} at index {found}"
+            if found is None or not low <= found <= high:
+                failures.append(f"{line}, expected within [{low}, {high}]")
+            said.append(line)
+        if self.kl_non_increasing is not None:
+            first, last = resolve_range(self.kl_non_increasing, count, "hidden-state index")
+            rises = [
+                f"{k}->{k + 1}: {lens.kl[k]:.4g} -> {lens.kl[k + 1]:.4g}"
+                for k in range(first, last)
+                if lens.kl[k + 1] > lens.kl[k] * (1 + self.tolerance)
+            ]
+            line = f"KL non-increasing over indices {first}-{last} (tolerance {self.tolerance:g})"
+            if rises:
+                failures.append(f"KL rises over indices {first}-{last}: " + "; ".join(rises[:5]))
+            said.append(line)
+        by_index = "by index (agreement/KL): " + ", ".join(
+            f"{k}:{lens.agreement[k]:.2f}/{lens.kl[k]:.3g}" for k in range(count)
+        )
+        first_half = next((k for k in range(count) if lens.agreement[k] >= 0.5), None)
+        measured: dict[str, float | str] = {
+            "first_index_agreement_0.5": first_half if first_half is not None else "none",
+            "agreement_second_to_last": float(lens.agreement[-2]) if count > 1 else float("nan"),
+        }
+        headline: float | int | None = first_half  # the first index reaching 0.5, unless a depth is named
+        if self.by_index is not None:
+            headline = float(lens.agreement[resolve_index(self.by_index, count, "hidden-state index")])
+        if failures:
+            return Outcome(False, "; ".join(failures), (by_index,), measured, value=headline)
+        return Outcome(True, "; ".join(said), (by_index,), measured, value=headline)
