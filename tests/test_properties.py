@@ -297,3 +297,25 @@ def test_logit_lens_on_smollm2_reads_the_answer_late() -> None:
     assert outcome.passed
     with pytest.raises(AssertionError, match=r"agreement at index 5 = 0\.0"):
         smol.expect("logit_lens", prompts=prose, agreement_at_least=0.5, by_index=5)
+
+
+NEW_KIND_PROBLEMS = [
+    ("property: logit_lens\n    agreement_at_least: 0.5", "'agreement_at_least' and 'by_index' go together"),
+    ("property: logit_lens", "state something to check: agreement_at_least + by_index"),
+    ("property: logit_lens\n    first_reaching: 0.5\n    within: [5, 2]", "range [5, 2] is empty"),
+    ("property: massive_activation", "state something to check: 'position', 'dimension', 'first_index'"),
+    ("property: massive_activation\n    factor: 0.5", "factor: Input should be greater than 1"),
+    ("property: sink_rate\n    eps: 1.5\n    at_least: 0.1", "eps: Input should be less than 1"),
+    ("property: sink_rate\n    at_least: 1.5", "at_least: 1.5 is outside [0, 1]"),
+]
+
+
+@pytest.mark.parametrize(("keys", "message"), NEW_KIND_PROBLEMS)
+def test_new_kinds_refuse_bad_keys_with_a_position(keys: str, message: str) -> None:
+    text = (
+        SPEC.split("expectations:")[0].format() + f"expectations:\n  - name: bad\n    prompts: repeated\n    {keys}\n"
+    )
+    spec = parse_spec(text, "bad.yaml")
+    [(location, problem)] = spec.entries[0].problems
+    assert location is not None and location.path == "bad.yaml" and location.line >= 7
+    assert message in problem, problem
