@@ -36,9 +36,8 @@ def row_scores(pattern: np.ndarray, tokens: Sequence[str], role: Role) -> np.nda
         elif role == "focus":
             rows[i] = row.max()
         elif role == "breadth":
-            if i >= 1:
-                kept = row[row > 0]
-                rows[i] = float(-(kept * np.log(kept)).sum() / np.log(i + 1))
+            kept = row[row > 0]
+            rows[i] = float(-(kept * np.log(kept)).sum() / np.log(i + 1))
         elif role == "duplicate_token":
             targets = [j for j in range(i) if tokens[j] == tokens[i]]
             if targets:

@@ -42,7 +42,7 @@ class MeasureResult:
     sets: tuple[SetMeasurement, ...]
 
 
-def roles_for(prompt_set: PromptSet, asked: tuple[Role, ...]) -> tuple[Role, ...]:
+def roles_for(asked: tuple[Role, ...]) -> tuple[Role, ...]:
     if asked:
         return asked
     return ROLES  # texts may repeat tokens too; a role with no target row is reported as not measurable
@@ -68,7 +68,7 @@ def measure_model(
     results = []
     for name, prompt_set in prompt_sets.items():
         progress(f"measuring {name!r}")
-        wanted = roles_for(prompt_set, roles)
+        wanted = roles_for(roles)
         request = CaptureRequest(roles=frozenset(wanted), hidden_norms=True)
         measured = measure_named(loaded, name, prompt_set, request)
         result = SetMeasurement(name)

@@ -215,11 +215,12 @@ def resolve_adapter_base(name: str, directory: Path, options: LoadOptions) -> tu
         return name, None, f"the built-in alias {name!r}"
     if Path(name).expanduser().exists():
         return name, None, f"at {Path(name).expanduser()}"
-    if name in UPSTREAM_OF_ALIAS and not _in_hub_cache(name):
+    cached = _in_hub_cache(name)
+    if name in UPSTREAM_OF_ALIAS and not cached:
         alias, what = UPSTREAM_OF_ALIAS[name]
         hint = f"pass --interp-model {name}=PATH for the hub weights"
         return alias, None, f"the embedded {alias!r} in its place ({what}); {hint}"
-    if _in_hub_cache(name):
+    if cached:
         return name, None, "the local Hugging Face cache"
     raise ModelLoadError(
         f"adapter {directory} names its base {name!r} (base_model_name_or_path), which is not a folder next to "

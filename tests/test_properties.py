@@ -319,3 +319,15 @@ def test_new_kinds_refuse_bad_keys_with_a_position(keys: str, message: str) -> N
     [(location, problem)] = spec.entries[0].problems
     assert location is not None and location.path == "bad.yaml" and location.line >= 7
     assert message in problem, problem
+
+
+def test_interp_fixture_honours_an_override(pytester: pytest.Pytester) -> None:
+    """A run of Python tests only: the override applies by name and is not refused for want of a spec."""
+    pytester.makepyfile(
+        test_model="""
+def test_override(interp):
+    model = interp.model("my-model")
+    assert model.loaded.reference == "tiny-neo"
+"""
+    )
+    pytester.runpytest("test_model.py", "--interp-model", "my-model=tiny-neo").assert_outcomes(passed=1)

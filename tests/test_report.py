@@ -222,3 +222,13 @@ def test_snapshot_gets_a_figure_of_where_the_fingerprint_moved(
     assert (out / "snapshot-fingerprint-drift.png").read_bytes()[:4] == b"\x89PNG"
     deltas = sorted(p.name for p in out.glob("snapshot-fingerprint-*-delta.png"))
     assert len(deltas) == 1 and f"src='{deltas[0]}'" in page
+
+
+def test_report_into_a_file_is_refused(tmp_path: Path, uniform_llama: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "uniform.yaml"
+    spec.write_text(SPEC.format(model=uniform_llama))
+    blocker = tmp_path / "out"
+    blocker.write_text("not a folder")
+    assert main(["report", str(spec), "-o", str(blocker)]) == 2
+    assert "exists and is not a folder; give a folder for the report" in capsys.readouterr().err
+    assert blocker.read_text() == "not a folder"
