@@ -12,14 +12,14 @@ this module; :class:`Measurements` holds numbers only.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from interp_assert import blockwise, fused, kernels, lens, native
+from interp_assert import ablation, blockwise, fused, kernels, lens, native
 from interp_assert.errors import CaptureError
 from interp_assert.measurements import CaptureRequest, Measurements
 from interp_assert.models import LoadedModel
@@ -95,27 +95,44 @@ def measure_internals(
     for layer, head in request.patterns:
         if not (0 <= layer < n_layers and 0 <= head < arch.n_heads):
             raise CaptureError(f"no head L{layer}H{head}: layers 0-{n_layers - 1}, heads 0-{arch.n_heads - 1}")
-    if not request.needs_attention and not request.needs_hidden_states:
+    if not (request.needs_attention or request.needs_hidden_states or request.needs_losses):
         return Measurements(n_layers, arch.n_heads)
-    model = loaded.model
+    # the clean run serves attention, norms and the ablations' clean losses alike
+    record = ablation.CleanRecord(loaded, arch.attention, request.ablations) if request.needs_losses else None
     with torch.inference_mode(), _quiet():
-        if not request.needs_attention:
-            with blockwise.attention_implementation(model, "sdpa"):
-                return _Run(loaded, arch, request).forward(batches, hooks="norms")
-        device = torch.device(loaded.options.device)
-        head_dim = getattr(loaded.config, "head_dim", None) or getattr(loaded.config, "hidden_size", 0) // arch.n_heads
-        use_fused = attention == "fused" or (attention == "auto" and fused_is_cheaper(request, device, head_dim))
-        if attention != "eager":
-            result = _through_interface(loaded, arch, request, batches, use_fused)
-            if result is not None:
-                return result
-            if attention in ("blockwise", "fused"):
-                raise CaptureError(
-                    f"{type(model).__name__}: attention does not go through transformers' AttentionInterface "
-                    f"in every layer, so it cannot be captured {attention}"
-                )
-        # Some layer's attention bypasses the interface: measure it all from eager attention weights.
-        return _Run(loaded, arch, request).forward(batches, hooks="attention+norms")
+        result = _clean_run(loaded, arch, request, batches, attention, record)
+        if record is not None:
+            ablated = ablation.run(record, arch.n_heads, batches, request.ablations)
+            result = replace(result, token_losses=tuple(record.losses), ablations=ablated)
+    return result
+
+
+def _clean_run(
+    loaded: LoadedModel,
+    arch: Architecture,
+    request: CaptureRequest,
+    batches: list[PromptBatch],
+    attention: AttentionPath,
+    record: ablation.CleanRecord | None,
+) -> Measurements:
+    model = loaded.model
+    if not request.needs_attention:
+        with blockwise.attention_implementation(model, "sdpa"):
+            return _Run(loaded, arch, request, record).forward(batches, hooks="norms")
+    device = torch.device(loaded.options.device)
+    head_dim = getattr(loaded.config, "head_dim", None) or getattr(loaded.config, "hidden_size", 0) // arch.n_heads
+    use_fused = attention == "fused" or (attention == "auto" and fused_is_cheaper(request, device, head_dim))
+    if attention != "eager":
+        result = _through_interface(loaded, arch, request, batches, use_fused, record)
+        if result is not None:
+            return result
+        if attention in ("blockwise", "fused"):
+            raise CaptureError(
+                f"{type(model).__name__}: attention does not go through transformers' AttentionInterface "
+                f"in every layer, so it cannot be captured {attention}"
+            )
+    # Some layer's attention bypasses the interface: measure it all from eager attention weights.
+    return _Run(loaded, arch, request, record).forward(batches, hooks="attention+norms")
 
 
 def fused_is_cheaper(request: CaptureRequest, device: torch.device, head_dim: int | None = None) -> bool:
@@ -135,11 +152,16 @@ def fused_is_cheaper(request: CaptureRequest, device: torch.device, head_dim: in
 
 
 def _through_interface(
-    loaded: LoadedModel, arch: Architecture, request: CaptureRequest, batches: list[PromptBatch], use_fused: bool
+    loaded: LoadedModel,
+    arch: Architecture,
+    request: CaptureRequest,
+    batches: list[PromptBatch],
+    use_fused: bool,
+    record: ablation.CleanRecord | None,
 ) -> Measurements | None:
     """Measure with an ``AttentionInterface`` function (fused or blockwise); None if some layer's
     attention does not go through the interface."""
-    run = _Run(loaded, arch, request)
+    run = _Run(loaded, arch, request, record)
     layer_of = {id(m): i for i, m in enumerate(arch.attention)}
     wants_entropy = "breadth" in request.roles
     fallback = blockwise.BlockwiseCapture(run.score_rows, layer_of, wants_entropy)
@@ -168,8 +190,10 @@ def _through_interface(
 class _Run:
     """One measurement: the accumulator, the tokens of the batch being run, and the hooks."""
 
-    def __init__(self, loaded: LoadedModel, arch: Architecture, request: CaptureRequest) -> None:
-        self.loaded, self.arch, self.request = loaded, arch, request
+    def __init__(
+        self, loaded: LoadedModel, arch: Architecture, request: CaptureRequest, record: ablation.CleanRecord | None
+    ) -> None:
+        self.loaded, self.arch, self.request, self.record = loaded, arch, request, record
         self.accumulator = _Accumulator(len(arch.blocks), arch.n_heads)
         self.tolerance = 1e-4 if loaded.options.dtype == "float32" else 5e-2
         self.roles = tuple(sorted(request.roles))
@@ -182,8 +206,8 @@ class _Run:
 
     def forward(self, batches: list[PromptBatch], hooks: Literal["norms", "attention+norms"]) -> Measurements:
         arch, request = self.arch, self.request
-        handles = []
-        try:
+        with ExitStack() as stack:
+            handles = []
             if hooks == "attention+norms":
                 handles += [m.register_forward_hook(self._attention_hook(i)) for i, m in enumerate(arch.attention)]
             if request.needs_hidden_states:
@@ -191,15 +215,18 @@ class _Run:
                 handles += [
                     b.register_forward_hook(_output_only(self._norm_hook(i + 1))) for i, b in enumerate(arch.blocks)
                 ]
+            for handle in handles:
+                stack.callback(handle.remove)
+            if self.record is not None:
+                stack.enter_context(self.record.recording())
             for index, batch in enumerate(batches):
                 self.tokens = batch.tokens.to(self.loaded.options.device)
                 self.first_batch = index == 0
                 self.targets = {}
-                _base_model(self.loaded.model)(input_ids=self.tokens, use_cache=False)
+                output = ablation.base_model(self.loaded.model)(input_ids=self.tokens, use_cache=False)
+                if self.record is not None:
+                    self.record.add_batch(output, self.tokens)
                 self.sequences_done += int(self.tokens.shape[0])
-        finally:
-            for handle in handles:
-                handle.remove()
         result = self.accumulator.result(self.roles, request)
         if self.peaks is not None:
             result = replace(result, activation_peaks=self.peaks.result())
@@ -351,12 +378,6 @@ def generate(loaded: LoadedModel, batches: list[PromptBatch], max_new_tokens: in
 
 def _output_only(hook: Any) -> Any:
     return lambda module, args, output: hook(module, args, {}, output)
-
-
-def _base_model(model: Any) -> Any:
-    """The model without its LM head: logits ([B, T, vocab]) are never needed."""
-    base = getattr(model, "base_model", None)
-    return base if base is not None and base is not model else model
 
 
 def _find_blocks(model: Any, n_layers: int) -> list[Any]:

@@ -7,10 +7,28 @@ Properties, checks, fingerprints and reports depend on these two types; only
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 
 from interp_assert.vocab import Role
+
+AblationMode = Literal["zero", "mean"]
+Head = tuple[int, int]  # (layer, head)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AblationRequest:
+    """Run the model once more with ``heads``' contributions to their layer's attention output
+    projection set to zero (``zero``) or to their mean over the prompt set's positions
+    (``mean``), and ``controls`` more times with as many heads per layer drawn at random
+    (``seed``) from the other heads of the same layers. Losses are kept per position, so
+    expectations over different token ranges share the runs."""
+
+    heads: tuple[Head, ...]
+    mode: AblationMode = "zero"
+    controls: int = 0
+    seed: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -24,6 +42,11 @@ class CaptureRequest:
     patterns: frozenset[tuple[int, int]] = frozenset()
     activation_peaks: bool = False  # per hidden state: the largest |x|, where it sits, the median |x|
     logit_lens: bool = False  # per hidden state: agreement with the final prediction, KL from it
+    ablations: frozenset[AblationRequest] = frozenset()  # the clean run also gives the clean losses
+
+    @property
+    def needs_losses(self) -> bool:
+        return bool(self.ablations)
 
     @property
     def needs_hidden_states(self) -> bool:
@@ -41,6 +64,7 @@ class CaptureRequest:
             patterns=self.patterns | other.patterns,
             activation_peaks=self.activation_peaks or other.activation_peaks,
             logit_lens=self.logit_lens or other.logit_lens,
+            ablations=self.ablations | other.ablations,
         )
 
 
@@ -68,6 +92,18 @@ class ActivationPeaks:
 
 
 @dataclass(frozen=True)
+class AblatedLosses:
+    """Next-token losses (nats) with an :class:`AblationRequest`'s heads ablated, laid out like
+    :attr:`Measurements.token_losses`, and the same for each random control set."""
+
+    losses: tuple[np.ndarray, ...]
+    control_heads: tuple[tuple[Head, ...], ...] = ()
+    control_losses: tuple[tuple[np.ndarray, ...], ...] = ()
+    # why no control could be drawn (a layer whose every head is ablated), or ""
+    control_problem: str = ""
+
+
+@dataclass(frozen=True)
 class Measurements:
     """Numbers measured on one prompt set. Arrays are ``[L, H]`` or ``[L + 1]`` (hidden states)."""
 
@@ -86,3 +122,6 @@ class Measurements:
     generated_texts: tuple[str, ...] = ()
     activation_peaks: ActivationPeaks | None = None
     logit_lens: LogitLens | None = None
+    # per batch, ``[B, T - 1]``: entry t - 1 is -log p(token t | tokens before t) on the clean model
+    token_losses: tuple[np.ndarray, ...] | None = None
+    ablations: dict[AblationRequest, AblatedLosses] = field(default_factory=dict)

@@ -21,6 +21,7 @@ from typing import Annotated, Any, Union
 from pydantic import Field, TypeAdapter
 
 from interp_assert.errors import PropertyPluginError
+from interp_assert.properties.ablation_effect import AblationEffect
 from interp_assert.properties.attention_stat import AttentionStatBounds
 from interp_assert.properties.base import Bounded, CheckContext, Expectation, FigureNeeds, ModelDrift
 from interp_assert.properties.dominant_layer import DominantLayer
@@ -51,6 +52,7 @@ BUILTIN: tuple[type[Expectation], ...] = (
     SinkRate,
     MassiveActivation,
     LogitLensExpectation,
+    AblationEffect,
     Snapshot,
 )
 
