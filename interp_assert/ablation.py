@@ -156,6 +156,15 @@ def run(
     return results
 
 
+def run_layers(record: CleanRecord, n_heads: int, batches: list[PromptBatch]) -> np.ndarray:
+    """``[L]``: the mean next-token loss (positions >= 1) with every head of each layer zeroed in turn."""
+    means = []
+    for layer in range(len(record.projections)):
+        losses = _ablated(record, n_heads, batches, tuple((layer, h) for h in range(n_heads)), "zero", {})
+        means.append(float(np.concatenate([batch.ravel() for batch in losses]).mean()))
+    return np.array(means)
+
+
 def _ablated(
     record: CleanRecord,
     n_heads: int,
@@ -169,7 +178,9 @@ def _ablated(
         by_layer.setdefault(layer, []).append(head)
     model = record.loaded.model
     handles = [
-        record.projections[layer].register_forward_pre_hook(_replace(layer, named, n_heads, means.get(layer)))
+        record.projections[layer].register_forward_pre_hook(
+            _replace(layer, named, n_heads, means[layer] if mode == "mean" else None)
+        )
         for layer, named in by_layer.items()
     ]
     try:

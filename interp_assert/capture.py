@@ -103,7 +103,10 @@ def measure_internals(
         result = _clean_run(loaded, arch, request, batches, attention, record)
         if record is not None:
             ablated = ablation.run(record, arch.n_heads, batches, request.ablations)
-            result = replace(result, token_losses=tuple(record.losses), ablations=ablated)
+            by_layer = ablation.run_layers(record, arch.n_heads, batches) if request.layer_ablations else None
+            result = replace(
+                result, token_losses=tuple(record.losses), ablations=ablated, layer_ablation_losses=by_layer
+            )
     return result
 
 

@@ -39,7 +39,14 @@ DEFAULT_TOLERANCES: dict[str, Tolerance] = {
     "role_scores": Tolerance(atol=0.02),
     "layer_stats": Tolerance(atol=0.02),
     "hidden_norms": Tolerance(rtol=0.02),
+    # the parts a snapshot covers only when asked (``covers:``), so older snapshots stay valid
+    "loss": Tolerance(rtol=0.02, atol=0.01),  # nats
+    "layer_ablation": Tolerance(rtol=0.05, atol=0.02),  # nats
+    "logit_lens": Tolerance(rtol=0.05, atol=0.02),  # agreement fractions and KL in nats
+    "massive_activation": Tolerance(rtol=0.05),
+    "sink_rate": Tolerance(atol=0.12),  # a fraction of a layer's heads: one head in 9 may cross eps
 }
+SINK_EPS = 0.3
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,37 @@ def build(
         assert m.hidden_norms is not None and m.hidden_norms_without_first is not None
         values["hidden_norms.without_first"] = [float(v) for v in m.hidden_norms_without_first]
         values["hidden_norms.with_first"] = [float(v) for v in m.hidden_norms]
+    _build_opt_in(m, covers, values, labels)
     return Fingerprint(values, labels, environment)
+
+
+def _build_opt_in(
+    m: Measurements, covers: tuple[str, ...], values: dict[str, list[float]], labels: dict[str, list[str]]
+) -> None:
+    if "loss" in covers or "layer_ablation" in covers:
+        assert m.token_losses is not None
+        clean = float(np.concatenate([batch.ravel() for batch in m.token_losses]).mean())
+        if "loss" in covers:
+            values["loss.mean"] = [clean]
+        if "layer_ablation" in covers:
+            assert m.layer_ablation_losses is not None
+            values["layer_ablation.effect"] = [float(v) - clean for v in m.layer_ablation_losses]
+    if "logit_lens" in covers:
+        assert m.logit_lens is not None
+        values["logit_lens.agreement"] = [float(v) for v in m.logit_lens.agreement]
+        values["logit_lens.kl"] = [float(v) for v in m.logit_lens.kl]
+    if "massive_activation" in covers:
+        peaks = m.activation_peaks
+        assert peaks is not None
+        values["massive_activation.peak"] = [float(v) for v in peaks.value]
+        values["massive_activation.ratio"] = [
+            float(v / d) if d > 0 else math.nan for v, d in zip(peaks.value, peaks.median, strict=True)
+        ]
+        labels["massive_activation.where"] = [
+            f"p{int(p)}d{int(d)}" for p, d in zip(peaks.position, peaks.dimension, strict=True)
+        ]
+    if "sink_rate" in covers:
+        values["sink_rate.by_layer"] = [float(v) for v in (m.role_scores["first_token"] > SINK_EPS).mean(axis=1)]
 
 
 def render(fingerprint: Fingerprint) -> str:

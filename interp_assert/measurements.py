@@ -43,10 +43,12 @@ class CaptureRequest:
     activation_peaks: bool = False  # per hidden state: the largest |x|, where it sits, the median |x|
     logit_lens: bool = False  # per hidden state: agreement with the final prediction, KL from it
     ablations: frozenset[AblationRequest] = frozenset()  # the clean run also gives the clean losses
+    losses: bool = False  # the clean next-token losses
+    layer_ablations: bool = False  # per layer: the mean loss with all of that layer's heads zeroed
 
     @property
     def needs_losses(self) -> bool:
-        return bool(self.ablations)
+        return self.losses or self.layer_ablations or bool(self.ablations)
 
     @property
     def needs_hidden_states(self) -> bool:
@@ -65,6 +67,8 @@ class CaptureRequest:
             activation_peaks=self.activation_peaks or other.activation_peaks,
             logit_lens=self.logit_lens or other.logit_lens,
             ablations=self.ablations | other.ablations,
+            losses=self.losses or other.losses,
+            layer_ablations=self.layer_ablations or other.layer_ablations,
         )
 
 
@@ -125,3 +129,5 @@ class Measurements:
     # per batch, ``[B, T - 1]``: entry t - 1 is -log p(token t | tokens before t) on the clean model
     token_losses: tuple[np.ndarray, ...] | None = None
     ablations: dict[AblationRequest, AblatedLosses] = field(default_factory=dict)
+    # [L]: the mean next-token loss over positions >= 1 with every head of layer l zeroed
+    layer_ablation_losses: np.ndarray | None = None

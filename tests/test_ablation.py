@@ -116,6 +116,15 @@ def test_every_capture_path_gives_the_same_clean_and_ablated_losses(model: Loade
         assert m.ablations[wanted].control_heads == reference.ablations[wanted].control_heads
 
 
+def test_zero_and_mean_ablations_of_the_same_heads_in_one_capture(model: LoadedModel) -> None:
+    zero, mean = (AblationRequest(heads=HEADS, mode=mode) for mode in ("zero", "mean"))
+    together = measure(model, batches(), CaptureRequest(ablations=frozenset([zero, mean])))
+    for request in (zero, mean):
+        alone = measure(model, batches(), CaptureRequest(ablations=frozenset([request])))
+        np.testing.assert_allclose(together.ablations[request].losses[0], alone.ablations[request].losses[0], atol=1e-6)
+    assert not np.allclose(together.ablations[zero].losses[0], together.ablations[mean].losses[0], atol=1e-4)
+
+
 def test_the_clean_run_serves_attention_and_ablation(model: LoadedModel) -> None:
     """Attention capture plus one ablation with 2 controls: 1 clean + 1 ablated + 2 control passes."""
     base = ablation.base_model(model.model)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal, get_args
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -22,9 +22,11 @@ from interp_assert.vocab import POSITIONAL_LABELS, Role
 if TYPE_CHECKING:
     from interp_assert import fingerprint as fp_types
 
-ToleranceQuantity = Literal["role_scores", "layer_stats", "hidden_norms"]
-SnapshotPart = Literal["role_scores", "role_labels", "layer_stats", "hidden_norms"]
-SNAPSHOT_PARTS: tuple[SnapshotPart, ...] = get_args(SnapshotPart)
+OptInPart = Literal["loss", "layer_ablation", "logit_lens", "massive_activation", "sink_rate"]
+ToleranceQuantity = Literal["role_scores", "layer_stats", "hidden_norms", OptInPart]
+SnapshotPart = Literal["role_scores", "role_labels", "layer_stats", "hidden_norms", OptInPart]
+# covered unless ``covers`` says otherwise; the opt-in parts came later and would break older snapshots
+SNAPSHOT_PARTS: tuple[SnapshotPart, ...] = ("role_scores", "role_labels", "layer_stats", "hidden_norms")
 SNAPSHOT_ROLES: tuple[Role, ...] = ("previous_token", "first_token", "self", "focus", "breadth")
 
 
@@ -61,10 +63,16 @@ class Snapshot(Expectation):
             roles |= {*POSITIONAL_LABELS, "focus"}
         if "layer_stats" in self.covers:
             roles |= {"focus", "breadth"}
+        if "sink_rate" in self.covers:
+            roles.add("first_token")
         return CaptureRequest(
             roles=frozenset(roles),
             attention_stats="layer_stats" in self.covers,
             hidden_norms="hidden_norms" in self.covers,
+            losses="loss" in self.covers,
+            layer_ablations="layer_ablation" in self.covers,
+            logit_lens="logit_lens" in self.covers,
+            activation_peaks="massive_activation" in self.covers,
         )
 
     def fingerprint(self, context: CheckContext) -> fp_types.Fingerprint:
