@@ -22,11 +22,10 @@ from interp_assert.findings import (
     DiscoverSettings,
     Section,
     head_findings,
-    massive_findings,
     norm_findings,
     sharpness_findings,
-    sink_findings,
 )
+from interp_assert.properties import ablation_effect, logit_lens, massive_activation, sink_rate
 from interp_assert.spec import PromptSet, SpecFile, parse_spec
 from interp_assert.vocab import Role
 
@@ -163,19 +162,23 @@ def discover(
             attention_stats=extras,
             hidden_norms=extras,
             activation_peaks=extras,
+            logit_lens=extras,
         )
         measured[name] = measure_named(loaded, name, prompt_set, request)
         for role in roles_for(prompt_set):
             sections.append(head_findings(name, role, measured[name].role_scores[role], settings, used))
     flag_token_driven(sections, loaded, prompt_sets)
+    sections += ablation_sections(loaded, prompt_sets, sections, measured, settings, used)
     first = measured[first_set]
     sections.append(norm_findings(first_set, first.hidden_norms_without_first, settings, used))
     sharpness = {"max": first.max_weight.max(axis=1), "focus": first.role_scores["focus"].mean(axis=1)}
     sections.append(sharpness_findings(first_set, sharpness, settings, used))
     if "first_token" in first.role_scores:
-        sections.append(sink_findings(first_set, first.role_scores["first_token"], settings, used))
+        sections.append(sink_rate.findings(first_set, first.role_scores["first_token"], settings, used))
     if first.activation_peaks is not None:
-        sections.append(massive_findings(first_set, first.activation_peaks, settings, used))
+        sections.append(massive_activation.findings(first_set, first.activation_peaks, settings, used))
+    if first.logit_lens is not None:
+        sections.append(logit_lens.findings(first_set, first.logit_lens, settings, used))
     header = {
         "model": spec_model_reference(model, output),
         "dtype": loaded.options.dtype,
@@ -190,6 +193,49 @@ def discover(
         raise InternalError(f"internal error: the discovered spec is invalid: {problems[0][1]}")
     check_discovered(spec, measured)
     return Discovered(text, spec, len(spec.entries))
+
+
+def ablation_sections(
+    loaded: Any,
+    prompt_sets: dict[str, PromptSet],
+    sections: list[Section],
+    measured: dict[str, Any],
+    settings: DiscoverSettings,
+    used: set[str],
+) -> list[Section]:
+    """Zero the induction heads found on each repeated-token set, with a seeded random control;
+    the loss counts from the second copy's second token (its first cannot be predicted)."""
+    from dataclasses import replace
+
+    from interp_assert.capture import CaptureRequest
+    from interp_assert.measurements import AblationRequest
+    from interp_assert.runner import measure_named
+    from interp_assert.vocab import parse_head
+
+    found = []
+    for name, prompt_set in prompt_sets.items():
+        repeats = prompt_set.random_tokens
+        heads = [
+            str(e["head"])
+            for section in sections
+            for e in section.expectations
+            if e["prompts"] == name and e["property"] == "head_score" and e["role"] == "induction"
+        ]
+        if repeats is None or repeats.repeats < 2 or not heads:
+            continue
+        request = AblationRequest(
+            heads=tuple(sorted(parse_head(h) for h in heads)), controls=ablation_effect.DISCOVER_CONTROLS
+        )
+        ablated = measure_named(loaded, name, prompt_set, CaptureRequest(ablations=frozenset([request])))
+        measured[name] = replace(measured[name], token_losses=ablated.token_losses, ablations=ablated.ablations)
+        assert ablated.token_losses is not None
+        positions = [(prompt_set.bos == "prepend") + repeats.length + 1, -1]
+        found.append(
+            ablation_effect.findings(
+                name, request, ablated.token_losses, ablated.ablations[request], positions, settings, used
+            )
+        )
+    return found
 
 
 def check_discovered(spec: SpecFile, measured: dict[str, Any]) -> None:
@@ -277,6 +323,8 @@ def _scalar(value: Any) -> str:
 
     if isinstance(value, list):
         return "[" + ", ".join(_scalar(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key}: {_scalar(item)}" for key, item in value.items()) + "}"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):

@@ -156,6 +156,9 @@ def test_discover_finds_tiny_neo_heads(pytester: pytest.Pytester, capsys: pytest
     _, text = discover_and_run(pytester, capsys, "tiny-neo")
     assert "\nmodel: tiny-neo\n" in text
     assert "property: head_score" in text and "role: induction" in text  # trained on repeated blocks
+    # what the induction head does: zeroing it costs nats on the repeats, random heads do not
+    assert "property: ablation_effect\n    heads: [L1H0]\n    prompts: repeated\n    positions: [52, -1]" in text
+    assert "control: {samples: 5, seed: 0, at_least_times: 10.0}" in text
 
 
 @pytest.mark.slow
@@ -164,4 +167,6 @@ def test_discover_smollm2(pytester: pytest.Pytester, capsys: pytest.CaptureFixtu
     # the seed's findings, rediscovered: previous-token, sink and induction heads, norm growth
     for line in ("head: L16H0\n    role: previous_token", "head: L18H8\n    role: first_token", "head: L18H6"):
         assert line in text
+    assert "property: ablation_effect\n    heads: [L17H3, L17H4, L18H6]" in text
+    assert "property: logit_lens" in text and "first_reaching: 0.5" in text
     assert "name: norm_ratio_last_to_first" in text and "layers: [12, 30]\n    direction: increasing" in text

@@ -13,12 +13,13 @@ control effect (and positive).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
 from interp_assert.errors import CheckInputError
+from interp_assert.findings import DiscoverSettings, Section, lower_bound, unique_name
 from interp_assert.measurements import AblatedLosses, AblationRequest, CaptureRequest
 from interp_assert.outcome import Outcome
 from interp_assert.properties.base import Bounded, CheckContext, FigureNeeds, HeadName, LayerRange, Strict, head_index
@@ -139,3 +140,53 @@ def _resolve_positions(bounds: list[int], n_tokens: int) -> tuple[int, int]:
 
 def _span_words(positions: list[int] | None) -> str:
     return "every position" if positions is None else f"positions {positions[0]}..{positions[1]}"
+
+
+# ---- what discover writes ----
+
+DISCOVER_CONTROLS = 5
+SMALLEST_EFFECT = 0.1  # nats: a smaller change is not written as a finding
+LARGEST_RATIO_CLAIM = 10.0  # a ratio over a near-zero control mean is noise: claim at most this
+
+
+def findings(
+    prompt_name: str,
+    request: AblationRequest,
+    clean: tuple[np.ndarray, ...],
+    found: AblatedLosses,
+    positions: list[int],
+    settings: DiscoverSettings,
+    used_names: set[str],
+) -> Section:
+    """What zeroing a set of heads (discover: the induction heads it found) does to the loss."""
+    heads = [head_name(*head) for head in request.heads]
+    section = Section(f"ablation ({prompt_name}; loss on positions {positions[0]}..{positions[1]}, in nats)")
+    base = mean_loss(clean, positions)
+    effect = mean_loss(found.losses, positions) - base
+    if effect < SMALLEST_EFFECT:
+        section.notes.append(f"zeroing {' '.join(heads)} changes the loss by only {effect:+.4f} nats: no finding")
+        return section
+    controls = [mean_loss(losses, positions) - base for losses in found.control_losses]
+    control_mean = float(np.mean(controls)) if controls else float("nan")
+    expectation: dict[str, Any] = {
+        "name": unique_name("ablation_" + "_".join(h.lower() for h in heads), prompt_name, used_names),
+        "description": f"zeroing {', '.join(heads)} measured {base:.4f} -> {base + effect:.4f} nats ({effect:+.4f}); "
+        f"{len(controls)} random sets of as many heads from the same layers (seed {request.seed}): mean "
+        f"{control_mean:+.4f}, at most {max(controls, default=float('nan')):+.4f}",
+        "property": "ablation_effect",
+        "heads": heads,
+        "prompts": prompt_name,
+        "positions": positions,
+        "at_least": lower_bound(effect, settings.keep),
+    }
+    control: dict[str, Any] = {"samples": len(controls), "seed": request.seed}
+    if controls and control_mean > 0 and effect / control_mean >= 2:
+        control["at_least_times"] = min(lower_bound(effect / control_mean, settings.keep), LARGEST_RATIO_CLAIM)
+    elif controls:
+        section.notes.append(f"random heads matter about as much ({control_mean:+.4f}): no ratio claimed")
+    if found.control_problem:
+        section.notes.append(f"no random control: {found.control_problem}")
+    else:
+        expectation["control"] = control
+    section.expectations.append(expectation)
+    return section

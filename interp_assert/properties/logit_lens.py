@@ -18,9 +18,12 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from interp_assert.errors import CheckInputError
-from interp_assert.measurements import CaptureRequest
+from interp_assert.findings import DiscoverSettings, Section, unique_name
+from interp_assert.measurements import CaptureRequest, LogitLens
 from interp_assert.outcome import Outcome
 from interp_assert.properties.base import CheckContext, Expectation, LayerRange, resolve_index, resolve_range
+
+AGREEMENT_LAYER_LEVEL = 0.5  # what discover calls the agreement layer
 
 
 class LogitLensExpectation(Expectation):
@@ -94,3 +97,34 @@ class LogitLensExpectation(Expectation):
         if failures:
             return Outcome(False, "; ".join(failures), (by_index,), measured, value=headline)
         return Outcome(True, "; ".join(said), (by_index,), measured, value=headline)
+
+
+# ---- what discover writes ----
+
+
+def findings(prompt_name: str, lens: LogitLens, settings: DiscoverSettings, used_names: set[str]) -> Section:
+    """The agreement layer: the first hidden-state index whose top-1 token agrees with the final
+    prediction at half the positions, allowed to move by a tenth of the depth (at least 1)."""
+    section = Section(f"logit lens ({prompt_name}; each depth read through the final norm and unembedding)")
+    count = len(lens.agreement)
+    found = next((k for k in range(count - 1) if lens.agreement[k] >= AGREEMENT_LAYER_LEVEL), None)
+    if found is None:
+        section.notes.append(
+            f"agreement reaches {AGREEMENT_LAYER_LEVEL:g} only at the last index (second to last: "
+            f"{lens.agreement[-2]:.3f}): the answer forms in the last block"
+        )
+        return section
+    slack = max(1, round(0.1 * count))
+    before = f", {lens.agreement[found - 1]:.3f} at index {found - 1}" if found > 0 else ""
+    section.expectations.append(
+        {
+            "name": unique_name("agreement_layer", prompt_name, used_names),
+            "description": f"agreement with the final prediction measured {lens.agreement[found]:.3f} at index "
+            f"{found}{before}; KL there {lens.kl[found]:.3g} nats",
+            "property": "logit_lens",
+            "prompts": prompt_name,
+            "first_reaching": AGREEMENT_LAYER_LEVEL,
+            "within": [max(0, found - slack), min(count - 1, found + slack)],
+        }
+    )
+    return section

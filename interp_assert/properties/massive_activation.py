@@ -10,12 +10,13 @@ massive indices, the first index where the criterion holds, and bounds on the la
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
 from interp_assert.errors import CheckInputError
+from interp_assert.findings import DiscoverSettings, Section, lower_bound, unique_name
 from interp_assert.measurements import ActivationPeaks, CaptureRequest
 from interp_assert.outcome import Outcome
 from interp_assert.properties.base import Bounded, CheckContext, FigureNeeds, LayerRange, resolve_range
@@ -102,3 +103,33 @@ def _summary(peaks: ActivationPeaks, ratios: np.ndarray, massive: list[int], top
     if not massive:
         return f"no massive activation; {largest}"
     return f"massive from index {massive[0]} ({len(massive)} indices); {largest}"
+
+
+# ---- what discover writes ----
+
+
+def findings(prompt_name: str, peaks: ActivationPeaks, settings: DiscoverSettings, used_names: set[str]) -> Section:
+    """Sun et al. 2024's massive activation (|x| > 100 and >= 1000x its hidden state's median |x|):
+    where it sits and the first depth where it holds; or a note that there is none."""
+    section = Section(f"massive activations ({prompt_name}; |x| > 100 and >= 1000x the median |x|)")
+    ratios = peaks.value / np.maximum(peaks.median, np.finfo(np.float64).tiny)
+    massive = [k for k in range(len(ratios)) if peaks.value[k] > 100 and ratios[k] >= 1000]
+    top = int(np.argmax(ratios))
+    if not massive:
+        section.notes.append(f"none: the largest |x| / median is {ratios[top]:.4g}x (index {top})")
+        return section
+    where = {(int(peaks.position[k]), int(peaks.dimension[k])) for k in massive}
+    position, dimension = (int(peaks.position[top]), int(peaks.dimension[top]))
+    expectation: dict[str, Any] = {
+        "name": unique_name("massive_activation", prompt_name, used_names),
+        "description": f"measured |x| = {peaks.value[top]:.5g} at position {position}, dimension {dimension}, "
+        f"{ratios[top]:.5g}x the median (index {top}); massive at indices {massive[0]}-{massive[-1]}",
+        "property": "massive_activation",
+        "prompts": prompt_name,
+        "first_index": [massive[0], massive[0]],
+        "at_least": lower_bound(float(ratios[top]), settings.keep),
+    }
+    if len(where) == 1:  # the same element every time: claim where it sits
+        expectation |= {"position": position, "dimension": dimension}
+    section.expectations.append(expectation)
+    return section

@@ -13,6 +13,7 @@ from typing import Literal
 import numpy as np
 from pydantic import Field
 
+from interp_assert.findings import DiscoverSettings, Section, lower_bound, unique_name
 from interp_assert.measurements import CaptureRequest
 from interp_assert.outcome import Outcome
 from interp_assert.properties.base import Bounded, CheckContext, FigureNeeds, LayerRange, resolve_range
@@ -43,3 +44,25 @@ class SinkRate(Bounded):
 
     def figures(self) -> FigureNeeds:
         return FigureNeeds(roles=("first_token",))
+
+
+# ---- what discover writes ----
+
+
+def findings(prompt_name: str, first_token: np.ndarray, settings: DiscoverSettings, used_names: set[str]) -> Section:
+    """Gu et al. 2024's sink rate (heads whose mean attention to position 0 exceeds 0.3), overall."""
+    section = Section(f"attention sinks ({prompt_name}; a sink attends to position 0 with mean weight > 0.3)")
+    sinks = first_token > 0.3
+    rate = float(sinks.mean())
+    per_layer = ", ".join(f"{layer}:{int(n)}" for layer, n in enumerate(sinks.sum(axis=1)))
+    bound = {"at_least": lower_bound(rate, settings.keep)} if rate > 0 else {"at_most": 0.0}
+    section.expectations.append(
+        {
+            "name": unique_name("sink_rate", prompt_name, used_names),
+            "description": f"measured {rate:.4f} ({int(sinks.sum())} of {sinks.size} heads; per layer {per_layer})",
+            "property": "sink_rate",
+            "prompts": prompt_name,
+            **bound,
+        }
+    )
+    return section
