@@ -98,7 +98,7 @@ def _checkpoint(given: str, path: Path) -> Checkpoint:
 
 def _expand(pattern: str, here: Path) -> list[Checkpoint]:
     rooted = pattern if os.path.isabs(os.path.expanduser(pattern)) else os.path.join(here, pattern)
-    matches = [Path(m) for m in glob.glob(os.path.expanduser(rooted))]
+    matches = [Path(m) for m in sorted(glob.glob(os.path.expanduser(rooted)))]
     usable = [m for m in matches if m.is_dir() or m.suffix == ".gguf"]
     if not usable:
         what = f"only files that are not checkpoints ({', '.join(sorted(m.name for m in matches)[:3])})"
@@ -109,7 +109,7 @@ def _expand(pattern: str, here: Path) -> list[Checkpoint]:
     shown_root = "" if os.path.isabs(os.path.expanduser(pattern)) else str(here)
     checkpoints = [_checkpoint(os.path.relpath(m, shown_root) if shown_root else str(m), m) for m in usable]
     if all(c.step is not None for c in checkpoints):
-        return sorted(checkpoints, key=lambda c: (c.step, c.label))
+        return sorted(checkpoints, key=lambda c: c.step or 0)  # stable: paths in name order on a tie
     return sorted(checkpoints, key=lambda c: c.label)
 
 

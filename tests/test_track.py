@@ -159,7 +159,9 @@ def test_pytest_items_per_checkpoint_serial_equals_xdist(run: Path, pytester: py
     (pytester.path / "model_specs" / "tiny.yaml").write_text(lines)
     for step in (0, 20, 30):
         shutil.copytree(run / "run" / f"checkpoint-{step}", pytester.path / "run" / f"checkpoint-{step}")
-    args = ("model_specs", "--interp-checkpoints", "run/checkpoint-*", "-p", "no:cacheprovider")
+    # the serial run reads the ini keys, the xdist run the command line
+    pytester.makeini("[pytest]\ninterp_checkpoints = run/checkpoint-*\ninterp_checkpoint_order = step\n")
+    args = ("model_specs", "-p", "no:cacheprovider")
 
     serial = pytester.runpytest(*args, "-v", "--junitxml=serial.xml")
     serial.assert_outcomes(passed=3, failed=3)
@@ -167,7 +169,8 @@ def test_pytest_items_per_checkpoint_serial_equals_xdist(run: Path, pytester: py
     assert [name.split("[")[1].rstrip("]") for name in ran] == [f"checkpoint-{s}" for s in (0, 0, 20, 20, 30, 30)]
     serial.stdout.fnmatch_lines(["*expectation 'l0h0_previous_token' (head_score) failed on checkpoint-20"])
 
-    spread = pytester.runpytest_subprocess(*args, "-n", "2", "--dist", "loadgroup", "--junitxml=xdist.xml")
+    flags = ("--interp-checkpoints", "run/checkpoint-*", "-n", "2", "--dist", "loadgroup", "--junitxml=xdist.xml")
+    spread = pytester.runpytest_subprocess(*args, *flags)
     spread.assert_outcomes(passed=3, failed=3)
     assert _records(pytester.path / "serial.xml") == _records(pytester.path / "xdist.xml")
     record = _records(pytester.path / "serial.xml")["l0h0_first_token[checkpoint-20]"]
