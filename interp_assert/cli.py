@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from interp_assert import track_command
 from interp_assert.errors import InterpAssertError
 from interp_assert.version import package_version
 from interp_assert.vocab import ROLES
@@ -40,6 +41,7 @@ examples:
   interp-assert discover smollm2-135m-instruct -o model_specs/smollm2.yaml
   interp-assert report model_specs/smollm2.yaml -o report/
   interp-assert audit model_specs/smollm2.yaml --checkpoint ./finetuned
+  interp-assert track model_specs/smollm2.yaml --checkpoints 'run/checkpoint-*' --report track/
   interp-assert measure smollm2-135m-instruct --role induction
 
 MODEL (and --checkpoint) is a built-in alias (smollm2-135m-instruct, tiny-neo), a
@@ -133,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--force", action="store_true", help="overwrite an existing report in DIR")
     _model_options(audit)
     audit.set_defaults(handler=_audit)
+
+    track_command.add_parser(commands, _model_options, _track)
 
     measure = commands.add_parser(
         "measure",
@@ -319,6 +323,20 @@ def main_audit(
         index = write_audit_report(audit, load_spec(spec_path), report_dir)
         print(f"wrote {index}", file=sys.stderr if as_json else out)
     return 0 if audit.passed else 1
+
+
+def _track(args: argparse.Namespace) -> int:
+    from interp_assert import checkpoints
+
+    _readable_spec(args.spec)
+    # --checkpoint entries are paths, --checkpoints entries globs; under --order given, paths come first
+    entries = [(path, False) for path in args.checkpoint] + [(pattern, True) for pattern in args.checkpoints]
+    found = checkpoints.resolve(entries, args.order)
+    with _progress(2 * len(found)) as step:
+        return track_command.main_track(
+            str(args.spec), found, options=_run_options(args), json_path=args.json, report_dir=args.report,
+            force=args.force, progress=step,
+        )  # fmt: skip
 
 
 def _measure(args: argparse.Namespace) -> int:

@@ -11,7 +11,14 @@ import pytest
 from interp_assert import options
 from interp_assert.errors import InterpAssertError, ModelLoadError, SpecError
 from interp_assert.spec import Entry, SpecFile, load_spec
-from interp_assert.stash import NOTES_KEY, RAN_SPECS_KEY, RUNNER_KEY, WRITTEN_KEY
+from interp_assert.stash import (
+    CHECKPOINT_RUNNERS_KEY,
+    CHECKPOINTS_KEY,
+    NOTES_KEY,
+    RAN_SPECS_KEY,
+    RUNNER_KEY,
+    WRITTEN_KEY,
+)
 
 
 def runner_for(config: pytest.Config) -> Any:
@@ -21,6 +28,28 @@ def runner_for(config: pytest.Config) -> Any:
 
         config.stash[RUNNER_KEY] = Runner(run_options(config))
     return config.stash[RUNNER_KEY]
+
+
+def item_runner(config: pytest.Config, spec: SpecFile, checkpoint: Any = None) -> Any:
+    """The runner an item uses: the session's, or one per (spec model, checkpoint) that loads the
+    checkpoint in place of the spec's model. Every other runner's model is released first, so a
+    process holds one model at a time."""
+    runner = runner_for(config)
+    if checkpoint is not None and spec.header is not None:
+        from dataclasses import replace
+
+        from interp_assert.runner import Runner
+
+        runners = config.stash.setdefault(CHECKPOINT_RUNNERS_KEY, {})
+        key = (spec.header.model, checkpoint.path)
+        if key not in runners:
+            base = runner.options
+            runners[key] = Runner(replace(base, overrides=base.overrides | {spec.header.model: checkpoint.path}))
+        runner = runners[key]
+    for other in (runner_for(config), *config.stash.get(CHECKPOINT_RUNNERS_KEY, {}).values()):
+        if other is not runner:
+            other.release()
+    return runner
 
 
 def run_options(config: pytest.Config) -> Any:
@@ -62,8 +91,16 @@ class SpecCollector(pytest.File):
         if spec.header is None:
             yield SpecItem.from_parent(self, name="spec", spec=spec, entry=None)
             return
-        for entry in spec.entries:
-            yield SpecItem.from_parent(self, name=entry.name, spec=spec, entry=entry)
+        tracked = self.config.stash.get(CHECKPOINTS_KEY, ())
+        for checkpoint in tracked or (None,):
+            for entry in spec.entries:
+                if checkpoint is None:
+                    yield SpecItem.from_parent(self, name=entry.name, spec=spec, entry=entry)
+                    continue
+                name = f"{entry.name}[{checkpoint.label}]"
+                item = SpecItem.from_parent(self, name=name, spec=spec, entry=entry, checkpoint=checkpoint)
+                item.add_marker(pytest.mark.xdist_group(checkpoint.label))
+                yield item
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException]) -> Any:  # type: ignore[override]
         if debugging(self.config):
@@ -76,10 +113,14 @@ class SpecCollector(pytest.File):
 class SpecItem(pytest.Item):
     """One expectation of a spec file (or, for an invalid header, the whole file)."""
 
-    def __init__(self, *, spec: SpecFile, entry: Entry | None, **kwargs: Any) -> None:
+    def __init__(self, *, spec: SpecFile, entry: Entry | None, checkpoint: Any = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.spec = spec
         self.entry = entry
+        self.checkpoint = checkpoint  # a checkpoints.Checkpoint under --interp-checkpoints
+
+    def runner(self) -> Any:
+        return item_runner(self.config, self.spec, self.checkpoint)
 
     def reportinfo(self) -> tuple[Any, int, str]:
         line = self.entry.location.line - 1 if self.entry else 0
@@ -95,7 +136,7 @@ class SpecItem(pytest.Item):
         if self.problems:
             return
         try:
-            loaded = runner_for(self.config).model_for(self.spec)
+            loaded = self.runner().model_for(self.spec)
             said = self.config.stash.setdefault(NOTES_KEY, [])
             said.extend(note for note in loaded.notes if note not in said)  # once per model, not per item
             return
@@ -118,9 +159,9 @@ class SpecItem(pytest.Item):
             raise SpecError(self.problems)
         assert self.entry is not None
         self.config.stash.setdefault(RAN_SPECS_KEY, {})[self.spec.path] = self.spec
-        runner = runner_for(self.config)
+        runner = self.runner()
         outcome = runner.evaluate(self.spec, self.entry)
-        self.user_properties.extend(junit_properties(runner, self.spec, self.entry, outcome))
+        self.user_properties.extend(junit_properties(runner, self.spec, self.entry, outcome, self.checkpoint))
         for note in outcome.notes:
             self.config.stash.setdefault(NOTES_KEY, []).append(f"{self.nodeid}: {note}")
         if outcome.written:
@@ -132,9 +173,7 @@ class SpecItem(pytest.Item):
 
                 here = self.config.invocation_params.dir
                 try:
-                    written = write_failure_artifacts(
-                        runner_for(self.config), self.spec, self.entry, outcome, here / artifacts
-                    )
+                    written = write_failure_artifacts(runner, self.spec, self.entry, outcome, here / artifacts)
                     self.artifact_lines = [f"  heatmap: {_shown_path(path, here)}" for path in written]
                 except (InterpAssertError, OSError) as exc:  # a picture must never hide the failure itself
                     self.artifact_lines = [f"  heatmap not written: {exc}"]
@@ -155,13 +194,15 @@ class SpecItem(pytest.Item):
     def _failure_text(self, outcome: Any) -> str:
         assert self.entry is not None and self.entry.expectation is not None and self.spec.header is not None
         expectation = self.entry.expectation
-        runner = runner_for(self.config)
+        runner = self.runner()
         used = runner.model_named(self.spec)
-        model = f"{used!r} (--interp-model, in place of the spec's {self.spec.header.model!r})"
+        flag = "a checkpoint of --interp-checkpoints" if self.checkpoint is not None else "--interp-model"
+        model = f"{used!r} ({flag}, in place of the spec's {self.spec.header.model!r})"
         if not runner.overridden(self.spec):
             model = repr(used)
         lines = [
-            f"{self.entry.location}: expectation {self.name!r} ({expectation.property}) failed",
+            f"{self.entry.location}: expectation {self.entry.name!r} ({expectation.property}) failed"
+            + (f" on {self.checkpoint.label}" if self.checkpoint is not None else ""),
             f"  {outcome.headline}",
             *(f"  {detail}" for detail in outcome.details),
             f"  prompts: {expectation.prompts!r}; model: {model}",
@@ -323,6 +364,8 @@ def order_by_model(config: pytest.Config, items: list[pytest.Item]) -> list[pyte
 
     def key(item: SpecItem) -> int:
         model = model_key(item.spec, options) if item.spec.header else ("", "", "")
+        if item.checkpoint is not None and item.spec.header is not None:  # loaded in place of the spec's model
+            model = (item.checkpoint.path, *model[1:])
         return rank.setdefault(model, len(rank))
 
     return others + sorted(specs, key=key)
@@ -339,11 +382,14 @@ def written_summary(config: pytest.Config) -> list[str]:
     return [f"snapshots: {said}, in {', '.join(files)}"]
 
 
-def junit_properties(runner: Any, spec: SpecFile, entry: Entry, outcome: Any) -> list[tuple[str, object]]:
+def junit_properties(
+    runner: Any, spec: SpecFile, entry: Entry, outcome: Any, checkpoint: Any = None
+) -> list[tuple[str, object]]:
     """The item's stable record for JUnit XML and dashboards (documented in the README):
     ``property``, ``passed``, ``value``, ``bound_low``, ``bound_high``, ``model``,
-    ``model_source``, ``weights_sha256``, ``headline``, ``generated_text`` (text checks),
-    ``note`` (repeatable), then ``measured.<name>`` for every other number."""
+    ``model_source``, ``weights_sha256``, ``headline``, ``checkpoint`` and ``step`` (under
+    ``--interp-checkpoints``), ``generated_text`` (text checks), ``note`` (repeatable), then
+    ``measured.<name>`` for every other number."""
     from interp_assert.models import content_hash
 
     assert entry.expectation is not None
@@ -360,6 +406,8 @@ def junit_properties(runner: Any, spec: SpecFile, entry: Entry, outcome: Any) ->
         ("weights_sha256", content_hash(loaded.source)),
         ("headline", outcome.headline),
     ]
+    if checkpoint is not None:
+        properties += [("checkpoint", checkpoint.label), ("step", "" if checkpoint.step is None else checkpoint.step)]
     if "generated_text" in outcome.measured:
         properties.append(("generated_text", outcome.measured["generated_text"]))
     properties += [("note", note) for note in outcome.notes]

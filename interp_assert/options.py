@@ -73,6 +73,21 @@ OPTIONS: tuple[Option, ...] = (
         "(refused by default: it would store another model's numbers as the spec's own)",
     ),
     Option(
+        name="interp_checkpoints",
+        kind="append",
+        metavar="PATH_OR_GLOB[,...]",
+        help="run every spec item once per checkpoint, each in place of the spec's model: model folders, "
+        "adapter folders or .gguf files, or globs such as 'run/checkpoint-*' (comma-separated; repeatable); "
+        "ids end in [checkpoint-200]; with pytest-xdist use --dist loadgroup (one checkpoint per worker at a time)",
+    ),
+    Option(
+        name="interp_checkpoint_order",
+        kind="choice",
+        choices=("step", "given"),
+        default="step",
+        help="order of --interp-checkpoints: step (default; the last integer in each folder name) or given",
+    ),
+    Option(
         name="interp_debug",
         kind="flag",
         help="show Python tracebacks for interp_assert's own errors (hidden by default)",
@@ -115,3 +130,28 @@ def get(config: pytest.Config, name: str) -> Any:
             f"ini option {name} = {value!r} is not valid; choose one of {', '.join(option.choices)}"
         )
     return value
+
+
+def configure_checkpoints(config: pytest.Config, *, updating: bool) -> None:
+    """Resolve ``--interp-checkpoints`` once, before collection: a missing checkpoint, a glob that
+    matches nothing, a repeated step or another architecture is a usage error naming it."""
+    from interp_assert import checkpoints
+    from interp_assert.errors import InterpAssertError
+    from interp_assert.stash import CHECKPOINTS_KEY
+
+    if updating:
+        raise pytest.UsageError(
+            "--snapshot-update with --interp-checkpoints would store a checkpoint's numbers as the spec's own "
+            "snapshot; record snapshots without --interp-checkpoints (each checkpoint is then compared with them)"
+        )
+    given = get(config, "interp_checkpoints")
+    from_ini = config.getoption("--interp-checkpoints") is None and config.inipath is not None
+    here = config.inipath.parent if from_ini and config.inipath else config.invocation_params.dir
+    try:
+        found = checkpoints.resolve(checkpoints.split_list(given), get(config, "interp_checkpoint_order"), here=here)
+        checkpoints.check_architectures(found)
+    except InterpAssertError as exc:
+        raise pytest.UsageError(f"--interp-checkpoints: {exc}") from None
+    config.stash[CHECKPOINTS_KEY] = found
+    if not config.pluginmanager.hasplugin("xdist"):
+        config.addinivalue_line("markers", "xdist_group(name): items of one checkpoint (pytest-xdist's loadgroup)")

@@ -35,6 +35,8 @@ def pytest_configure(config: pytest.Config) -> None:
             "snapshot; run the update without --interp-model, or pass --interp-allow-override-update if "
             "recording the other model is what you mean"
         )
+    if options.get(config, "interp_checkpoints"):
+        options.configure_checkpoints(config, updating=updating)
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:

@@ -73,6 +73,10 @@ class Runner:
                 raise
         return self._model[1]
 
+    def release(self) -> None:
+        """Drop the loaded model (measurements are kept): another runner is about to load one."""
+        self._model = None
+
     def context(self, spec: SpecFile, prompt_name: str) -> CheckContext:
         """What a property's check sees: the prompt set's measurements and, for snapshots, the
         spec's file, its spec-wide tolerances and the run's environment."""

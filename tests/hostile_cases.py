@@ -1111,4 +1111,128 @@ DEVICES: list[Case] = [
     ),
 ]
 
-CASES: list[Case] = [*YAML, *SCHEMA, *MODELS, *WEIGHTS, *CLI, *SNAPSHOTS, *FILESYSTEM, *DEVICES]
+# ---- checkpoints of a training run: interp-assert track and pytest --interp-checkpoints ----
+
+
+def llama_checkpoint(name: str) -> Setup:
+    """A real (random) 2-layer Llama saved where a GPT-Neo run's checkpoint is expected."""
+
+    def setup(root: Path) -> None:
+        from tests.builders import llama_config, save_model
+
+        save_model(llama_config(), root / name)
+
+    return setup
+
+
+TRACK_CMD = ("interp-assert", "track", SPEC)
+A_CHECKPOINT = r"give a model folder, an adapter folder, a \.gguf file or a glob such as 'run/checkpoint-\*'"
+NOT_A_CHECKPOINT = r"a checkpoint is a model folder, an adapter folder or a \.gguf file"
+TRACK: list[Case] = [
+    Case(
+        "track-missing-checkpoint",
+        "cli",
+        (*TRACK_CMD, "--checkpoint", "run/checkpoint-0", "--checkpoint", "run/checkpoint-99"),
+        CLI_ERROR,
+        r"interp-assert: error: checkpoint 'run/checkpoint-99' does not exist \(.*/run/checkpoint-99\); "
+        + A_CHECKPOINT,
+        TINY,
+        copy_model("run/checkpoint-0"),
+    ),
+    Case(
+        "track-glob-matches-nothing",
+        "cli",
+        (*TRACK_CMD, "--checkpoints", "run/ckpt-*"),
+        CLI_ERROR,
+        r"interp-assert: error: checkpoint glob 'run/ckpt-\*' matches nothing under .*; " + NOT_A_CHECKPOINT,
+        TINY,
+        copy_model("run/checkpoint-0"),
+    ),
+    Case(
+        "track-glob-matches-files",
+        "cli",
+        (*TRACK_CMD, "--checkpoints", "run/*.log"),
+        CLI_ERROR,
+        r"interp-assert: error: checkpoint glob 'run/\*\.log' matches only files that are not checkpoints "
+        r"\(train-100\.log\) under .*; " + NOT_A_CHECKPOINT,
+        {SPEC: spec(good()), "run/train-100.log": "loss 2.3\n"},
+    ),
+    Case(
+        "track-same-step",
+        "cli",
+        (*TRACK_CMD, "--checkpoints", "*/checkpoint-10"),
+        CLI_ERROR,
+        r"interp-assert: error: checkpoints 'a/checkpoint-10' and 'b/checkpoint-10' have the same step 10; "
+        r"track one run at a time, or pass --order given",
+        TINY,
+        chain(copy_model("a/checkpoint-10"), copy_model("b/checkpoint-10")),
+    ),
+    Case(
+        "track-no-step",
+        "cli",
+        (*TRACK_CMD, "--checkpoint", "model"),
+        CLI_ERROR,
+        r"interp-assert: error: checkpoint 'model' has no step number in its name \(the last integer, as in "
+        r"checkpoint-200\); rename it, or pass --order given",
+        TINY,
+        copy_model("model"),
+    ),
+    Case(
+        "track-other-architecture",
+        "cli",
+        (*TRACK_CMD, "--checkpoints", "run/checkpoint-*"),
+        CLI_ERROR,
+        r"interp-assert: error: checkpoint 'run/checkpoint-20' is llama \(LlamaForCausalLM\), 2 layers x 4 heads, "
+        r"64 wide, not gpt_neo \(GPTNeoForCausalLM\), 2 layers x 4 heads, 64 wide like checkpoint "
+        r"'run/checkpoint-10'; track compares checkpoints of one model",
+        TINY,
+        chain(copy_model("run/checkpoint-10"), llama_checkpoint("run/checkpoint-20")),
+    ),
+    Case(
+        "track-json-exists",
+        "cli",
+        (*TRACK_CMD, "--checkpoints", "run/checkpoint-*", "--json", "track.json"),
+        CLI_ERROR,
+        r"interp-assert: error: track\.json exists; pass --force to overwrite it",
+        {SPEC: spec(good()), "track.json": "{}\n"},
+        copy_model("run/checkpoint-0"),
+    ),
+    Case(
+        "track-json-folder",
+        "cli",
+        (*TRACK_CMD, "--checkpoints", "run/checkpoint-*", "--json", "run"),
+        CLI_ERROR,
+        r"interp-assert: error: run is a folder; give a file name for the JSON",
+        TINY,
+        copy_model("run/checkpoint-0"),
+    ),
+    Case(
+        "pytest-checkpoints-glob-nothing",
+        "cli",
+        (*RUN, "--interp-checkpoints", "run/ckpt-*"),
+        USAGE,
+        r"--interp-checkpoints: checkpoint glob 'run/ckpt-\*' matches nothing under .*; " + NOT_A_CHECKPOINT,
+        TINY,
+    ),
+    Case(
+        "pytest-checkpoints-other-architecture",
+        "cli",
+        (*RUN, "--interp-checkpoints", "run/checkpoint-10,run/checkpoint-20"),
+        USAGE,
+        r"--interp-checkpoints: checkpoint 'run/checkpoint-20' is llama \(LlamaForCausalLM\), .* not gpt_neo "
+        r"\(GPTNeoForCausalLM\), .* like checkpoint 'run/checkpoint-10'",
+        TINY,
+        chain(copy_model("run/checkpoint-10"), llama_checkpoint("run/checkpoint-20")),
+    ),
+    Case(
+        "pytest-checkpoints-snapshot-update",
+        "cli",
+        (*RUN, "--snapshot-update", "--interp-checkpoints", "run/checkpoint-*"),
+        USAGE,
+        r"--snapshot-update with --interp-checkpoints would store a checkpoint's numbers as the spec's own snapshot",
+        TINY,
+        copy_model("run/checkpoint-0"),
+    ),
+]
+
+CASES: list[Case] = [*YAML, *SCHEMA, *MODELS, *WEIGHTS, *CLI, *TRACK, *SNAPSHOTS, *FILESYSTEM, *DEVICES]
