@@ -331,3 +331,14 @@ def test_override(interp):
 """
     )
     pytester.runpytest("test_model.py", "--interp-model", "my-model=tiny-neo").assert_outcomes(passed=1)
+
+
+def test_readme_property_table_is_generated_from_the_registry() -> None:
+    """Every built-in property documents itself (its ``reference``), and the README's table is
+    exactly what ``python -m interp_assert.schema`` generates from them."""
+    from interp_assert.properties import BUILTIN
+    from interp_assert.schema import README_PATH, readme_with_table
+
+    assert all(cls.reference[0] and cls.reference[1] for cls in BUILTIN)
+    readme = README_PATH.read_text()
+    assert readme_with_table(readme) == readme, "run: python -m interp_assert.schema"

@@ -13,7 +13,7 @@ control effect (and positive).
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -34,13 +34,26 @@ class AblationControl(Strict):
 
 class AblationEffect(Bounded):
     property: Literal["ablation_effect"]
+    reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
+        (
+            "`heads: [heads]`, `mode: zero\\|mean` (zero), `positions: [a, b]` (default `[1, -1]`), bounds (nats), "
+            "`control: {samples (5), seed (0), at_least_times}`"
+        ),
+        (
+            "the mean next-token loss over token positions a..b rises by an amount within bounds when the heads "
+            "are ablated: their slice of the attention output projection's input set to 0 (`zero`) or to its mean"
+            " over the prompt set's positions (`mean`); with `control`, `samples` random sets of as many heads "
+            "per layer from the same layers' other heads are ablated too, and `at_least_times: k` asserts the "
+            "named heads' effect is at least k x the controls' mean effect (see Ablation)"
+        ),
+    )
     heads: list[HeadName] = Field(min_length=1)
     mode: Literal["zero", "mean"] = "zero"
     positions: LayerRange | None = None
     control: AblationControl | None = None
 
-    unit_bounds = False  # nats, any sign
-    bounds_required = False
+    unit_bounds: ClassVar[bool] = False  # nats, any sign
+    bounds_required: ClassVar[bool] = False
 
     @model_validator(mode="after")
     def _states_something(self) -> AblationEffect:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 
@@ -37,6 +37,10 @@ STAT_BY_LAYER: dict[str, Callable[[Measurements], np.ndarray]] = {
 
 class AttentionStatBounds(Bounded):
     property: Literal["attention_stat"]
+    reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
+        ("`stat: max\\|mean\\|focus\\|breadth`, `layers: [a, b]`, bounds"),
+        ("every layer in range is within bounds"),
+    )
     stat: AttentionStat
     layers: LayerRange
 

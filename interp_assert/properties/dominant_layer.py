@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 
@@ -15,6 +15,10 @@ from interp_assert.vocab import Role
 
 class DominantLayer(Expectation):
     property: Literal["dominant_layer"]
+    reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
+        ("`role`, `layer`"),
+        ("that layer has the highest mean role score"),
+    )
     role: Role
     layer: int
 

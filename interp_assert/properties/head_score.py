@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from interp_assert.measurements import CaptureRequest
 from interp_assert.outcome import Outcome
@@ -12,6 +12,10 @@ from interp_assert.vocab import Role
 
 class HeadScore(Bounded):
     property: Literal["head_score"]
+    reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
+        ("`head`, `role`, bounds"),
+        ("the head's role score is within bounds"),
+    )
     head: HeadName
     role: Role
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 
@@ -22,6 +22,13 @@ from interp_assert.properties.base import (
 
 class HiddenNormTrend(Expectation):
     property: Literal["hidden_norm_trend"]
+    reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
+        (
+            "`layers: [a, b]` (hidden-state indices), `direction: increasing\\|decreasing`, `tolerance` (0), "
+            "`include_first_position` (false)"
+        ),
+        ("every step k -> k+1 moves in `direction`, allowing a relative move the other way of at most `tolerance`"),
+    )
     layers: LayerRange
     direction: Literal["increasing", "decreasing"]
     tolerance: float = Field(default=0.0, ge=0.0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from interp_assert import head_tables
 from interp_assert.measurements import CaptureRequest
@@ -13,6 +13,10 @@ from interp_assert.vocab import Role
 
 class LayerScore(Bounded):
     property: Literal["layer_score"]
+    reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
+        ("`role`, `layer`, bounds"),
+        ("the mean role score over the layer's heads is within bounds"),
+    )
     role: Role
     layer: int
 

@@ -24,6 +24,18 @@ from interp_assert.properties.base import Bounded, CheckContext, FigureNeeds, La
 
 class MassiveActivation(Bounded):
     property: Literal["massive_activation"]
+    reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
+        (
+            "any of `position`, `dimension`, `first_index: [a, b]`, bounds on the largest ratio; `layers` "
+            "(default all hidden-state indices), `threshold` (100), `factor` (1000)"
+        ),
+        (
+            "at each hidden-state index the largest \\|x\\| is *massive* when it exceeds `threshold` and is at "
+            "least `factor` x the median \\|x\\| of its sequence's hidden state there (Sun et al. 2024); the "
+            "largest activation sits at `position` / `dimension` at every massive index, the first massive index "
+            "lies in `first_index`, and the largest \\|x\\| / median ratio is within bounds"
+        ),
+    )
     layers: LayerRange | None = None  # hidden-state indices inspected; default all
     threshold: float = Field(default=100.0, gt=0.0)
     factor: float = Field(default=1000.0, gt=1.0)

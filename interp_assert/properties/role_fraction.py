@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 
@@ -15,6 +15,10 @@ from interp_assert.vocab import POSITIONAL_LABELS, Label
 
 class RoleFraction(Bounded):
     property: Literal["role_fraction"]
+    reference: ClassVar[tuple[str, str]] = (  # README: keys, passes when
+        "`label`, `layers: [a, b]`, bounds, `label_threshold` (0.5)",
+        'the fraction of heads in layers a..b carrying `label` is within bounds (the seed\'s "layer progression")',
+    )
     label: Label
     layers: LayerRange
     label_threshold: float = Field(default=0.5, ge=0.0, le=1.0)

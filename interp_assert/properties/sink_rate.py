@@ -8,7 +8,7 @@ The mean attention to position 0 over the query rows that can see it is exactly 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -21,6 +21,14 @@ from interp_assert.properties.base import Bounded, CheckContext, FigureNeeds, La
 
 class SinkRate(Bounded):
     property: Literal["sink_rate"]
+    reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
+        ("`eps` (0.3), `layers: [a, b]` (default all), bounds"),
+        (
+            "the fraction of heads whose mean attention to position 0 exceeds `eps` is within bounds (Gu et al. "
+            "2024's sink rate; the mean attention to position 0 is exactly the `first_token` score, so it costs "
+            "nothing extra)"
+        ),
+    )
     eps: float = Field(default=0.3, gt=0.0, lt=1.0)
     layers: LayerRange | None = None  # default: every layer
 

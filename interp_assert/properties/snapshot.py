@@ -41,6 +41,14 @@ class Snapshot(Expectation):
     """A syrupy snapshot of the model's numeric fingerprint on one prompt set."""
 
     property: Literal["snapshot"]
+    reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
+        (
+            "`covers` (default `role_scores`, `role_labels`, `layer_stats`, `hidden_norms`; also `loss`, "
+            "`layer_ablation`, `logit_lens`, `massive_activation`, `sink_rate` when listed), `roles` (default "
+            "previous_token, first_token, self, focus, breadth), `tolerance`"
+        ),
+        "the fingerprint matches the stored snapshot within tolerance (see Snapshots)",
+    )
     covers: list[SnapshotPart] = Field(default_factory=lambda: list(SNAPSHOT_PARTS), min_length=1)
     roles: list[Role] = Field(default_factory=lambda: list(SNAPSHOT_ROLES), min_length=1)
     tolerance: dict[ToleranceQuantity, ToleranceSpec] = Field(default_factory=dict)

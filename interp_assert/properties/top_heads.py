@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -24,6 +24,10 @@ from interp_assert.vocab import Role
 
 class TopHeads(Expectation):
     property: Literal["top_heads"]
+    reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
+        ("`role`, `k`, `include: [heads]` or `equals: [heads]`"),
+        ("the `k` highest-scoring heads include (or are exactly) the listed heads"),
+    )
     role: Role
     k: int = Field(ge=1)
     include: list[HeadName] | None = Field(default=None, min_length=1)
