@@ -18,6 +18,7 @@ from matplotlib import colormaps
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from interp_assert.vocab import LABELS, parse_head
 
@@ -196,4 +197,62 @@ def stats_plot(path: Path, stats: dict[str, np.ndarray], title: str, spans: Sequ
     axes.set_ylabel("value")
     axes.legend(fontsize=7, loc="lower right")
     axes.set_title(title, fontsize=10, color=FAILED if any(not s.passed for s in spans) else "black")
+    return _save(figure, path)
+
+
+def lens_plot(
+    path: Path,
+    agreement: np.ndarray,
+    kl: np.ndarray,
+    title: str,
+    *,
+    passed: bool,
+    level: float | None = None,
+    within: tuple[int, int] | None = None,
+    kl_span: tuple[int, int] | None = None,
+) -> Path:
+    """The logit lens by depth: agreement with the final top-1 token (left axis) and KL from the
+    final distribution (right axis, log scale); the expectation's level, window and KL range drawn."""
+    colour = PASSED if passed else FAILED
+    figure = Figure(figsize=(8.0, 3.8))
+    axes = figure.add_subplot()
+    index = np.arange(len(agreement))
+    axes.plot(index, agreement, marker="o", markersize=3, color="#1f77b4", label="top-1 agreement")
+    axes.set_ylim(-0.02, 1.05)
+    axes.set_ylabel("agreement with the final top-1", color="#1f77b4")
+    if level is not None:
+        axes.axhline(level, color=colour, linestyle=":", linewidth=1)
+    if within is not None:
+        axes.axvspan(within[0] - 0.5, within[1] + 0.5, color=colour, alpha=0.12, linewidth=0)
+    kl_axes = axes.twinx()
+    shown = np.where(kl > 0, kl, np.nan)  # the last index is 0 by construction: nothing to draw on a log axis
+    kl_axes.plot(index, shown, marker="s", markersize=3, color="#ff7f0e", label="KL(final || lens)")
+    if np.isfinite(shown).any():
+        kl_axes.set_yscale("log")
+    kl_axes.set_ylabel("KL, nats", color="#ff7f0e")
+    if kl_span is not None:
+        kl_axes.axvspan(kl_span[0], kl_span[1], color=colour, alpha=0.08, linewidth=0, hatch="//", fill=False)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("hidden-state index (0 = embeddings; last = last block, read through the final norm)")
+    lines = axes.get_legend_handles_labels()[0] + kl_axes.get_legend_handles_labels()[0]
+    axes.legend(lines, [str(line.get_label()) for line in lines], fontsize=7, loc="center right")
+    axes.set_title(title, fontsize=10, color=colour if not passed else "black")
+    return _save(figure, path)
+
+
+def ablation_plot(
+    path: Path, named: str, effect: float, controls: Sequence[tuple[str, float]], title: str, *, passed: bool
+) -> Path:
+    """The loss change from ablating the named heads beside each random control set's, in nats."""
+    figure = Figure(figsize=(8.0, 0.9 + 0.32 * (len(controls) + 1)))
+    axes = figure.add_subplot()
+    names = [named, *(f"random: {name}" for name, _ in controls)]
+    values = [effect, *(value for _, value in controls)]
+    colours = [PASSED if passed else FAILED] + ["#c7c7c7"] * len(controls)
+    axes.barh(range(len(values)), values, color=colours)
+    axes.set_yticks(range(len(values)), names, fontsize=7)
+    axes.invert_yaxis()
+    axes.axvline(0, color="black", linewidth=0.6)
+    axes.set_xlabel("loss change when ablated, nats (grey: random heads from the same layers)")
+    axes.set_title(title, fontsize=10, color="black" if passed else FAILED)
     return _save(figure, path)

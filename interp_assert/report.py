@@ -207,7 +207,8 @@ def _draw(spec: SpecFile, runner: Any, results: list[Result], out_dir: Path, pro
             continue
         failed = result.status == "failed"
         for file, caption in expectation.own_figures(runner.context(spec, expectation.prompts), out_dir):
-            figures.append(_Figure(file, "Snapshots", caption, failed))
+            section = "Snapshots" if expectation.property == "snapshot" else expectation.property.replace("_", " ")
+            figures.append(_Figure(file, section.capitalize(), caption, failed))
             result.figures.append(file)
     return figures
 

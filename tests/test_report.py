@@ -232,3 +232,43 @@ def test_report_into_a_file_is_refused(tmp_path: Path, uniform_llama: Path, caps
     assert main(["report", str(spec), "-o", str(blocker)]) == 2
     assert "exists and is not a folder; give a folder for the report" in capsys.readouterr().err
     assert blocker.read_text() == "not a folder"
+
+
+CAUSAL_SPEC = """\
+model: tiny-neo
+prompts:
+  repeated:
+    bos: prepend
+    random_tokens: {length: 20, repeats: 3, count: 4, seed: 1}
+expectations:
+  - name: l0h0_matters
+    property: ablation_effect
+    heads: [L0H0]
+    prompts: repeated
+    positions: [21, -1]
+    at_least: 5.0
+    control: {samples: 2, seed: 0}
+  - name: l1h1_matters
+    description: "false: L1H1 does little"
+    property: ablation_effect
+    heads: [L1H1]
+    prompts: repeated
+    at_least: 1.0
+  - name: lens
+    property: logit_lens
+    prompts: repeated
+    kl_non_increasing: [0, 2]
+"""
+
+
+def test_ablation_and_logit_lens_get_their_own_figures(tmp_path: Path) -> None:
+    spec = tmp_path / "causal.yaml"
+    spec.write_text(CAUSAL_SPEC)
+    assert main(["report", str(spec), "-o", str(tmp_path / "out")]) == 1
+    page = (tmp_path / "out" / "index.html").read_text()
+    for file in ("ablation-l0h0_matters.png", "ablation-l1h1_matters.png", "logit-lens-lens.png"):
+        assert (tmp_path / "out" / file).read_bytes().startswith(PNG_SIGNATURE)
+        assert f"src='{file}'" in page
+    assert "Ablation effect" in page and "Logit lens" in page
+    with Image.open(tmp_path / "out" / "ablation-l0h0_matters.png") as image:
+        assert image.height < image.width  # one bar per set: the named heads and 2 random ones

@@ -13,6 +13,8 @@ control effect (and positive).
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -124,6 +126,25 @@ class AblationEffect(Bounded):
 
     def figures(self) -> FigureNeeds:
         return FigureNeeds(heads=tuple(self.heads[:2]))
+
+    def own_figures(self, context: CheckContext, out_dir: Path) -> list[tuple[str, str]]:
+        from interp_assert import heatmaps
+
+        m = context.measurements
+        found = m.ablations.get(self.ablation())
+        if found is None or m.token_losses is None:
+            return []
+        outcome = self.check(context)
+        clean = mean_loss(m.token_losses, self.positions)
+        controls = [
+            (" ".join(head_name(*h) for h in heads), mean_loss(losses, self.positions) - clean)
+            for heads, losses in zip(found.control_heads, found.control_losses, strict=True)
+        ]
+        file = f"ablation-{re.sub(r'[^A-Za-z0-9_.-]', '_', self.name)}.png"
+        title = f"{self.name}: ablating {' '.join(self.heads)} ({self.mode}), {_span_words(self.positions)}"
+        effect = float(outcome.value) if isinstance(outcome.value, float) else float("nan")
+        heatmaps.ablation_plot(out_dir / file, " ".join(self.heads), effect, controls, title, passed=outcome.passed)
+        return [(file, f"{self.name}: loss change, named heads vs random ones")]
 
 
 def mean_loss(losses: tuple[np.ndarray, ...], positions: list[int] | None) -> float:

@@ -13,6 +13,8 @@ A spec states any of:
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -111,6 +113,30 @@ class LogitLensExpectation(Expectation):
         if failures:
             return Outcome(False, "; ".join(failures), (by_index,), measured, value=headline)
         return Outcome(True, "; ".join(said), (by_index,), measured, value=headline)
+
+    def own_figures(self, context: CheckContext, out_dir: Path) -> list[tuple[str, str]]:
+        from interp_assert import heatmaps
+
+        lens = context.measurements.logit_lens
+        if lens is None:
+            return []
+        count = len(lens.agreement)
+        outcome = self.check(context)
+        within = resolve_range(self.within, count, "hidden-state index") if self.within is not None else None
+        kl_span = None
+        if self.kl_non_increasing is not None:
+            kl_span = resolve_range(self.kl_non_increasing, count, "hidden-state index")
+        level = self.first_reaching if self.first_reaching is not None else self.agreement_at_least
+        if self.by_index is not None:
+            at = resolve_index(self.by_index, count, "hidden-state index")
+            within = within or (at, at)
+        file = f"logit-lens-{re.sub(r'[^A-Za-z0-9_.-]', '_', self.name)}.png"
+        title = f"{self.name}: logit lens by depth, prompts {self.prompts!r}"
+        heatmaps.lens_plot(
+            out_dir / file, lens.agreement, lens.kl, title, passed=outcome.passed, level=level, within=within,
+            kl_span=kl_span,
+        )  # fmt: skip
+        return [(file, f"{self.name}: agreement and KL by depth")]
 
 
 # ---- what discover writes ----
