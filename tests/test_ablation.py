@@ -185,7 +185,8 @@ def test_effect_is_the_mean_loss_change_over_the_positions() -> None:
     assert mean_loss(m.token_losses or (), [5, -1]) == pytest.approx(1.0)
     outcome = _expectation(at_least=2.5, positions=[5, -1]).evaluate(CheckContext(m))
     assert outcome.passed is False and outcome.value == pytest.approx(2.0)
-    assert "from 1.0000 to 3.0000 nats: effect = 2.0000, expected at_least 2.5: short by 0.5000" in outcome.headline
+    expected = "loss on positions 5..-1 1.0000 -> 3.0000 nats, effect = 2.0000, expected at_least 2.5: short by 0.5000"
+    assert expected in outcome.headline
     everywhere = _expectation(at_least=0.5).evaluate(CheckContext(m))  # positions 1..9: (4*0 + 5*2)/9
     assert everywhere.value == pytest.approx(10 / 9) and everywhere.passed
 

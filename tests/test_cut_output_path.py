@@ -74,3 +74,39 @@ def test_cut_output_path_passes_attention_but_fails_ablation_and_snapshot(
     assert (specs / "__snapshots__" / "smollm2-135m-instruct.ambr").read_bytes() == (
         REPO / "model_specs" / "__snapshots__" / "smollm2-135m-instruct.ambr"
     ).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def tiny_neo_without_its_induction_output(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """tiny-neo with L1H0's 16 columns of the attention output projection zeroed."""
+    from transformers import AutoModelForCausalLM
+
+    from interp_assert.models import BUILTIN_MODELS
+
+    source = BUILTIN_MODELS / "tiny-neo"
+    model = AutoModelForCausalLM.from_pretrained(source)
+    model.transformer.h[1].attn.attention.out_proj.weight.data[:, 0:16] = 0
+    target = tmp_path_factory.mktemp("neo") / "neo-cut"
+    model.save_pretrained(target)
+    for file in source.iterdir():
+        if "token" in file.name:
+            shutil.copy(file, target / file.name)
+    return target
+
+
+def test_tiny_neo_audit_of_a_cut_induction_head(tiny_neo_without_its_induction_output: Path) -> None:
+    """The same story on tiny-neo, through audit: patterns unchanged to 4 decimals, both ablation
+    findings gone (L0H0 matters only through L1H0), the causal snapshot moved."""
+    from interp_assert.audit import run_audit
+
+    audit = run_audit(str(REPO / "model_specs" / "tiny-neo.yaml"), str(tiny_neo_without_its_induction_output))
+    rows = {row.name: row for row in audit.rows}
+    for row in rows.values():
+        if row.kind in ATTENTION_PROPERTIES:
+            assert row.checkpoint.passed and row.checkpoint.shown == row.base.shown, row
+    for name in ("l0h0_ablation_breaks_copying", "l1h0_mean_ablation_breaks_copying"):
+        assert rows[name].base.passed and not rows[name].checkpoint.passed
+        assert abs(float(rows[name].checkpoint.value or 0)) < 0.1  # nothing left to remove
+    drift = {snapshot.name: snapshot for snapshot in audit.drifts}
+    assert not drift["causal_fingerprint"].within
+    assert "layer_ablation: 2 of 2 beyond" in "\n".join(drift["causal_fingerprint"].details)

@@ -90,8 +90,8 @@ class AblationEffect(Bounded):
         ablated = mean_loss(found.losses, self.positions)
         effect = ablated - clean
         span = _span_words(self.positions)
-        subject = f"ablating {', '.join(self.heads)} ({self.mode}) raises the loss on {span} from {clean:.4f}"
-        passed, line = self.within(f"{subject} to {ablated:.4f} nats: effect", effect)
+        subject = f"ablating {', '.join(self.heads)} ({self.mode}): loss on {span} {clean:.4f} -> {ablated:.4f} nats"
+        passed, line = self.within(f"{subject}, effect", effect)
         measured: dict[str, float | str] = {"clean_loss": clean, "ablated_loss": ablated}
         details: list[str] = []
         if self.control is not None:
@@ -100,7 +100,7 @@ class AblationEffect(Bounded):
             details.append(control_line)
             measured |= control_measured
             if not ok and self.at_least is None and self.at_most is None:
-                line = f"{subject} to {ablated:.4f} nats: effect = {effect:.4f}"
+                line = f"{subject}, effect = {effect:.4f}"
         return Outcome(passed, line, tuple(details), measured, heads=tuple(self.heads), value=effect)
 
     def _control(self, found: AblatedLosses, clean: float, effect: float) -> tuple[bool, str, dict[str, float | str]]:
