@@ -26,7 +26,7 @@ VALID_MAP = (
     f"({VALID_DEVICES}, a GPU number, or disk)"
 )
 VALID_SIZE = "a size such as 20GiB, 500MB or 1.5GB, or a whole number of bytes"
-VALID_MEMORY_KEY = f"cpu, disk, mps, a GPU number, or {VALID_DEVICES}"
+VALID_MEMORY_KEY = "cpu, disk, mps, a GPU number, cuda, cuda:N or xpu:N"
 
 # A device map as LoadOptions keeps it (hashable): a strategy, or (module, device) pairs.
 DeviceMap = str | tuple[tuple[str, str | int], ...]
