@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from interp_assert import hub
+from interp_assert import hub, placement
 from interp_assert.errors import ModelLoadError
 from interp_assert.placement import DeviceMap, MaxMemory
 from interp_assert.vocab import DType
@@ -178,7 +178,7 @@ def resolve(reference: str, base_dir: Path | None = None) -> Path | str:
 
 def load_model(reference: str, options: LoadOptions, base_dir: Path | None = None) -> LoadedModel:
     """Load ``reference`` for capture: eval mode, no gradients, eager attention."""
-    problem = placement_problem(options)
+    problem = placement_problem(options.device_map, options.max_memory, options.offload_folder, options.device)
     if problem:
         raise ModelLoadError(f"model {reference!r}: {problem}")
     source = resolve(reference, base_dir)
@@ -208,24 +208,6 @@ def load_model(reference: str, options: LoadOptions, base_dir: Path | None = Non
         folder, commit = hub.resolved(source, options.revision)
         source = folder if folder is not None else source
     return LoadedModel(reference, str(source), model, tokenizer, options, commit=commit)
-
-
-def placement_problem(options: LoadOptions) -> str | None:
-    """Why the device (or every device of the ``device_map``) cannot hold the model here, or ``None``."""
-    if options.device_map is None:
-        if options.max_memory is not None or options.offload_folder is not None:
-            given = "max_memory" if options.max_memory is not None else "offload_folder"
-            return f"{given} applies only with a device_map; add device_map: auto (or balanced, sequential, a mapping)"
-        return device_problem(options.device)
-    devices = [] if isinstance(options.device_map, str) else [device for _, device in options.device_map]
-    devices += [device for device, _ in options.max_memory or () if isinstance(device, int)]
-    for device in devices:
-        if device == "disk":
-            continue
-        problem = device_problem(f"cuda:{device}" if isinstance(device, int) else device)
-        if problem:
-            return f"device_map: {problem}"
-    return None
 
 
 def show_progress() -> bool:
@@ -357,18 +339,16 @@ def _from_pretrained(reference: str, source: Path | str, options: LoadOptions) -
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from interp_assert import placement
-
     _quiet_progress()
     where: dict[str, Any] = hub.pretrained_kwargs(options.revision) if isinstance(source, str) else {}
     common: dict[str, Any] = {"local_files_only": True, "trust_remote_code": options.trust_remote_code} | where
     placed: dict[str, Any] = {}
-    if options.device_map is not None:
-        placed = placement.pretrained_kwargs(options.device_map, options.max_memory, options.offload_folder)
     try:
+        if options.device_map is not None:  # creates the offload folder
+            placed = placement.pretrained_kwargs(options.device_map, options.max_memory, options.offload_folder)
         tokenizer = AutoTokenizer.from_pretrained(source, **common)
         if not isinstance(options.device_map, str | None):
-            _check_device_map(reference, source, options.device_map, common)
+            placement.check_covered(reference, source, options.device_map, common)
         model = AutoModelForCausalLM.from_pretrained(
             source,
             dtype=getattr(torch, options.dtype),
@@ -390,39 +370,6 @@ def _from_pretrained(reference: str, source: Path | str, options: LoadOptions) -
     if options.device_map is not None:
         return model, tokenizer  # already on its devices
     return model.to(options.device), tokenizer  # type: ignore[arg-type]
-
-
-def _check_device_map(
-    reference: str, source: Path | str, device_map: tuple[tuple[str, str | int], ...], common: dict[str, Any]
-) -> None:
-    """An explicit device map names only modules the model has, and places every parameter
-    (accelerate would leave an unplaced one on the meta device without a word)."""
-    import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(source, **common)
-    with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=common["trust_remote_code"])
-    modules = dict(skeleton.named_modules())
-    for module, _ in device_map:
-        if module and module not in modules:
-            top = ", ".join(name for name in modules if name and "." not in name)
-            raise ModelLoadError(
-                f"model {reference!r}: device_map names module {module!r}, which this {type(skeleton).__name__} "
-                f"does not have; its modules are named like {top}, model.layers.0 (see model.named_modules())"
-            )
-    placed = [module for module, _ in device_map]
-    missing = [
-        name
-        for name, _ in skeleton.named_parameters()
-        if not any(not module or name == module or name.startswith(module + ".") for module in placed)
-    ]
-    if missing:
-        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
-        raise ModelLoadError(
-            f"model {reference!r}: device_map places no device for parameter(s) {', '.join(missing[:3])}{more}; "
-            "give every module a device (a key '' covers the whole model), or use device_map: auto"
-        )
 
 
 def _refuse_pickles(reference: str, directory: Path, options: LoadOptions) -> None:
@@ -507,6 +454,26 @@ def _check_model_folder(reference: str, folder: Path) -> None:
                 f"model {reference!r}: weights file {file} is corrupt or truncated ({_first_line(exc)}); "
                 "copy or save it again"
             ) from exc
+
+
+def placement_problem(
+    device_map: DeviceMap | None, max_memory: MaxMemory | None, offload_folder: Path | None, device: str
+) -> str | None:
+    """Why the device (or every device of the ``device_map``) cannot hold the model here, or ``None``."""
+    if device_map is None:
+        if max_memory is not None or offload_folder is not None:
+            given = "max_memory" if max_memory is not None else "offload_folder"
+            return f"{given} applies only with a device_map; add device_map: auto (or balanced, sequential, a mapping)"
+        return device_problem(device)
+    devices = [] if isinstance(device_map, str) else [placed for _, placed in device_map]
+    devices += [key for key, _ in max_memory or () if isinstance(key, int)]
+    for each in devices:
+        if each == "disk":
+            continue
+        found = device_problem(f"cuda:{each}" if isinstance(each, int) else each)
+        if found:
+            return f"device_map: {found}"
+    return None
 
 
 def device_problem(device: str) -> str | None:

@@ -3,7 +3,7 @@
 Values come from a spec's header or the command line (``--interp-device-map``,
 ``--interp-max-memory``, ``--interp-offload-folder``), are checked here with one-line errors
 that name the value and what is valid, and are handed to ``from_pretrained`` (accelerate
-places the weights straight on their devices). Nothing here imports torch.
+places the weights straight on their devices). Nothing here imports torch at import time.
 """
 
 from __future__ import annotations
@@ -116,12 +116,16 @@ def memory_key(device: object) -> str | int:
 
 def check_offload_folder(path: Path) -> Path:
     """``path`` if it is a folder or can become one; a file (or a file on the way) is an error."""
-    for place in (path, *path.parents):
-        if place.exists():
-            if not place.is_dir():
-                what = "the offload folder" if place == path else f"{place}, on the way to the offload folder,"
-                raise ValueError(f"offload_folder {str(path)!r}: {what} is a file, not a folder; give a folder")
-            break
+    if "\x00" in str(path):
+        raise ValueError(f"offload_folder {str(path)!r} cannot be a folder (a NUL byte in its name)")
+    try:
+        existing = next((place for place in (path, *path.parents) if place.exists()), None)
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte: not a folder this machine can have
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ValueError(f"offload_folder {str(path)[:200]!r} cannot be a folder here ({reason})") from None
+    if existing is not None and not existing.is_dir():
+        what = "the offload folder" if existing == path else f"{existing}, on the way to the offload folder,"
+        raise ValueError(f"offload_folder {str(path)!r}: {what} is a file, not a folder; give a folder")
     return path
 
 
@@ -189,3 +193,39 @@ def pretrained_kwargs(
         offload_folder.mkdir(parents=True, exist_ok=True)
         kwargs["offload_folder"] = str(offload_folder)
     return kwargs
+
+
+def check_covered(
+    reference: str, source: Path | str, device_map: tuple[tuple[str, str | int], ...], common: dict[str, Any]
+) -> None:
+    """An explicit device map names only modules the model has, and places every parameter
+    (accelerate would leave an unplaced one on the meta device without a word)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from interp_assert.errors import ModelLoadError
+
+    config = AutoConfig.from_pretrained(source, **common)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=common["trust_remote_code"])
+    modules = dict(skeleton.named_modules())
+    for module, _ in device_map:
+        if module and module not in modules:
+            top = ", ".join(name for name in modules if name and "." not in name)
+            block = next((name for name in modules if name.endswith(".0")), "")
+            raise ModelLoadError(
+                f"model {reference!r}: device_map names module {module!r}, which this {type(skeleton).__name__} "
+                f"does not have; its top-level modules are {top}" + (f", its first block is {block}" if block else "")
+            )
+    placed = [module for module, _ in device_map]
+    missing = [
+        name
+        for name, _ in skeleton.named_parameters()
+        if not any(not module or name == module or name.startswith(module + ".") for module in placed)
+    ]
+    if missing:
+        more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+        raise ModelLoadError(
+            f"model {reference!r}: device_map places no device for parameter(s) {', '.join(missing[:3])}{more}; "
+            "give every module a device (a key '' covers the whole model), or use device_map: auto"
+        )

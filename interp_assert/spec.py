@@ -97,11 +97,11 @@ class SpecHeader(Strict):
 
     schema_url: str | None = Field(default=None, alias="$schema")
     model: str = Field(min_length=1)
+    dtype: DType = "float32"
+    device: Annotated[str, AfterValidator(_valid_device)] = "cpu"
     revision: Annotated[str, _checked(hub.check_revision, "revision")] | None = Field(
         default=None, description="branch, tag or commit sha of a Hugging Face hub model"
     )
-    dtype: DType = "float32"
-    device: Annotated[str, AfterValidator(_valid_device)] = "cpu"
     device_map: Annotated[str | dict[str, Any], _checked(placement.check_device_map, "device_map")] | None = Field(
         default=None, description="auto, balanced, balanced_low_0, sequential, or module name -> device (or disk)"
     )
