@@ -25,7 +25,7 @@ import torch
 from interp_assert import blockwise
 from interp_assert.errors import CaptureError
 from interp_assert.measurements import AblatedLosses, AblationRequest, Head
-from interp_assert.models import LoadedModel
+from interp_assert.models import LoadedModel, input_device
 from interp_assert.prompts import PromptBatch
 
 OUTPUT_PROJECTIONS = ("o_proj", "out_proj", "c_proj", "dense")
@@ -187,7 +187,7 @@ def _ablated(
         with blockwise.attention_implementation(model, "sdpa"):
             losses = []
             for batch in batches:
-                tokens = batch.tokens.to(record.loaded.options.device)
+                tokens = batch.tokens.to(input_device(record.loaded))
                 output = base_model(model)(input_ids=tokens, use_cache=False)
                 losses.append(token_losses(record.loaded, _last_hidden(output), tokens))
     finally:

@@ -37,21 +37,28 @@ class Interp:
 
     def __init__(self, options: RunOptions | None = None) -> None:
         self.options = options or RunOptions()
-        self._models: dict[tuple[str, str, str], Model] = {}
+        self._models: dict[tuple[str, LoadOptions], Model] = {}
 
-    def model(self, reference: str, *, dtype: str | None = None, device: str | None = None) -> Model:
+    def model(
+        self, reference: str, *, dtype: str | None = None, device: str | None = None, revision: str | None = None
+    ) -> Model:
+        """``reference`` loaded once per session with the run's options; ``revision`` for a hub id
+        (``--interp-revision`` wins, and so do ``--interp-device-map`` and its companions)."""
         target = self.options.overrides.get(reference, reference)
-        dtype = self.options.dtype or dtype or "float32"
-        device = self.options.device or device or "cpu"
-        key = (target, dtype, device)
+        load = LoadOptions(
+            device=self.options.device or device or "cpu",
+            dtype=self.options.dtype or dtype or "float32",  # type: ignore[arg-type]
+            trust_remote_code=self.options.trust_remote_code,
+            allow_pickle=self.options.allow_pickle,
+            overrides=tuple(sorted(self.options.overrides.items())),
+            revision=self.options.revisions.get(reference, revision),
+            revisions=tuple(sorted(self.options.revisions.items())),
+            device_map=self.options.device_map,
+            max_memory=self.options.max_memory,
+            offload_folder=self.options.offload_folder,
+        )
+        key = (target, load)
         if key not in self._models:
-            load = LoadOptions(
-                device=device,
-                dtype=dtype,  # type: ignore[arg-type]
-                trust_remote_code=self.options.trust_remote_code,
-                allow_pickle=self.options.allow_pickle,
-                overrides=tuple(sorted(self.options.overrides.items())),
-            )
             self._models[key] = Model(reference, load_model(target, load))
         return self._models[key]
 

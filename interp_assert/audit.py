@@ -78,9 +78,17 @@ class Audit:
         return all(row.passed for row in self.rows)
 
 
-def run_audit(spec_path: str, checkpoint: str, options: RunOptions | None = None, *, base: str | None = None) -> Audit:
+def run_audit(
+    spec_path: str,
+    checkpoint: str,
+    options: RunOptions | None = None,
+    *,
+    base: str | None = None,
+    checkpoint_revision: str | None = None,
+) -> Audit:
     """Evaluate every expectation of ``spec_path`` on the base (the spec's model, or ``base``) and
-    on ``checkpoint``; ``options.overrides`` may also remap the base model an adapter names."""
+    on ``checkpoint`` (a hub id at ``checkpoint_revision`` if given); ``options.overrides`` may
+    also remap the base model an adapter names."""
     options = options or RunOptions()
     spec = load_spec(spec_path)
     if spec.problems() or spec.header is None:
@@ -88,7 +96,9 @@ def run_audit(spec_path: str, checkpoint: str, options: RunOptions | None = None
     model = spec.header.model
     base_overrides = dict(options.overrides) | ({model: base} if base else {})
     base_runner = Runner(replace(options, overrides=base_overrides))
-    checkpoint_runner = Runner(replace(options, overrides=base_overrides | {model: checkpoint}))
+    revisions = {name: rev for name, rev in options.revisions.items() if name != model}
+    revisions |= {model: checkpoint_revision} if checkpoint_revision else {}
+    checkpoint_runner = Runner(replace(options, overrides=base_overrides | {model: checkpoint}, revisions=revisions))
     notes = []
     for runner in (base_runner, checkpoint_runner):
         notes += [n for n in runner.model_for(spec).notes if n not in notes]

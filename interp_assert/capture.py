@@ -22,7 +22,7 @@ import torch
 from interp_assert import ablation, blockwise, fused, kernels, lens, native
 from interp_assert.errors import CaptureError
 from interp_assert.measurements import CaptureRequest, Measurements
-from interp_assert.models import LoadedModel
+from interp_assert.models import LoadedModel, input_device
 from interp_assert.peaks import PeakAccumulator
 from interp_assert.prompts import PromptBatch
 from interp_assert.scores import (
@@ -122,7 +122,7 @@ def _clean_run(
     if not request.needs_attention:
         with blockwise.attention_implementation(model, "sdpa"):
             return _Run(loaded, arch, request, record).forward(batches, hooks="norms")
-    device = torch.device(loaded.options.device)
+    device = input_device(loaded)
     head_dim = getattr(loaded.config, "head_dim", None) or getattr(loaded.config, "hidden_size", 0) // arch.n_heads
     use_fused = attention == "fused" or (attention == "auto" and fused_is_cheaper(request, device, head_dim))
     if attention != "eager":
@@ -205,7 +205,8 @@ class _Run:
         self.sequences_done = 0  # sequences of earlier batches: activation peaks name a sequence by its index
         self.peaks = PeakAccumulator(len(arch.blocks) + 1) if request.activation_peaks else None
         self.patterns: dict[tuple[int, int], np.ndarray] = {}
-        self.targets: dict[tuple[int, int, int, int | None], BlockTargets] = {}
+        self.targets: dict[tuple[Any, ...], BlockTargets] = {}
+        self.moved: dict[torch.device, torch.Tensor] = {}  # this batch's tokens on other layers' devices
 
     def forward(self, batches: list[PromptBatch], hooks: Literal["norms", "attention+norms"]) -> Measurements:
         arch, request = self.arch, self.request
@@ -223,9 +224,9 @@ class _Run:
             if self.record is not None:
                 stack.enter_context(self.record.recording())
             for index, batch in enumerate(batches):
-                self.tokens = batch.tokens.to(self.loaded.options.device)
+                self.tokens = batch.tokens.to(input_device(self.loaded))
                 self.first_batch = index == 0
-                self.targets = {}
+                self.targets, self.moved = {}, {}
                 output = ablation.base_model(self.loaded.model)(input_ids=self.tokens, use_cache=False)
                 if self.record is not None:
                     self.record.add_batch(output, self.tokens)
@@ -253,12 +254,13 @@ class _Run:
         ``masked``: the weights come from :mod:`interp_assert.blockwise`, which gives hidden keys
         weight exactly 0 and rows that sum to 1 by construction (checked all the same)."""
         n_rows, n_keys = weights.shape[2], weights.shape[3]
-        where = (row_start, n_rows, n_keys, window)
-        if where not in self.targets:  # the same for every layer of this batch
-            self.targets[where] = block_targets(self.tokens, row_start, n_rows, n_keys, self.roles, window)
+        tokens = self.tokens_on(weights.device)
+        where = (row_start, n_rows, n_keys, window, tokens.device)
+        if where not in self.targets:  # the same for every layer of this batch (on one device)
+            self.targets[where] = block_targets(tokens, row_start, n_rows, n_keys, self.roles, window)
         sums = score_block(
             weights,
-            self.tokens,
+            tokens,
             row_start,
             self.roles,
             window,
@@ -279,14 +281,24 @@ class _Run:
                     pattern = self.patterns.setdefault((layer, head), np.zeros((n_tokens, n_tokens), np.float32))
                     pattern[row_start : row_start + n_rows, :n_keys] = weights[0, head].float().cpu().numpy()
 
-    def targets_for(self, n_keys: int, window: int | None) -> BlockTargets:
-        """The targets of rows ``0 .. n_keys - 1`` of this batch (shared by the layers with ``window``),
-        found a block of rows at a time (the masks of duplicate_token and induction are ``[B, R, T]``)."""
-        where = (0, n_keys, n_keys, window)
+    def tokens_on(self, device: torch.device) -> torch.Tensor:
+        """This batch's tokens on ``device``: under a device map, layers run on different devices."""
+        if device == self.tokens.device:
+            return self.tokens
+        if device not in self.moved:
+            self.moved[device] = self.tokens.to(device)
+        return self.moved[device]
+
+    def targets_for(self, n_keys: int, window: int | None, device: torch.device | None = None) -> BlockTargets:
+        """The targets of rows ``0 .. n_keys - 1`` of this batch (shared by the layers with ``window``
+        on ``device``), found a block of rows at a time (the masks of duplicate_token and induction are
+        ``[B, R, T]``)."""
+        tokens = self.tokens if device is None else self.tokens_on(device)
+        where = (0, n_keys, n_keys, window, tokens.device)
         if where not in self.targets:
-            rows = max(1, TARGET_MASK_ELEMENTS // (self.tokens.shape[0] * n_keys))
+            rows = max(1, TARGET_MASK_ELEMENTS // (tokens.shape[0] * n_keys))
             parts = [
-                (start, block_targets(self.tokens, start, min(rows, n_keys - start), n_keys, self.roles, window))
+                (start, block_targets(tokens, start, min(rows, n_keys - start), n_keys, self.roles, window))
                 for start in range(0, n_keys, rows)
             ]
             self.targets[where] = parts[0][1] if len(parts) == 1 else merge_targets(parts)
@@ -365,7 +377,7 @@ def generate(loaded: LoadedModel, batches: list[PromptBatch], max_new_tokens: in
     extended = []
     with torch.inference_mode(), _quiet():
         for batch in batches:
-            tokens = batch.tokens.to(loaded.options.device)
+            tokens = batch.tokens.to(input_device(loaded))
             output = loaded.model.generate(
                 input_ids=tokens,
                 attention_mask=torch.ones_like(tokens),

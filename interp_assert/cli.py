@@ -45,8 +45,9 @@ examples:
   interp-assert measure smollm2-135m-instruct --role induction
 
 MODEL (and --checkpoint) is a built-in alias (smollm2-135m-instruct, tiny-neo), a
-model directory, a .gguf file, or a Hugging Face id already in the local cache
-(nothing is downloaded). Progress bars appear on a terminal only, never when CI is set.
+model directory, a .gguf file, or a Hugging Face hub id (downloaded into the hub cache,
+HF_HOME, unless HF_HUB_OFFLINE is set; HF_TOKEN for gated models). Progress bars appear
+on a terminal only, never when CI is set.
 """
 
 
@@ -92,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="at_least bounds are this fraction of the measured value (default 0.85)",
     )
     discover.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    discover.add_argument(
+        "--revision", metavar="REV", help="branch, tag or commit sha of a hub MODEL (written to the spec)"
+    )
     _model_options(discover)
     discover.set_defaults(handler=_discover)
 
@@ -129,6 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument(
         "--checkpoint", required=True, metavar="PATH", help="the checkpoint to audit (model folder or PEFT adapter)"
     )
+    audit.add_argument("--checkpoint-revision", metavar="REV", help="branch, tag or commit sha of a hub CHECKPOINT")
     audit.add_argument("--base", metavar="PATH", help="compare against this model instead of the spec's own")
     audit.add_argument("--json", action="store_true", help="print the result as JSON (NaN written as null)")
     audit.add_argument("--report", type=Path, metavar="DIR", help="also write DIR/index.html with difference figures")
@@ -157,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--head", action="append", type=_head, metavar="LxHy", help="show this head's scores")
     measure.add_argument("--top", type=_positive_int, default=5, help="heads shown per role (default 5)")
     measure.add_argument("--json", action="store_true", help="print the measurements as JSON")
+    measure.add_argument("--revision", metavar="REV", help="branch, tag or commit sha of a hub MODEL")
     _model_options(measure)
     measure.set_defaults(handler=_measure)
     return parser
@@ -170,9 +176,27 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         help="load PATH_OR_ID wherever NAME is named: a spec's model, or the base an adapter names "
         "(e.g. --interp-model smollm2-base=./base); repeatable",
     )  # fmt: skip
+    group.add_argument(
+        "--interp-revision", action="append", default=[], metavar="NAME=REV", type=_mapping,
+        help="load the hub model NAME (a spec's model, or the base an adapter names) at REV: a branch, tag or "
+        "commit sha; repeatable",
+    )  # fmt: skip
     dtypes = ("float32", "float16", "bfloat16")
     group.add_argument("--dtype", "--interp-dtype", choices=dtypes, help="override the dtype")
     group.add_argument("--device", "--interp-device", help="torch device, e.g. cpu or cuda (default: spec, else cpu)")
+    group.add_argument(
+        "--device-map", "--interp-device-map", metavar="MAP",
+        help="spread the model over devices (accelerate): auto, balanced, balanced_low_0, sequential, or "
+        "MODULE=DEVICE,... (DEVICE: cpu, cuda:N, a GPU number, or disk)",
+    )  # fmt: skip
+    group.add_argument(
+        "--max-memory", "--interp-max-memory", metavar="DEVICE=SIZE,...",
+        help="memory the device map may use per device, e.g. 0=20GiB,cpu=60GiB",
+    )  # fmt: skip
+    group.add_argument(
+        "--offload-folder", "--interp-offload-folder", type=Path, metavar="DIR",
+        help="folder for weights the device map offloads to disk",
+    )  # fmt: skip
     group.add_argument(
         "--trust-remote-code", "--interp-trust-remote-code", action="store_true",
         help="allow model code from the model's repository (runs it)",
@@ -185,20 +209,46 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_options(args: argparse.Namespace) -> Any:
+    from interp_assert import placement
+    from interp_assert.hub import revision_problem
     from interp_assert.runner import RunOptions
 
-    overrides: dict[str, str] = {}
-    for name, target in args.interp_model:
-        if name in overrides:
-            raise InterpAssertError(f"--interp-model {name} is given twice ({overrides[name]!r} and {target!r})")
-        overrides[name] = target
+    overrides = _named(args.interp_model, "--interp-model")
+    revisions = _named(args.interp_revision, "--interp-revision")
+    for revision in [*revisions.values(), *(getattr(args, key, None) for key in ("revision", "checkpoint_revision"))]:
+        problem = revision_problem(revision) if revision is not None else None
+        if problem:
+            raise InterpAssertError(problem)
+    if args.device is not None and args.device_map is not None:
+        raise InterpAssertError(
+            f"--device {args.device} and --device-map {args.device_map}: give one device, or a device map, not both"
+        )
+    try:
+        device_map = placement.parse_device_map_flag(args.device_map) if args.device_map is not None else None
+        max_memory = placement.parse_max_memory_flag(args.max_memory) if args.max_memory is not None else None
+        folder = placement.check_offload_folder(args.offload_folder) if args.offload_folder is not None else None
+    except ValueError as exc:
+        raise InterpAssertError(str(exc)) from None
     return RunOptions(
         overrides=overrides,
         device=args.device,
         dtype=args.dtype,
         trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
+        revisions=revisions,
+        device_map=device_map,
+        max_memory=max_memory,
+        offload_folder=folder.resolve() if folder is not None else None,
     )
+
+
+def _named(pairs: list[tuple[str, str]], flag: str) -> dict[str, str]:
+    named: dict[str, str] = {}
+    for name, value in pairs:
+        if name in named:
+            raise InterpAssertError(f"{flag} {name} is given twice ({named[name]!r} and {value!r})")
+        named[name] = value
+    return named
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -291,6 +341,7 @@ def _audit(args: argparse.Namespace) -> int:
         base=args.base,
         report_dir=args.report,
         force=args.force,
+        checkpoint_revision=args.checkpoint_revision,
     )
 
 
@@ -304,6 +355,7 @@ def main_audit(
     base: str | None = None,
     report_dir: Path | None = None,
     force: bool = False,
+    checkpoint_revision: str | None = None,
 ) -> int:
     """Print the audit (and write its report); return 1 if any expectation fails on the checkpoint."""
     from interp_assert.audit import print_table, run_audit, to_json
@@ -313,7 +365,7 @@ def main_audit(
     out = out or sys.stdout
     if report_dir is not None:
         refuse_overwrite(report_dir, force=force)
-    audit = run_audit(spec_path, checkpoint, options, base=base)
+    audit = run_audit(spec_path, checkpoint, options, base=base, checkpoint_revision=checkpoint_revision)
     if as_json:
         json.dump(to_json(audit), out, indent=2, allow_nan=False)
         out.write("\n")
@@ -383,6 +435,11 @@ def _load(reference: str, args: argparse.Namespace) -> Any:
         trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
         overrides=tuple(sorted(options.overrides.items())),
+        revision=args.revision or options.revisions.get(reference),
+        revisions=tuple(sorted(options.revisions.items())),
+        device_map=options.device_map,
+        max_memory=options.max_memory,
+        offload_folder=options.offload_folder,
     )
     return load_model(options.overrides.get(reference, reference), load)
 

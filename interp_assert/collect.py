@@ -53,27 +53,66 @@ def item_runner(config: pytest.Config, spec: SpecFile, checkpoint: Any = None) -
 
 
 def run_options(config: pytest.Config) -> Any:
+    from pathlib import Path
+
+    from interp_assert import placement
+    from interp_assert.hub import revision_problem
     from interp_assert.runner import RunOptions
 
-    overrides: dict[str, str] = {}
-    for item in options.get(config, "interp_model"):
-        name, sep, target = item.partition("=")
-        if not sep or not name or not target:
-            raise pytest.UsageError(f"--interp-model {item!r}: expected SPEC_MODEL=PATH_OR_ID")
-        if name in overrides:
-            raise pytest.UsageError(
-                f"--interp-model {name} is given twice ({overrides[name]!r} and {target!r}); "
-                "a model can be replaced by one checkpoint per run"
-            )
-        overrides[name] = target
+    overrides = _pairs(
+        config, "interp_model", "SPEC_MODEL=PATH_OR_ID", "a model can be replaced by one checkpoint per run"
+    )
+    revisions = _pairs(config, "interp_revision", "SPEC_MODEL=REVISION", "a model is measured at one revision per run")
+    for name, revision in revisions.items():
+        problem = revision_problem(revision)
+        if problem:
+            raise pytest.UsageError(f"--interp-revision {name}={revision}: {problem}")
+    device, device_map = options.get(config, "interp_device"), options.get(config, "interp_device_map")
+    if device is not None and device_map is not None:
+        raise pytest.UsageError(
+            f"--interp-device {device} and --interp-device-map {device_map}: give one device, or a device map, not both"
+        )
+    here = config.invocation_params.dir
+    parsed_map = _parsed(config, "interp_device_map", placement.parse_device_map_flag)
+    parsed_memory = _parsed(config, "interp_max_memory", placement.parse_max_memory_flag)
+    folder = _parsed(config, "interp_offload_folder", lambda text: placement.check_offload_folder(here / Path(text)))
     return RunOptions(
         overrides=overrides,
-        device=options.get(config, "interp_device"),
+        device=device,
         dtype=options.get(config, "interp_dtype"),
         trust_remote_code=options.get(config, "interp_trust_remote_code"),
         allow_pickle=options.get(config, "interp_allow_pickle"),
         update_snapshots=bool(getattr(config.option, "update_snapshots", False)),
+        revisions=revisions,
+        device_map=parsed_map,
+        max_memory=parsed_memory,
+        offload_folder=folder,
     )
+
+
+def _parsed(config: pytest.Config, name: str, parse: Any) -> Any:
+    """An option parsed by ``parse`` (``None`` when not given); a bad value is a usage error naming the flag."""
+    text = options.get(config, name)
+    if text is None:
+        return None
+    try:
+        return parse(text)
+    except ValueError as exc:
+        raise pytest.UsageError(f"{options.BY_NAME[name].flag} {text}: {exc}") from None
+
+
+def _pairs(config: pytest.Config, name: str, form: str, once: str) -> dict[str, str]:
+    """``--interp-model`` / ``--interp-revision``: NAME=VALUE entries, each name at most once."""
+    flag = options.BY_NAME[name].flag
+    pairs: dict[str, str] = {}
+    for item in options.get(config, name):
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise pytest.UsageError(f"{flag} {item!r}: expected {form}")
+        if key in pairs:
+            raise pytest.UsageError(f"{flag} {key} is given twice ({pairs[key]!r} and {value!r}); {once}")
+        pairs[key] = value
+    return pairs
 
 
 class ExpectationFailed(AssertionError):
@@ -221,20 +260,27 @@ def check_run(session: pytest.Session, items: list[pytest.Item]) -> None:
     repeated one, and an ``--interp-device`` that is not valid or not available here."""
     config = session.config
     # parsed only when given: run_options imports the runner (and torch), which a run without specs never needs
-    overrides = run_options(config).overrides if options.get(config, "interp_model") else {}  # repeated: an error
+    given = any(
+        options.get(config, name)
+        for name in ("interp_model", "interp_revision", "interp_device_map", "interp_max_memory")
+    ) or options.get(config, "interp_offload_folder")
+    parsed = run_options(config) if given else None  # a repeated name or a bad value: a usage error
+    overrides = parsed.overrides if parsed is not None else {}
+    revisions = parsed.revisions if parsed is not None else {}
     specs = [item.spec for item in items if isinstance(item, SpecItem)]
     # Python tests using the ``interp`` fixture name their models in code, so a run with only
     # those cannot know the names; with spec files, every name must be one of theirs.
     only_fixture_users = not specs and any("interp" in getattr(item, "fixturenames", ()) for item in items)
-    if overrides and not session.testsfailed and not only_fixture_users:  # a collection error is reported first
+    if (overrides or revisions) and not session.testsfailed and not only_fixture_users:  # collection errors first
         named = models_named(specs, overrides)
-        for name in overrides:
-            if name not in named:
-                used = ", ".join(sorted(named)) if named else "none (no spec file was collected)"
-                raise pytest.UsageError(
-                    f"--interp-model {name}={overrides[name]}: no collected spec uses a model named {name!r}, "
-                    f"so the override would change nothing; models the collected specs use: {used}"
-                )
+        for flag, pairs in (("--interp-model", overrides), ("--interp-revision", revisions)):
+            for name in pairs:
+                if name not in named:
+                    used = ", ".join(sorted(named)) if named else "none (no spec file was collected)"
+                    raise pytest.UsageError(
+                        f"{flag} {name}={pairs[name]}: no collected spec uses a model named {name!r}, "
+                        f"so the override would change nothing; models the collected specs use: {used}"
+                    )
     device = options.get(config, "interp_device")
     if device is not None and specs:
         from interp_assert.models import device_problem
@@ -363,9 +409,9 @@ def order_by_model(config: pytest.Config, items: list[pytest.Item]) -> list[pyte
     rank: dict[object, int] = {}
 
     def key(item: SpecItem) -> int:
-        model = model_key(item.spec, options) if item.spec.header else ("", "", "")
+        model: tuple[Any, Any] = model_key(item.spec, options) if item.spec.header else ("", None)
         if item.checkpoint is not None and item.spec.header is not None:  # loaded in place of the spec's model
-            model = (item.checkpoint.path, *model[1:])
+            model = (item.checkpoint.path, model[1])
         return rank.setdefault(model, len(rank))
 
     return others + sorted(specs, key=key)
@@ -387,9 +433,9 @@ def junit_properties(
 ) -> list[tuple[str, object]]:
     """The item's stable record for JUnit XML and dashboards (documented in the README):
     ``property``, ``passed``, ``value``, ``bound_low``, ``bound_high``, ``model``,
-    ``model_source``, ``weights_sha256``, ``headline``, ``checkpoint`` and ``step`` (under
-    ``--interp-checkpoints``), ``generated_text`` (text checks), ``note`` (repeatable), then
-    ``measured.<name>`` for every other number."""
+    ``model_source``, ``weights_sha256``, ``revision`` and ``commit`` (hub models), ``headline``,
+    ``checkpoint`` and ``step`` (under ``--interp-checkpoints``), ``generated_text`` (text checks),
+    ``note`` (repeatable), then ``measured.<name>`` for every other number."""
     from interp_assert.models import content_hash
 
     assert entry.expectation is not None
@@ -404,8 +450,12 @@ def junit_properties(
         ("model", runner.model_named(spec)),
         ("model_source", loaded.source),
         ("weights_sha256", content_hash(loaded.source)),
-        ("headline", outcome.headline),
     ]
+    if loaded.options.revision is not None:
+        properties.append(("revision", loaded.options.revision))
+    if loaded.commit is not None:
+        properties.append(("commit", loaded.commit))
+    properties.append(("headline", outcome.headline))
     if checkpoint is not None:
         properties += [("checkpoint", checkpoint.label), ("step", "" if checkpoint.step is None else checkpoint.step)]
     if "generated_text" in outcome.measured:

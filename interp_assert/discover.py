@@ -179,11 +179,14 @@ def discover(
         sections.append(massive_activation.findings(first_set, first.activation_peaks, settings, used))
     if first.logit_lens is not None:
         sections.append(logit_lens.findings(first_set, first.logit_lens, settings, used))
-    header = {
-        "model": spec_model_reference(model, output),
-        "dtype": loaded.options.dtype,
-        "device": loaded.options.device,
-    }
+    header = {"model": spec_model_reference(model, output)}
+    if loaded.options.revision is not None:
+        header["revision"] = loaded.options.revision
+    header["dtype"] = loaded.options.dtype
+    if isinstance(loaded.options.device_map, str):  # a strategy carries over to another machine; a mapping may not
+        header["device_map"] = loaded.options.device_map
+    else:
+        header["device"] = loaded.options.device
     text = render(model, loaded, header, prompt_sets, sections, settings)
     spec = parse_spec(text, str(output))
     problems = spec.problems()
@@ -278,9 +281,10 @@ def render(
     kv_heads = getattr(config, "num_key_value_heads", None)
     if kv_heads and kv_heads != config.num_attention_heads:
         shape += f" ({kv_heads} KV heads)"
+    where = header.get("device") or f"device_map {header['device_map']}"
     lines = [
         f"# Discovered by `interp-assert discover {model}` (interp_assert {package_version()}).",
-        f"# {type(loaded.model).__name__}: {shape}, {header['dtype']} on {header['device']}.",
+        f"# {type(loaded.model).__name__}: {shape}, {header['dtype']} on {where}.",
         f"# A head is written when its role score reaches {settings.threshold:g}; each at_least bound is",
         f"# {settings.keep:g} x the measured value, rounded down (at_most: divided by {settings.keep:g}, rounded up).",
         "# Each description carries the measured number; edit the bounds as findings firm up.",

@@ -68,7 +68,7 @@ class FusedCapture:
     """What the fused attention function needs while a capture runs."""
 
     consume: Callable[[int, LayerRows], None]
-    targets_for: Callable[[int, int | None], BlockTargets]  # (keys, window) -> the batch's targets
+    targets_for: Callable[[int, int | None, torch.device], BlockTargets]  # (keys, window, device) -> the targets
     layer_of: dict[int, int]  # id(attention module) -> layer index
     wants_entropy: bool
     wants_max: bool
@@ -161,7 +161,7 @@ def fused_attention(
     if capture is None:
         return output, None
     with one_thread():  # small tensors: see one_thread
-        targets = capture.targets_for(n_tokens, sliding_window)
+        targets = capture.targets_for(n_tokens, sliding_window, query.device)
         weights = _target_weights(query, key, lse, targets, scale, softcap)
         groups = heads // key.shape[1]
         patterns = {

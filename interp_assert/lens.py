@@ -17,7 +17,7 @@ import torch
 from interp_assert import blockwise
 from interp_assert.errors import CaptureError
 from interp_assert.measurements import LogitLens
-from interp_assert.models import LoadedModel
+from interp_assert.models import LoadedModel, input_device
 from interp_assert.prompts import PromptBatch
 
 POSITION_CHUNK = 512  # positions unembedded at a time: [B, chunk, vocab] floats, not [B, T, vocab]
@@ -38,7 +38,7 @@ def measure(loaded: LoadedModel, batches: list[PromptBatch]) -> LogitLens:
     count = 0
     with torch.inference_mode(), blockwise.attention_implementation(model, "sdpa"):
         for batch in batches:
-            tokens = batch.tokens.to(loaded.options.device)
+            tokens = batch.tokens.to(input_device(loaded))
             hidden = base(input_ids=tokens, output_hidden_states=True, use_cache=False).hidden_states
             # hidden[-1] is the last block's output after the final norm (Hugging Face's convention)
             for start in range(1, tokens.shape[1], POSITION_CHUNK):

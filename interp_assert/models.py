@@ -1,4 +1,4 @@
-"""Finding and loading models: aliases, local directories, .gguf files, hub ids (offline).
+"""Finding and loading models: aliases, local directories, .gguf files, hub ids (:mod:`interp_assert.hub`).
 
 Loading is not running: this module builds the model object; ``capture`` is
 the only module that runs it. Safetensors are required unless the user allows
@@ -15,11 +15,13 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from interp_assert import hub, placement
 from interp_assert.errors import ModelLoadError
+from interp_assert.placement import DeviceMap, MaxMemory
 from interp_assert.vocab import DType
 
 BUILTIN_MODELS = Path(__file__).parent / "builtin_models"
@@ -55,6 +57,13 @@ class LoadOptions:
     cache_dir: Path | None = None
     # --interp-model NAME=TARGET pairs, consulted for the base model an adapter names
     overrides: tuple[tuple[str, str], ...] = ()
+    revision: str | None = None  # of a hub id: a branch, tag or commit sha
+    # --interp-revision NAME=REV pairs, consulted for the base model an adapter names
+    revisions: tuple[tuple[str, str], ...] = ()
+    # big models (interp_assert.placement): weights placed by accelerate instead of ``.to(device)``
+    device_map: DeviceMap | None = None
+    max_memory: MaxMemory | None = None
+    offload_folder: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +77,7 @@ class LoadedModel:
     options: LoadOptions
     notes: tuple[str, ...] = ()  # said to the user: how an adapter's base was found, substitutions
     base_source: str | None = None  # for an adapter: the base model directory it was merged into
+    commit: str | None = None  # for a hub id: the commit sha the revision resolved to
 
     @property
     def config(self) -> Any:
@@ -79,7 +89,7 @@ def environment(loaded: LoadedModel) -> dict[str, str]:
     import torch
     import transformers
 
-    return {
+    recorded = {
         "model": loaded.reference,
         "content_hash": content_hash(loaded.source),
         "torch": torch.__version__,
@@ -88,6 +98,38 @@ def environment(loaded: LoadedModel) -> dict[str, str]:
         "device": loaded.options.device,
         "attention": str(loaded.model.config._attn_implementation),
     }
+    # only where they apply, so that snapshots of local models read as before
+    if loaded.options.revision is not None:
+        recorded["revision"] = loaded.options.revision
+    if loaded.commit is not None:
+        recorded["commit"] = loaded.commit
+    if loaded.options.device_map is not None:
+        from interp_assert.placement import describe
+
+        recorded["device_map"] = describe(loaded.options.device_map)
+    return recorded
+
+
+def input_device(loaded: LoadedModel) -> Any:
+    """Where input ids go: ``options.device``, or under a ``device_map`` the device the embedding
+    layer runs on (accelerate's execution device where it placed a hook, for offloaded weights)."""
+    import torch
+
+    model = loaded.model
+    if getattr(model, "hf_device_map", None) is None:
+        return torch.device(loaded.options.device)
+    embeddings = model.get_input_embeddings()
+    name = next((n for n, m in model.named_modules() if m is embeddings), "")
+    parts = name.split(".") if name else []
+    for depth in range(len(parts), -1, -1):
+        hook = getattr(model.get_submodule(".".join(parts[:depth])), "_hf_hook", None)
+        for each in getattr(hook, "hooks", None) or [hook]:
+            device = getattr(each, "execution_device", None)
+            if device is not None:
+                return torch.device(device)
+    weight = getattr(embeddings, "weight", None)
+    device = weight.device if weight is not None else torch.device("cpu")
+    return torch.device("cpu") if device.type == "meta" else device
 
 
 _HASHES: dict[tuple[str, int, int], str] = {}
@@ -136,13 +178,19 @@ def resolve(reference: str, base_dir: Path | None = None) -> Path | str:
 
 def load_model(reference: str, options: LoadOptions, base_dir: Path | None = None) -> LoadedModel:
     """Load ``reference`` for capture: eval mode, no gradients, eager attention."""
-    problem = device_problem(options.device)
+    problem = placement_problem(options.device_map, options.max_memory, options.offload_folder, options.device)
     if problem:
         raise ModelLoadError(f"model {reference!r}: {problem}")
     source = resolve(reference, base_dir)
     if isinstance(source, str) and _looks_like_path(source):
         looked = f"{base_dir / source} or {Path(source).absolute()}" if base_dir else str(Path(source).absolute())
         raise ModelLoadError(f"model {reference!r}: no such file or folder ({looked}); {MODEL_FOLDER}")
+    if isinstance(source, Path) and options.revision is not None:
+        what = "a built-in alias" if reference in ALIASES else f"a local path ({source})"
+        raise ModelLoadError(
+            f"model {reference!r} is {what}, so revision {options.revision!r} cannot apply; "
+            "a revision selects a version of a Hugging Face hub id (org/name)"
+        )
     if isinstance(source, Path) and source.suffix == ".gguf":
         source = gguf_as_safetensors(source, options)
     if isinstance(source, Path) and not source.is_dir():
@@ -155,7 +203,11 @@ def load_model(reference: str, options: LoadOptions, base_dir: Path | None = Non
     model, tokenizer = _from_pretrained(reference, source, options)
     model.eval()
     model.requires_grad_(False)
-    return LoadedModel(reference, str(source), model, tokenizer, options)
+    commit = None
+    if isinstance(source, str):  # a hub id: record the snapshot it resolved to, and hash its weights as a folder's
+        folder, commit = hub.resolved(source, options.revision)
+        source = folder if folder is not None else source
+    return LoadedModel(reference, str(source), model, tokenizer, options, commit=commit)
 
 
 def show_progress() -> bool:
@@ -215,33 +267,22 @@ def resolve_adapter_base(name: str, directory: Path, options: LoadOptions) -> tu
         return name, None, f"the built-in alias {name!r}"
     if Path(name).expanduser().exists():
         return name, None, f"at {Path(name).expanduser()}"
-    cached = _in_hub_cache(name)
-    if name in UPSTREAM_OF_ALIAS and not cached:
+    cached = hub.in_cache(name, dict(options.revisions).get(name))
+    if name in UPSTREAM_OF_ALIAS and not cached and hub.offline():
         alias, what = UPSTREAM_OF_ALIAS[name]
-        hint = f"pass --interp-model {name}=PATH for the hub weights"
+        hint = f"pass --interp-model {name}=PATH for the hub weights, or unset HF_HUB_OFFLINE to download them"
         return alias, None, f"the embedded {alias!r} in its place ({what}); {hint}"
     if cached:
         return name, None, "the local Hugging Face cache"
+    if not hub.offline() and "/" in name and not _looks_like_path(name):
+        return name, None, "the Hugging Face hub"
+    why = " (HF_HUB_OFFLINE is set, so nothing is downloaded)" if hub.offline() else ""
     raise ModelLoadError(
         f"adapter {directory} names its base {name!r} (base_model_name_or_path), which is not a folder next to "
         f"the adapter ({directory / name}), nor in the working directory ({Path.cwd() / name}), nor a built-in "
-        f"alias ({', '.join(sorted(ALIASES))}), nor in the local Hugging Face cache; "
+        f"alias ({', '.join(sorted(ALIASES))}), nor in the local Hugging Face cache{why}; "
         f"map it with --interp-model {name}=PATH"
     )
-
-
-def _in_hub_cache(name: str) -> bool:
-    if "/" not in name or Path(name).is_absolute():
-        return False
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return False
-    try:
-        found = try_to_load_from_cache(name, "config.json")
-    except ValueError:  # not a valid repo id
-        return False
-    return isinstance(found, str)
 
 
 def _load_adapter(reference: str, directory: Path, options: LoadOptions) -> LoadedModel:
@@ -264,10 +305,11 @@ def _load_adapter(reference: str, directory: Path, options: LoadOptions) -> Load
             f"adapter {directory} has only pickled weights (adapter_model.bin), which can run arbitrary code when "
             "loaded; save it with safe_serialization=True, or allow it with --interp-allow-pickle"
         )
-    base = load_model(target, options, base_dir=base_dir)
+    base_revision = dict(options.revisions).get(base_reference)
+    base = load_model(target, replace(options, revision=base_revision), base_dir=base_dir)
     if base.base_source is not None:
         raise ModelLoadError(f"adapter {directory}: its base {base_reference!r} is itself an adapter ({base.source})")
-    if how.startswith("--interp-model") or how.startswith("the embedded"):
+    if how.startswith(("--interp-model", "the embedded", "the Hugging Face hub")):
         note = f"adapter {reference!r}: base {base_reference!r} from {how}"
     else:
         note = f"adapter {reference!r}: base {base_reference!r} found {how}"
@@ -298,29 +340,35 @@ def _from_pretrained(reference: str, source: Path | str, options: LoadOptions) -
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_progress()
-    common: dict[str, Any] = {"local_files_only": True, "trust_remote_code": options.trust_remote_code}
+    where: dict[str, Any] = hub.pretrained_kwargs(options.revision) if isinstance(source, str) else {}
+    common: dict[str, Any] = {"local_files_only": True, "trust_remote_code": options.trust_remote_code} | where
+    placed: dict[str, Any] = {}
     try:
+        if options.device_map is not None:  # creates the offload folder
+            placed = placement.pretrained_kwargs(options.device_map, options.max_memory, options.offload_folder)
         tokenizer = AutoTokenizer.from_pretrained(source, **common)
+        if not isinstance(options.device_map, str | None):
+            placement.check_covered(reference, source, options.device_map, common)
         model = AutoModelForCausalLM.from_pretrained(
             source,
             dtype=getattr(torch, options.dtype),
             attn_implementation="eager",
             use_safetensors=None if options.allow_pickle else True,
             **common,
+            **placed,
         )
+    except ModelLoadError:
+        raise
     except (OSError, ValueError) as exc:
-        known = ", ".join(sorted(ALIASES))
         if isinstance(source, str):
-            raise ModelLoadError(
-                f"model {reference!r} is not a known alias ({known}), not an existing path, and not in the "
-                f"local Hugging Face cache; it cannot be downloaded offline. Give a local directory, a .gguf "
-                f"file, or map it with --interp-model {reference}=PATH. ({_first_line(exc)})"
-            ) from None
+            raise hub.load_error(reference, options.revision, _first_line(exc), ", ".join(sorted(ALIASES))) from None
         raise ModelLoadError(f"model {reference!r} at {source} could not be loaded: {_first_line(exc)}") from None
     except Exception as exc:  # a corrupt file surfaces as whatever the reader raises (SafetensorError, ...)
         raise ModelLoadError(
             f"model {reference!r} at {source} could not be loaded: {type(exc).__name__}: {_first_line(exc)}"
         ) from exc
+    if options.device_map is not None:
+        return model, tokenizer  # already on its devices
     return model.to(options.device), tokenizer  # type: ignore[arg-type]
 
 
@@ -406,6 +454,26 @@ def _check_model_folder(reference: str, folder: Path) -> None:
                 f"model {reference!r}: weights file {file} is corrupt or truncated ({_first_line(exc)}); "
                 "copy or save it again"
             ) from exc
+
+
+def placement_problem(
+    device_map: DeviceMap | None, max_memory: MaxMemory | None, offload_folder: Path | None, device: str
+) -> str | None:
+    """Why the device (or every device of the ``device_map``) cannot hold the model here, or ``None``."""
+    if device_map is None:
+        if max_memory is not None or offload_folder is not None:
+            given = "max_memory" if max_memory is not None else "offload_folder"
+            return f"{given} applies only with a device_map; add device_map: auto (or balanced, sequential, a mapping)"
+        return device_problem(device)
+    devices = [] if isinstance(device_map, str) else [placed for _, placed in device_map]
+    devices += [key for key, _ in max_memory or () if isinstance(key, int)]
+    for each in devices:
+        if each == "disk":
+            continue
+        found = device_problem(f"cuda:{each}" if isinstance(each, int) else each)
+        if found:
+            return f"device_map: {found}"
+    return None
 
 
 def device_problem(device: str) -> str | None:

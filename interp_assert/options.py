@@ -37,6 +37,13 @@ OPTIONS: tuple[Option, ...] = (
         "SPEC_MODEL must be a model some collected spec or adapter names",
     ),
     Option(
+        name="interp_revision",
+        kind="append",
+        metavar="SPEC_MODEL=REVISION",
+        help="load the hub model SPEC_MODEL (or its --interp-model replacement) at REVISION: a branch, tag or "
+        "commit sha (repeatable); wins over the spec's revision",
+    ),
+    Option(
         name="interp_missing",
         kind="choice",
         choices=("error", "skip"),
@@ -49,6 +56,25 @@ OPTIONS: tuple[Option, ...] = (
         kind="choice",
         choices=("float32", "float16", "bfloat16"),
         help="dtype for every spec's model (overrides the spec)",
+    ),
+    Option(
+        name="interp_device_map",
+        kind="text",
+        metavar="MAP",
+        help="spread every spec's model over devices with accelerate: auto, balanced, balanced_low_0, sequential, "
+        "or MODULE=DEVICE,... (DEVICE: cpu, cuda:N, a GPU number, or disk); overrides the spec's device and device_map",
+    ),
+    Option(
+        name="interp_max_memory",
+        kind="text",
+        metavar="DEVICE=SIZE,...",
+        help="memory a device map may use per device, e.g. 0=20GiB,cpu=60GiB (overrides the spec's max_memory)",
+    ),
+    Option(
+        name="interp_offload_folder",
+        kind="text",
+        metavar="DIR",
+        help="folder for weights a device map offloads to disk (overrides the spec's offload_folder)",
     ),
     Option(
         name="interp_trust_remote_code",

@@ -389,13 +389,28 @@ def _page(spec: SpecFile, loaded: Any, results: list[Result], figures: list[_Fig
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>interp_assert report: {esc(Path(spec.path).name)}</title><style>{STYLE}</style></head><body>"
         f"<h1>interp_assert report: {esc(Path(spec.path).name)}</h1>"
-        f"<p>Spec <code>{esc(spec.path)}</code>; model <code>{esc(loaded.reference)}</code> "
-        f"({esc(type(loaded.model).__name__)}, {esc(loaded.options.dtype)} on {esc(loaded.options.device)}).</p>"
+        f"<p>Spec <code>{esc(spec.path)}</code>; model <code>{esc(loaded.reference)}</code>"
+        f"{esc(_revision_words(loaded))} "
+        f"({esc(type(loaded.model).__name__)}, {esc(loaded.options.dtype)} on {esc(_placement_words(loaded))}).</p>"
         f"<p class='summary'>{summary} of {len(results)} expectations.</p>"
         "<h2>Expectations</h2><table><tr><th>name</th><th>property</th><th>prompts</th><th>result</th>"
         f"<th>measured</th><th>figures</th></tr>{''.join(rows)}</table>"
         f"{''.join(blocks)}</body></html>\n"
     )
+
+
+def _revision_words(loaded: Any) -> str:
+    """`` at revision 'v1', commit 0123abcd4567`` for a hub model, else ''."""
+    words = f" at revision {loaded.options.revision!r}" if loaded.options.revision is not None else ""
+    return words + (f", commit {loaded.commit[:12]}" if loaded.commit is not None else "")
+
+
+def _placement_words(loaded: Any) -> str:
+    if loaded.options.device_map is None:
+        return str(loaded.options.device)
+    from interp_assert.placement import describe
+
+    return f"device_map {describe(loaded.options.device_map)}"
 
 
 def _anchor(file: str) -> str:

@@ -16,6 +16,7 @@ from interp_assert.errors import CheckInputError, InterpAssertError, ModelLoadEr
 from interp_assert.measurements import CaptureRequest, Measurements
 from interp_assert.models import LoadedModel, LoadOptions, environment, load_model
 from interp_assert.outcome import Outcome
+from interp_assert.placement import DeviceMap, MaxMemory, check_device_map, check_max_memory
 from interp_assert.prompts import build_batches
 from interp_assert.properties import CheckContext
 from interp_assert.spec import Entry, PromptSet, SpecFile
@@ -31,25 +32,57 @@ class RunOptions:
     allow_pickle: bool = False
     cache_dir: Path | None = None
     update_snapshots: bool = False
+    revisions: dict[str, str] = field(default_factory=dict)  # --interp-revision NAME=REV
+    device_map: DeviceMap | None = None  # --interp-device-map (wins over the spec's device and device_map)
+    max_memory: MaxMemory | None = None
+    offload_folder: Path | None = None
 
 
-def model_key(spec: SpecFile, options: RunOptions) -> tuple[str, str, str]:
-    """Which model a spec runs on, after ``--interp-model`` overrides and device/dtype options."""
-    assert spec.header is not None
-    reference = options.overrides.get(spec.header.model, spec.header.model)
-    if reference == spec.header.model and not Path(reference).is_absolute():
+def model_key(spec: SpecFile, options: RunOptions) -> tuple[str, LoadOptions]:
+    """Which model a spec runs on and how it is loaded, after ``--interp-model`` / ``--interp-revision``
+    overrides and the device, dtype and placement options (the command line wins over the spec).
+
+    A spec's ``revision`` pins the spec's own model: it does not follow an ``--interp-model``
+    replacement, which ``--interp-revision NAME=REV`` pins instead. A spec's ``device_map``,
+    ``max_memory`` and ``offload_folder`` go together; ``--interp-device`` replaces them all."""
+    header = spec.header
+    assert header is not None
+    reference = options.overrides.get(header.model, header.model)
+    if reference == header.model and not Path(reference).is_absolute():
         candidate = Path(spec.path).parent / reference
         reference = str(candidate.resolve()) if candidate.exists() else reference
-    return reference, options.dtype or spec.header.dtype, options.device or spec.header.device
+    revision = options.revisions.get(header.model)
+    if revision is None and header.model not in options.overrides:
+        revision = header.revision
+    device_map, max_memory, offload = options.device_map, options.max_memory, options.offload_folder
+    if device_map is None and options.device is None and header.device_map is not None:
+        device_map = check_device_map(header.device_map)
+        max_memory = max_memory or (check_max_memory(header.max_memory) if header.max_memory else None)
+        if offload is None and header.offload_folder is not None:
+            offload = (Path(spec.path).parent / Path(header.offload_folder).expanduser()).resolve()
+    load = LoadOptions(
+        device=options.device or header.device,
+        dtype=options.dtype or header.dtype,  # type: ignore[arg-type]
+        trust_remote_code=options.trust_remote_code,
+        allow_pickle=options.allow_pickle,
+        cache_dir=options.cache_dir,
+        overrides=tuple(sorted(options.overrides.items())),
+        revision=revision,
+        revisions=tuple(sorted(options.revisions.items())),
+        device_map=device_map,
+        max_memory=max_memory,
+        offload_folder=offload,
+    )
+    return reference, load
 
 
 class Runner:
     def __init__(self, options: RunOptions) -> None:
         self.options = options
-        self._model: tuple[tuple[str, str, str], LoadedModel] | None = None
+        self._model: tuple[tuple[str, LoadOptions], LoadedModel] | None = None
         self._measurements: dict[tuple[object, ...], Measurements] = {}
         self._extra: dict[tuple[str, str], CaptureRequest] = {}
-        self._unloadable: dict[tuple[str, str, str], ModelLoadError] = {}
+        self._unloadable: dict[tuple[str, LoadOptions], ModelLoadError] = {}
 
     def model_for(self, spec: SpecFile) -> LoadedModel:
         key = model_key(spec, self.options)
@@ -57,15 +90,7 @@ class Runner:
             raise self._unloadable[key]  # tried once this session already; do not retry per item
         if self._model is None or self._model[0] != key:
             self._model = None  # release the previous model before loading the next
-            reference, dtype, device = key
-            load = LoadOptions(
-                device=device,
-                dtype=dtype,  # type: ignore[arg-type]
-                trust_remote_code=self.options.trust_remote_code,
-                allow_pickle=self.options.allow_pickle,
-                cache_dir=self.options.cache_dir,
-                overrides=tuple(sorted(self.options.overrides.items())),
-            )
+            reference, load = key
             try:
                 self._model = (key, load_model(reference, load, Path(spec.path).parent))
             except ModelLoadError as exc:

@@ -19,7 +19,7 @@ from interp_assert import fingerprint as fp
 from interp_assert import snapshot_store as store
 from interp_assert.snapshot_store import SnapshotFileError
 
-__all__ = ["SnapshotFileError", "SnapshotResult", "check", "drift_report", "model_change", "read"]
+__all__ = ["SnapshotFileError", "SnapshotResult", "check", "drift_report", "model_change", "read", "revision_change"]
 
 Action = Literal["written", "updated"]
 
@@ -73,6 +73,9 @@ def check(
     changed_model = model_change(stored.environment, current.environment)
     if changed_model:
         notes.append(changed_model)
+    changed_revision = revision_change(stored.environment, current.environment)
+    if changed_revision:
+        notes.append(changed_revision)
     changed_env = [key for key in ("dtype", "device") if stored.environment.get(key) != current.environment.get(key)]
     effective = dict(tolerances)
     if changed_env:
@@ -82,7 +85,7 @@ def check(
         notes.append(f"environment differs from the snapshot ({moved}): default tolerances loosened x10")
     drift = fp.compare(stored, current, effective)
     measured: dict[str, float | str] = {"values_moved": drift.moved, "values_compared": drift.compared}
-    if drift.within and not (update and changed_model):
+    if drift.within and not (update and (changed_model or changed_revision)):
         headline = f"snapshot {name!r} matches within tolerance"
         return SnapshotResult(True, headline, tuple(notes), measured=measured, notes=tuple(notes))
     if update:
@@ -102,6 +105,28 @@ def model_change(recorded: dict[str, str], current: dict[str, str]) -> str:
     return (
         f"the snapshot was recorded on model {old_model!r} (weights {old_hash}); "
         f"this run measures {new_model!r} (weights {new_hash})"
+    )
+
+
+def revision_change(recorded: dict[str, str], current: dict[str, str]) -> str:
+    """One line when the snapshot was recorded at another hub revision (or commit) than this run's, else ''.
+
+    A commit sha names the weights exactly; the revision is how the spec asked for them (``main``
+    moves). Snapshots of local models record neither, and say nothing here."""
+    old_revision, new_revision = recorded.get("revision"), current.get("revision")
+    old_commit, new_commit = recorded.get("commit"), current.get("commit")
+    commits_differ = old_commit is not None and new_commit is not None and old_commit != new_commit
+    if old_revision == new_revision and not commits_differ:
+        return ""
+    if old_revision is None and new_revision is None and old_commit is None:
+        return ""
+
+    def at(revision: str | None, commit: str | None) -> str:
+        named = f"revision {revision!r}" if revision is not None else "no revision (the default branch)"
+        return named + (f" (commit {commit[:12]})" if commit else "")
+
+    return (
+        f"the snapshot was recorded at {at(old_revision, old_commit)}; this run measures {at(new_revision, new_commit)}"
     )
 
 

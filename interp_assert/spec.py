@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, Field, TypeAdapter, ValidationError, model_validator
 
-from interp_assert import properties
+from interp_assert import hub, placement, properties
 from interp_assert.errors import Location, SpecError
 from interp_assert.properties import (
     AttentionStatBounds,
@@ -79,6 +79,19 @@ def _valid_device(text: str) -> str:
     return text
 
 
+def _checked(check: Any, key: str) -> Any:
+    """A validator from one of placement's or hub's checks; the message drops the key pydantic puts first."""
+
+    def validate(value: Any) -> Any:
+        try:
+            check(value)
+        except ValueError as exc:
+            raise ValueError(str(exc).removeprefix(f"{key} ")) from None
+        return value
+
+    return AfterValidator(validate)
+
+
 class SpecHeader(Strict):
     """Everything in a spec file except its expectations."""
 
@@ -86,9 +99,31 @@ class SpecHeader(Strict):
     model: str = Field(min_length=1)
     dtype: DType = "float32"
     device: Annotated[str, AfterValidator(_valid_device)] = "cpu"
+    revision: Annotated[str, _checked(hub.check_revision, "revision")] | None = Field(
+        default=None, description="branch, tag or commit sha of a Hugging Face hub model"
+    )
+    device_map: Annotated[str | dict[str, Any], _checked(placement.check_device_map, "device_map")] | None = Field(
+        default=None, description="auto, balanced, balanced_low_0, sequential, or module name -> device (or disk)"
+    )
+    max_memory: Annotated[dict[str | int, Any], _checked(placement.check_max_memory, "max_memory")] | None = Field(
+        default=None, description="device (cpu, 0, cuda:1, ...) -> size such as 20GiB, for device_map"
+    )
+    offload_folder: str | None = Field(
+        default=None, min_length=1, description="folder for weights offloaded to disk (relative to the spec file)"
+    )
     prompts: dict[str, PromptSet] = Field(min_length=1)
     snapshot_tolerance: dict[ToleranceQuantity, ToleranceSpec] = Field(default_factory=dict)
     expectations: list[Any] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _placement(self) -> SpecHeader:
+        if self.device_map is not None and "device" in self.model_fields_set:
+            raise ValueError("give device (one device) or device_map (weights spread by accelerate), not both")
+        if self.device_map is None:
+            for key in ("max_memory", "offload_folder"):
+                if getattr(self, key) is not None:
+                    raise ValueError(f"{key} applies only with a device_map; add device_map: auto (or a mapping)")
+        return self
 
 
 @dataclass(frozen=True)
@@ -136,6 +171,12 @@ def parse_spec(text: str, path: str, *, shown: str | None = None) -> SpecFile:
         header = SpecHeader.model_validate(doc.data)
     except ValidationError as exc:
         header_problems = _describe(exc, doc, (), SpecHeader)
+    if header is not None and header.offload_folder is not None:
+        try:
+            placement.check_offload_folder(Path(path).parent / Path(header.offload_folder).expanduser())
+        except ValueError as exc:
+            header_problems.append((doc.locate(("offload_folder",)), str(exc)))
+            header = None
     raw = doc.data.get("expectations")
     entries = _entries(raw if isinstance(raw, list) else [], doc, header)
     prompts = doc.data.get("prompts")

@@ -194,3 +194,47 @@ def tiny_config(architecture: str, **overrides: Any) -> Any:
 
 
 ARCHITECTURES = ("gpt2", "gpt_neo", "gpt_neox", "llama", "qwen2", "mistral", "gemma", "phi")
+
+
+def hub_cache(hf_home: Path, repo_id: str, revisions: dict[str, Path], *, link: bool = False) -> dict[str, str]:
+    """Lay model folders out as the Hugging Face hub cache does, under ``hf_home/hub``:
+    ``models--org--name/blobs/<sha256>``, ``snapshots/<commit>/<file>`` (relative symlinks to the
+    blobs) and ``refs/<branch>`` holding the commit sha. ``revisions``: branch name -> folder.
+    ``link``: blobs are symlinks to the folders' files (no copy of big weights). Returns branch -> commit."""
+    import hashlib
+    import os
+    import shutil
+
+    repo = hf_home / "hub" / ("models--" + repo_id.replace("/", "--"))
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    commits = {}
+    for branch, folder in revisions.items():
+        files = sorted(p for p in folder.iterdir() if p.is_file())
+        digests = {}
+        for file in files:
+            digest = hashlib.sha256()
+            with file.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 24), b""):
+                    digest.update(block)
+            digests[file.name] = digest.hexdigest()
+            blob = repo / "blobs" / digests[file.name]
+            if not blob.exists():
+                os.symlink(file.resolve(), blob) if link else shutil.copyfile(file, blob)
+        commit = hashlib.sha1(json_text(sorted(digests.items())).encode()).hexdigest()
+        snapshot = repo / "snapshots" / commit
+        snapshot.mkdir(parents=True, exist_ok=True)
+        for name, blob in digests.items():
+            target = snapshot / name
+            if not target.exists():
+                os.symlink(os.path.join("..", "..", "blobs", blob), target)
+        ref = repo / "refs" / branch
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        ref.write_text(commit)
+        commits[branch] = commit
+    return commits
+
+
+def json_text(value: Any) -> str:
+    import json
+
+    return json.dumps(value, sort_keys=True)

@@ -7,6 +7,8 @@ import pytest
 
 # pytester points HOME at a temporary folder; keep the converted-GGUF cache where it is for real.
 os.environ.setdefault("INTERP_ASSERT_CACHE", str(Path.home() / ".cache" / "interp_assert"))
+# The tests never reach the network: a hub id is read from the local cache (tests/test_hub.py builds one).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # pytester's in-process runs drop modules first imported inside them; transformers' lazy
 # modules do not survive that, so import what the runs need here, once.

@@ -1235,4 +1235,243 @@ TRACK: list[Case] = [
     ),
 ]
 
-CASES: list[Case] = [*YAML, *SCHEMA, *MODELS, *WEIGHTS, *CLI, *TRACK, *SNAPSHOTS, *FILESYSTEM, *DEVICES]
+# ---- hub revisions (issue 14) ----
+
+REVISION_VALID = r"give a branch, tag or full commit sha \(letters, digits, '\.', '_', '-', '/'; no '\.\.', no spaces\)"
+
+REVISIONS: list[Case] = [
+    Case(
+        "spec-revision-path",
+        "models",
+        RUN,
+        FAILED,
+        at(2, 11) + r"revision: '\.\./\.\./etc' is not valid; " + REVISION_VALID,
+        {SPEC: spec(good(), header="revision: ../../etc")},
+    ),
+    Case(
+        "spec-revision-space",
+        "models",
+        RUN,
+        FAILED,
+        at(2, 11) + r"revision: 'main branch' is not valid; " + REVISION_VALID,
+        {SPEC: spec(good(), header="revision: main branch")},
+    ),
+    Case(
+        "flag-revision-bad",
+        "models",
+        (*RUN, "--interp-revision", "tiny-neo=a..b"),
+        USAGE,
+        r"--interp-revision tiny-neo=a\.\.b: revision 'a\.\.b' is not valid; " + REVISION_VALID,
+        TINY,
+    ),
+    Case(
+        "flag-revision-typo",
+        "models",
+        (*RUN, "--interp-revision", "tiny_neo=v2"),
+        USAGE,
+        r"--interp-revision tiny_neo=v2: no collected spec uses a model named 'tiny_neo'"
+        r".*models the collected specs use: tiny-neo",
+        TINY,
+    ),
+    Case(
+        "flag-revision-no-equals",
+        "models",
+        (*RUN, "--interp-revision", "v2"),
+        USAGE,
+        r"--interp-revision 'v2': expected SPEC_MODEL=REVISION",
+        TINY,
+    ),
+    model_case(
+        "revision-of-an-alias",
+        "tiny-neo",
+        r"model 'tiny-neo' is a built-in alias, so revision 'v2' cannot apply; a revision selects a version of a "
+        r"Hugging Face hub id",
+        None,
+        "--interp-revision",
+        "tiny-neo=v2",
+    ),
+    model_case(
+        "hub-revision-offline",
+        "someorg/some-model",
+        r"model 'someorg/some-model' at revision 'v2' is not a known alias .*cannot be downloaded offline: "
+        r"pre-fetch it with `huggingface-cli download someorg/some-model --revision v2`",
+        None,
+        "--interp-revision",
+        "someorg/some-model=v2",
+    ),
+    Case(
+        "cli-revision-bad",
+        "cli",
+        ("interp-assert", "measure", "tiny-neo", "--revision=../x"),
+        CLI_ERROR,
+        r"interp-assert: error: revision '\.\./x' is not valid; " + REVISION_VALID,
+    ),
+]
+
+# ---- big models: device_map, max_memory, offload_folder (issue 14) ----
+
+MAP_VALID = r"use auto, balanced, balanced_low_0, sequential, or a mapping of module name \('' for the whole model\)"
+SIZE_VALID = r"give a size such as 20GiB, 500MB or 1\.5GB, or a whole number of bytes"
+
+PLACEMENT: list[Case] = [
+    Case(
+        "spec-device-map-word",
+        "devices",
+        RUN,
+        FAILED,
+        at(2, 13) + r"device_map: 'gpu' is not valid; " + MAP_VALID,
+        {SPEC: spec(good(), header="device_map: gpu")},
+    ),
+    Case(
+        "spec-device-map-one-device",
+        "devices",
+        RUN,
+        FAILED,
+        at(2, 13) + r"device_map: 'cuda:0' is not valid \(for one device, use device: instead\); " + MAP_VALID,
+        {SPEC: spec(good(), header="device_map: cuda:0")},
+    ),
+    Case(
+        "spec-device-map-bad-device",
+        "devices",
+        RUN,
+        FAILED,
+        at(2, 13) + r"device_map: 'transformer\.h\.0': device 'gpu1' is not valid \(did you mean cuda:1\?\)",
+        {SPEC: spec(good(), header="device_map: {transformer.h.0: gpu1, '': cpu}")},
+    ),
+    Case(
+        "spec-device-map-and-device",
+        "devices",
+        RUN,
+        FAILED,
+        at(1, 1) + r"give device \(one device\) or device_map \(weights spread by accelerate\), not both",
+        {SPEC: spec(good(), header="device: cpu\ndevice_map: auto")},
+    ),
+    Case(
+        "spec-device-map-unknown-module",
+        "devices",
+        (*RUN, "-x"),
+        FAILED,
+        r"model 'tiny-neo': device_map names module 'model\.layers\.0', which this GPTNeoForCausalLM does not "
+        r"have; its top-level modules are transformer, lm_head, its first block is transformer\.h\.0",
+        {SPEC: spec(good(), header="device_map: {'': cpu, model.layers.0: disk}")},
+    ),
+    Case(
+        "spec-max-memory-size",
+        "devices",
+        RUN,
+        FAILED,
+        at(3, 13) + r"max_memory: 'cpu': size '2 gigs' is not valid; " + SIZE_VALID,
+        {SPEC: spec(good(), header="device_map: auto\nmax_memory: {cpu: 2 gigs}")},
+    ),
+    Case(
+        "spec-max-memory-device",
+        "devices",
+        RUN,
+        FAILED,
+        at(3, 13) + r"max_memory: key 'gpu' is not a device; use cpu, disk, mps, a GPU number, cuda, cuda:N or xpu:N",
+        {SPEC: spec(good(), header="device_map: auto\nmax_memory: {gpu: 2GiB}")},
+    ),
+    Case(
+        "spec-max-memory-without-map",
+        "devices",
+        RUN,
+        FAILED,
+        at(1, 1) + r"max_memory applies only with a device_map; add device_map: auto",
+        {SPEC: spec(good(), header="max_memory: {cpu: 2GiB}")},
+    ),
+    Case(
+        "spec-offload-folder-is-a-file",
+        "devices",
+        RUN,
+        FAILED,
+        at(3, 17) + r"offload_folder '.*notes\.txt': the offload folder is a file, not a folder; give a folder",
+        {SPEC: spec(good(), header="device_map: auto\noffload_folder: ../notes.txt"), "notes.txt": "x\n"},
+    ),
+    Case(
+        "flag-device-map-bad",
+        "devices",
+        (*RUN, "--interp-device-map", "everywhere"),
+        USAGE,
+        r"--interp-device-map everywhere: device_map 'everywhere' is not valid; " + MAP_VALID,
+        TINY,
+    ),
+    Case(
+        "flag-device-map-pair",
+        "devices",
+        (*RUN, "--interp-device-map", "transformer.h.0"),
+        USAGE,
+        r"--interp-device-map transformer\.h\.0: device_map 'transformer\.h\.0' is not valid",
+        TINY,
+    ),
+    Case(
+        "flag-device-and-device-map",
+        "devices",
+        (*RUN, "--interp-device", "cpu", "--interp-device-map", "auto"),
+        USAGE,
+        r"--interp-device cpu and --interp-device-map auto: give one device, or a device map, not both",
+        TINY,
+    ),
+    Case(
+        "flag-max-memory-size",
+        "devices",
+        (*RUN, "--interp-device-map", "auto", "--interp-max-memory", "cpu=lots"),
+        USAGE,
+        r"--interp-max-memory cpu=lots: max_memory 'cpu': size 'lots' is not valid; " + SIZE_VALID,
+        TINY,
+    ),
+    Case(
+        "flag-max-memory-without-map",
+        "devices",
+        (*RUN, "-x", "--interp-max-memory", "cpu=1GiB"),
+        FAILED,
+        r"model 'tiny-neo': max_memory applies only with a device_map; add device_map: auto",
+        TINY,
+    ),
+    Case(
+        "flag-offload-folder-is-a-file",
+        "devices",
+        (*RUN, "--interp-device-map", "auto", "--interp-offload-folder", "notes.txt"),
+        USAGE,
+        r"--interp-offload-folder notes\.txt: offload_folder '.*notes\.txt': the offload folder is a file, not a "
+        r"folder; give a folder",
+        {**TINY, "notes.txt": "x\n"},
+    ),
+    Case(
+        "cli-device-map-bad",
+        "cli",
+        ("interp-assert", "audit", SPEC, "--checkpoint", "tiny-neo", "--device-map", "gpu"),
+        CLI_ERROR,
+        r"interp-assert: error: device_map 'gpu' is not valid; " + MAP_VALID,
+        TINY,
+    ),
+    Case(
+        "cli-max-memory-size",
+        "cli",
+        ("interp-assert", "measure", "tiny-neo", "--device-map", "auto", "--max-memory", "0=-1GB"),
+        CLI_ERROR,
+        r"interp-assert: error: max_memory '0': size '-1GB' is not valid; " + SIZE_VALID,
+    ),
+    Case(
+        "cli-offload-folder-is-a-file",
+        "cli",
+        ("interp-assert", "measure", "tiny-neo", "--device-map", "auto", "--offload-folder", "notes.txt/sub"),
+        CLI_ERROR,
+        r"interp-assert: error: offload_folder 'notes\.txt/sub': notes\.txt, on the way to the offload folder, is "
+        r"a file, not a folder; give a folder",
+        {"notes.txt": "x\n"},
+    ),
+]
+
+CASES: list[Case] = [
+    *YAML,
+    *SCHEMA,
+    *MODELS,
+    *WEIGHTS,
+    *CLI,
+    *TRACK,
+    *SNAPSHOTS,
+    *FILESYSTEM,
+    *DEVICES,
+    *REVISIONS,
+    *PLACEMENT,
+]
