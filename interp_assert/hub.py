@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import os
 import re
+import socket
+from functools import cache
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from interp_assert.errors import ModelLoadError
 
@@ -98,6 +101,31 @@ def cached_revisions(repo_id: str) -> list[str]:
     snapshots = folder / "snapshots"
     shas = sorted(p.name for p in snapshots.iterdir() if p.is_dir()) if snapshots.is_dir() else []
     return [str(p.relative_to(refs)) for p in files] + [sha for sha in shas if sha not in referenced]
+
+
+PROBE_SECONDS = 3.0
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy")
+
+
+def unreachable() -> str | None:
+    """Why the hub endpoint cannot be reached (one TCP connection, 3 s at most), or ``None``.
+
+    A download from an unreachable hub would retry for most of a minute before failing; this
+    says so at once. Behind a proxy the probe is skipped (the proxy, not us, connects)."""
+    if any(os.environ.get(name) for name in PROXY_VARIABLES):
+        return None
+    return _probe(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+
+
+@cache
+def _probe(endpoint: str) -> str | None:
+    parsed = urlsplit(endpoint)
+    host, port = parsed.hostname or "", parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=PROBE_SECONDS).close()
+    except OSError as exc:
+        return f"cannot reach {endpoint} ({type(exc).__name__}: {exc})"
+    return None
 
 
 def load_error(reference: str, revision: str | None, problem: str, aliases: str) -> ModelLoadError:

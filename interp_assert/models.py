@@ -268,10 +268,15 @@ def resolve_adapter_base(name: str, directory: Path, options: LoadOptions) -> tu
     if Path(name).expanduser().exists():
         return name, None, f"at {Path(name).expanduser()}"
     cached = hub.in_cache(name, dict(options.revisions).get(name))
-    if name in UPSTREAM_OF_ALIAS and not cached and hub.offline():
-        alias, what = UPSTREAM_OF_ALIAS[name]
-        hint = f"pass --interp-model {name}=PATH for the hub weights, or unset HF_HUB_OFFLINE to download them"
-        return alias, None, f"the embedded {alias!r} in its place ({what}); {hint}"
+    if name in UPSTREAM_OF_ALIAS and not cached:
+        unreachable = None if hub.offline() else hub.unreachable()
+        if hub.offline() or unreachable:
+            alias, what = UPSTREAM_OF_ALIAS[name]
+            why = (
+                "unset HF_HUB_OFFLINE to download them" if hub.offline() else f"the hub is out of reach: {unreachable}"
+            )
+            hint = f"pass --interp-model {name}=PATH for the hub weights ({why})"
+            return alias, None, f"the embedded {alias!r} in its place ({what}); {hint}"
     if cached:
         return name, None, "the local Hugging Face cache"
     if not hub.offline() and "/" in name and not _looks_like_path(name):
@@ -341,6 +346,10 @@ def _from_pretrained(reference: str, source: Path | str, options: LoadOptions) -
 
     _quiet_progress()
     where: dict[str, Any] = hub.pretrained_kwargs(options.revision) if isinstance(source, str) else {}
+    if isinstance(source, str) and not hub.offline() and hub.snapshot_folder(source, options.revision) is None:
+        problem = hub.unreachable()  # fail in seconds, not after a minute of retries
+        if problem is not None:
+            raise hub.load_error(reference, options.revision, problem, ", ".join(sorted(ALIASES)))
     common: dict[str, Any] = {"local_files_only": True, "trust_remote_code": options.trust_remote_code} | where
     placed: dict[str, Any] = {}
     try:

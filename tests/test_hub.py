@@ -204,3 +204,17 @@ def test_smollm2_from_a_hub_cache(smollm2_dir: Path, tmp_path: Path, monkeypatch
     local = load_model(str(smollm2_dir), LoadOptions())
     hub_scores = measure(from_hub, batch, REQUEST).role_scores["previous_token"]
     np.testing.assert_allclose(hub_scores, measure(local, batch, REQUEST).role_scores["previous_token"], atol=1e-7)
+
+
+def test_an_unreachable_hub_is_said_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Online but nothing answers (here: a closed local port as the endpoint): one line naming the
+    endpoint, instead of a minute of download retries; no proxy is involved."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    for name in hub.PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    wanted = r"from the Hugging Face hub \(cannot reach http://127\.0\.0\.1:9 \(ConnectionRefusedError"
+    with pytest.raises(ModelLoadError, match=wanted):
+        load_model("someone/some-model", LoadOptions())
