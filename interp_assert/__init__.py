@@ -16,7 +16,7 @@ _EXPORTS = {
     "load_spec": "interp_assert.spec",
     "parse_spec": "interp_assert.spec",
     "Runner": "interp_assert.runner",
-    "RunOptions": "interp_assert.runner",
+    "RunOptions": "interp_assert.run_options",
     "InterpAssertError": "interp_assert.errors",
     "SpecError": "interp_assert.errors",
     "ModelLoadError": "interp_assert.errors",

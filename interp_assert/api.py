@@ -21,7 +21,8 @@ from interp_assert.measurements import CaptureRequest, Measurements
 from interp_assert.models import LoadedModel, LoadOptions, environment, load_model
 from interp_assert.outcome import Outcome
 from interp_assert.properties import CheckContext, expectation_adapter
-from interp_assert.runner import RunOptions, measure_named
+from interp_assert.run_options import RunOptions
+from interp_assert.runner import measure_named
 from interp_assert.spec import PromptSet
 from interp_assert.vocab import Role, parse_head
 
@@ -45,18 +46,7 @@ class Interp:
         """``reference`` loaded once per session with the run's options; ``revision`` for a hub id
         (``--interp-revision`` wins, and so do ``--interp-device-map`` and its companions)."""
         target = self.options.overrides.get(reference, reference)
-        load = LoadOptions(
-            device=self.options.device or device or "cpu",
-            dtype=self.options.dtype or dtype or "float32",  # type: ignore[arg-type]
-            trust_remote_code=self.options.trust_remote_code,
-            allow_pickle=self.options.allow_pickle,
-            overrides=tuple(sorted(self.options.overrides.items())),
-            revision=self.options.revisions.get(reference, revision),
-            revisions=tuple(sorted(self.options.revisions.items())),
-            device_map=self.options.device_map,
-            max_memory=self.options.max_memory,
-            offload_folder=self.options.offload_folder,
-        )
+        load = self.options.load_options(reference, device=device, dtype=dtype, revision=revision)  # type: ignore[arg-type]
         key = (target, load)
         if key not in self._models:
             self._models[key] = Model(reference, load_model(target, load))

@@ -4,13 +4,14 @@ checkpoint, each one's headline value on base and checkpoint, and what moved, by
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from interp_assert import fingerprint as fp
 from interp_assert.errors import InterpAssertError, SpecError
 from interp_assert.outcome import Outcome
-from interp_assert.runner import Runner, RunOptions
+from interp_assert.run_options import RunOptions
+from interp_assert.runner import Runner
 from interp_assert.spec import SpecFile, load_spec
 
 MAX_CELL = 48
@@ -94,11 +95,9 @@ def run_audit(
     if spec.problems() or spec.header is None:
         raise SpecError(spec.problems())
     model = spec.header.model
-    base_overrides = dict(options.overrides) | ({model: base} if base else {})
-    base_runner = Runner(replace(options, overrides=base_overrides))
-    revisions = {name: rev for name, rev in options.revisions.items() if name != model}
-    revisions |= {model: checkpoint_revision} if checkpoint_revision else {}
-    checkpoint_runner = Runner(replace(options, overrides=base_overrides | {model: checkpoint}, revisions=revisions))
+    base_options = options.replacing(model, base) if base else options
+    base_runner = Runner(base_options)
+    checkpoint_runner = Runner(base_options.replacing(model, checkpoint).revising(model, checkpoint_revision))
     notes = []
     for runner in (base_runner, checkpoint_runner):
         notes += [n for n in runner.model_for(spec).notes if n not in notes]

@@ -21,7 +21,7 @@ from interp_assert.version import package_version
 from interp_assert.vocab import ROLES
 
 if TYPE_CHECKING:
-    from interp_assert.runner import RunOptions
+    from interp_assert.run_options import RunOptions
 
 ROLE_CHOICES = tuple(ROLES)
 
@@ -209,46 +209,26 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_options(args: argparse.Namespace) -> Any:
-    from interp_assert import placement
+    """The verb's model flags, checked and turned into options the way pytest's are (one function)."""
     from interp_assert.hub import revision_problem
-    from interp_assert.runner import RunOptions
+    from interp_assert.run_options import Flags, from_flags
 
-    overrides = _named(args.interp_model, "--interp-model")
-    revisions = _named(args.interp_revision, "--interp-revision")
-    for revision in [*revisions.values(), *(getattr(args, key, None) for key in ("revision", "checkpoint_revision"))]:
+    for revision in (getattr(args, key, None) for key in ("revision", "checkpoint_revision")):
         problem = revision_problem(revision) if revision is not None else None
         if problem:
             raise InterpAssertError(problem)
-    if args.device is not None and args.device_map is not None:
-        raise InterpAssertError(
-            f"--device {args.device} and --device-map {args.device_map}: give one device, or a device map, not both"
-        )
-    try:
-        device_map = placement.parse_device_map_flag(args.device_map) if args.device_map is not None else None
-        max_memory = placement.parse_max_memory_flag(args.max_memory) if args.max_memory is not None else None
-        folder = placement.check_offload_folder(args.offload_folder) if args.offload_folder is not None else None
-    except ValueError as exc:
-        raise InterpAssertError(str(exc)) from None
-    return RunOptions(
-        overrides=overrides,
+    flags = Flags(
+        models=args.interp_model,
+        revisions=args.interp_revision,
         device=args.device,
         dtype=args.dtype,
+        device_map=args.device_map,
+        max_memory=args.max_memory,
+        offload_folder=str(args.offload_folder) if args.offload_folder is not None else None,
         trust_remote_code=args.trust_remote_code,
         allow_pickle=args.allow_pickle,
-        revisions=revisions,
-        device_map=device_map,
-        max_memory=max_memory,
-        offload_folder=folder.resolve() if folder is not None else None,
     )
-
-
-def _named(pairs: list[tuple[str, str]], flag: str) -> dict[str, str]:
-    named: dict[str, str] = {}
-    for name, value in pairs:
-        if name in named:
-            raise InterpAssertError(f"{flag} {name} is given twice ({named[name]!r} and {value!r})")
-        named[name] = value
-    return named
+    return from_flags(flags, here=Path.cwd())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -426,21 +406,10 @@ def _readable_spec(path: Path) -> None:
 
 
 def _load(reference: str, args: argparse.Namespace) -> Any:
-    from interp_assert.models import LoadOptions, load_model
+    from interp_assert.models import load_model
 
     options = _run_options(args)
-    load = LoadOptions(
-        device=args.device or "cpu",
-        dtype=args.dtype or "float32",
-        trust_remote_code=args.trust_remote_code,
-        allow_pickle=args.allow_pickle,
-        overrides=tuple(sorted(options.overrides.items())),
-        revision=args.revision or options.revisions.get(reference),
-        revisions=tuple(sorted(options.revisions.items())),
-        device_map=options.device_map,
-        max_memory=options.max_memory,
-        offload_folder=options.offload_folder,
-    )
+    load = options.load_options(reference, revision=args.revision)
     return load_model(options.overrides.get(reference, reference), load)
 
 
@@ -490,11 +459,11 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _mapping(text: str) -> tuple[str, str]:
+def _mapping(text: str) -> str:
     name, sep, target = text.partition("=")
     if not sep or not name or not target:
         raise argparse.ArgumentTypeError(f"{text!r} is not NAME=PATH_OR_ID")
-    return name, target
+    return text
 
 
 def _head(text: str) -> str:

@@ -36,15 +36,13 @@ def item_runner(config: pytest.Config, spec: SpecFile, checkpoint: Any = None) -
     process holds one model at a time."""
     runner = runner_for(config)
     if checkpoint is not None and spec.header is not None:
-        from dataclasses import replace
-
         from interp_assert.runner import Runner
 
         runners = config.stash.setdefault(CHECKPOINT_RUNNERS_KEY, {})
         key = (spec.header.model, checkpoint.path)
         if key not in runners:
             base = runner.options
-            runners[key] = Runner(replace(base, overrides=base.overrides | {spec.header.model: checkpoint.path}))
+            runners[key] = Runner(base.replacing(spec.header.model, checkpoint.path))
         runner = runners[key]
     for other in (runner_for(config), *config.stash.get(CHECKPOINT_RUNNERS_KEY, {}).values()):
         if other is not runner:
@@ -53,66 +51,26 @@ def item_runner(config: pytest.Config, spec: SpecFile, checkpoint: Any = None) -
 
 
 def run_options(config: pytest.Config) -> Any:
-    from pathlib import Path
+    """The run's options from its ``--interp-*`` flags and ini keys; a bad one is a usage error."""
+    from interp_assert.errors import UsageError
+    from interp_assert.run_options import Flags, from_flags
 
-    from interp_assert import placement
-    from interp_assert.hub import revision_problem
-    from interp_assert.runner import RunOptions
-
-    overrides = _pairs(
-        config, "interp_model", "SPEC_MODEL=PATH_OR_ID", "a model can be replaced by one checkpoint per run"
-    )
-    revisions = _pairs(config, "interp_revision", "SPEC_MODEL=REVISION", "a model is measured at one revision per run")
-    for name, revision in revisions.items():
-        problem = revision_problem(revision)
-        if problem:
-            raise pytest.UsageError(f"--interp-revision {name}={revision}: {problem}")
-    device, device_map = options.get(config, "interp_device"), options.get(config, "interp_device_map")
-    if device is not None and device_map is not None:
-        raise pytest.UsageError(
-            f"--interp-device {device} and --interp-device-map {device_map}: give one device, or a device map, not both"
-        )
-    here = config.invocation_params.dir
-    parsed_map = _parsed(config, "interp_device_map", placement.parse_device_map_flag)
-    parsed_memory = _parsed(config, "interp_max_memory", placement.parse_max_memory_flag)
-    folder = _parsed(config, "interp_offload_folder", lambda text: placement.check_offload_folder(here / Path(text)))
-    return RunOptions(
-        overrides=overrides,
-        device=device,
+    flags = Flags(
+        models=options.get(config, "interp_model"),
+        revisions=options.get(config, "interp_revision"),
+        device=options.get(config, "interp_device"),
         dtype=options.get(config, "interp_dtype"),
+        device_map=options.get(config, "interp_device_map"),
+        max_memory=options.get(config, "interp_max_memory"),
+        offload_folder=options.get(config, "interp_offload_folder"),
         trust_remote_code=options.get(config, "interp_trust_remote_code"),
         allow_pickle=options.get(config, "interp_allow_pickle"),
         update_snapshots=bool(getattr(config.option, "update_snapshots", False)),
-        revisions=revisions,
-        device_map=parsed_map,
-        max_memory=parsed_memory,
-        offload_folder=folder,
     )
-
-
-def _parsed(config: pytest.Config, name: str, parse: Any) -> Any:
-    """An option parsed by ``parse`` (``None`` when not given); a bad value is a usage error naming the flag."""
-    text = options.get(config, name)
-    if text is None:
-        return None
     try:
-        return parse(text)
-    except ValueError as exc:
-        raise pytest.UsageError(f"{options.BY_NAME[name].flag} {text}: {exc}") from None
-
-
-def _pairs(config: pytest.Config, name: str, form: str, once: str) -> dict[str, str]:
-    """``--interp-model`` / ``--interp-revision``: NAME=VALUE entries, each name at most once."""
-    flag = options.BY_NAME[name].flag
-    pairs: dict[str, str] = {}
-    for item in options.get(config, name):
-        key, sep, value = item.partition("=")
-        if not sep or not key or not value:
-            raise pytest.UsageError(f"{flag} {item!r}: expected {form}")
-        if key in pairs:
-            raise pytest.UsageError(f"{flag} {key} is given twice ({pairs[key]!r} and {value!r}); {once}")
-        pairs[key] = value
-    return pairs
+        return from_flags(flags, here=config.invocation_params.dir)
+    except UsageError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 class ExpectationFailed(AssertionError):

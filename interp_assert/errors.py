@@ -46,6 +46,11 @@ class SpecSyntaxError(SpecError):
     """The file is not YAML at all (or repeats a key); the whole file is rejected."""
 
 
+class UsageError(InterpAssertError):
+    """The command line is wrong: a flag's value, or flags that exclude each other (pytest shows it
+    as a usage error; ``interp-assert`` exits 2)."""
+
+
 class ModelLoadError(InterpAssertError):
     """A model could not be found or loaded (offline, unsafe format, bad path)."""
 

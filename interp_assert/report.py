@@ -13,7 +13,7 @@ from __future__ import annotations
 import html
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +74,7 @@ def build_report(
     if spec.header is None:
         raise SpecError(list(spec.header_problems))
     if model is not None:
-        options = replace(options, overrides={**options.overrides, spec.header.model: model})
+        options = options.replacing(spec.header.model, model)
     runner = Runner(options)
     progress(f"loading {model or spec.header.model}")
     loaded = runner.model_for(spec)

@@ -7,7 +7,7 @@ kept for the session.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 from interp_assert import attribution
@@ -16,26 +16,12 @@ from interp_assert.errors import CheckInputError, InterpAssertError, ModelLoadEr
 from interp_assert.measurements import CaptureRequest, Measurements
 from interp_assert.models import LoadedModel, LoadOptions, environment, load_model
 from interp_assert.outcome import Outcome
-from interp_assert.placement import DeviceMap, MaxMemory, check_device_map, check_max_memory
+from interp_assert.placement import check_device_map, check_max_memory
 from interp_assert.prompts import build_batches
 from interp_assert.properties import CheckContext
+from interp_assert.run_options import RunOptions
 from interp_assert.spec import Entry, PromptSet, SpecFile
 from interp_assert.vocab import TARGET_ROLES, TargetRole, parse_head
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunOptions:
-    overrides: dict[str, str] = field(default_factory=dict)
-    device: str | None = None
-    dtype: str | None = None
-    trust_remote_code: bool = False
-    allow_pickle: bool = False
-    cache_dir: Path | None = None
-    update_snapshots: bool = False
-    revisions: dict[str, str] = field(default_factory=dict)  # --interp-revision NAME=REV
-    device_map: DeviceMap | None = None  # --interp-device-map (wins over the spec's device and device_map)
-    max_memory: MaxMemory | None = None
-    offload_folder: Path | None = None
 
 
 def model_key(spec: SpecFile, options: RunOptions) -> tuple[str, LoadOptions]:
@@ -51,24 +37,17 @@ def model_key(spec: SpecFile, options: RunOptions) -> tuple[str, LoadOptions]:
     if reference == header.model and not Path(reference).is_absolute():
         candidate = Path(spec.path).parent / reference
         reference = str(candidate.resolve()) if candidate.exists() else reference
-    revision = options.revisions.get(header.model)
-    if revision is None and header.model not in options.overrides:
-        revision = header.revision
-    device_map, max_memory, offload = options.device_map, options.max_memory, options.offload_folder
-    if device_map is None and options.device is None and header.device_map is not None:
+    device_map, max_memory, offload = None, None, None
+    if header.device_map is not None:
         device_map = check_device_map(header.device_map)
-        max_memory = max_memory or (check_max_memory(header.max_memory) if header.max_memory else None)
-        if offload is None and header.offload_folder is not None:
+        max_memory = check_max_memory(header.max_memory) if header.max_memory else None
+        if header.offload_folder is not None:
             offload = (Path(spec.path).parent / Path(header.offload_folder).expanduser()).resolve()
-    load = LoadOptions(
-        device=options.device or header.device,
-        dtype=options.dtype or header.dtype,  # type: ignore[arg-type]
-        trust_remote_code=options.trust_remote_code,
-        allow_pickle=options.allow_pickle,
-        cache_dir=options.cache_dir,
-        overrides=tuple(sorted(options.overrides.items())),
-        revision=revision,
-        revisions=tuple(sorted(options.revisions.items())),
+    load = options.load_options(
+        header.model,
+        device=header.device,
+        dtype=header.dtype,
+        revision=header.revision,
         device_map=device_map,
         max_memory=max_memory,
         offload_folder=offload,

@@ -16,14 +16,15 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 from interp_assert.checkpoints import Checkpoint, CheckpointError, architecture, same_architecture
 from interp_assert.errors import InterpAssertError, SpecError
 from interp_assert.outcome import format_value
-from interp_assert.runner import Runner, RunOptions
+from interp_assert.run_options import RunOptions
+from interp_assert.runner import Runner
 from interp_assert.spec import Entry, SpecFile, load_spec
 
 MAX_CELL = 24
@@ -97,7 +98,7 @@ def run_track(
         if progress is not None:
             progress(f"{checkpoint.label}: loading")
         started = time.perf_counter()
-        runner = Runner(replace(options, overrides=options.overrides | {model: checkpoint.path}))
+        runner = Runner(options.replacing(model, checkpoint.path))
         loaded = runner.model_for(spec)
         arch = architecture(loaded.model.config.to_dict())
         if first_arch is None:

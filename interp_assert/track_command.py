@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
     from interp_assert.checkpoints import Checkpoint
-    from interp_assert.runner import RunOptions
+    from interp_assert.run_options import RunOptions
 
 Handler = Callable[[argparse.Namespace], int]
 

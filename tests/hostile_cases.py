@@ -1441,7 +1441,7 @@ PLACEMENT: list[Case] = [
         "cli",
         ("interp-assert", "audit", SPEC, "--checkpoint", "tiny-neo", "--device-map", "gpu"),
         CLI_ERROR,
-        r"interp-assert: error: device_map 'gpu' is not valid; " + MAP_VALID,
+        r"interp-assert: error: --interp-device-map gpu: device_map 'gpu' is not valid; " + MAP_VALID,
         TINY,
     ),
     Case(
@@ -1449,14 +1449,15 @@ PLACEMENT: list[Case] = [
         "cli",
         ("interp-assert", "measure", "tiny-neo", "--device-map", "auto", "--max-memory", "0=-1GB"),
         CLI_ERROR,
-        r"interp-assert: error: max_memory '0': size '-1GB' is not valid; " + SIZE_VALID,
+        r"interp-assert: error: --interp-max-memory 0=-1GB: max_memory '0': size '-1GB' is not valid; " + SIZE_VALID,
     ),
     Case(
         "cli-offload-folder-is-a-file",
         "cli",
         ("interp-assert", "measure", "tiny-neo", "--device-map", "auto", "--offload-folder", "notes.txt/sub"),
         CLI_ERROR,
-        r"interp-assert: error: offload_folder 'notes\.txt/sub': notes\.txt, on the way to the offload folder, is "
+        r"interp-assert: error: --interp-offload-folder notes\.txt/sub: offload_folder '\S*notes\.txt/sub': "
+        r"\S*notes\.txt, on the way to the offload folder, is "
         r"a file, not a folder; give a folder",
         {"notes.txt": "x\n"},
     ),
