@@ -156,7 +156,7 @@ def run_one(model_name: str, method: str, tokens: int, batch: int, path: str) ->
 def load(model_name: str) -> Any:
     import torch
 
-    from interp_assert.models import LoadedModel, LoadOptions, load_model
+    from interp_assert.measure.models import LoadedModel, LoadOptions, load_model
 
     if model_name == "smollm2":
         return load_model("smollm2-135m-instruct", LoadOptions())
@@ -177,7 +177,7 @@ def load(model_name: str) -> Any:
 
 def runners(path: str, cuda: bool = False) -> dict[str, Any]:
     """method -> function(loaded, ids) running it."""
-    from interp_assert.capture import CaptureRequest
+    from interp_assert.measure.capture import CaptureRequest
     from interp_assert.vocab import ROLES
 
     positional = {"previous_token", "first_token", "self"} | ({"induction", "duplicate_token"} if cuda else set())
@@ -194,7 +194,7 @@ def runners(path: str, cuda: bool = False) -> dict[str, Any]:
 def plain(loaded: Any, ids: Any) -> None:
     import torch
 
-    from interp_assert import blockwise, capture
+    from interp_assert.measure import blockwise, capture
 
     with torch.inference_mode(), blockwise.attention_implementation(loaded.model, "sdpa"):
         capture._base_model(loaded.model)(input_ids=ids, use_cache=False)
@@ -203,7 +203,7 @@ def plain(loaded: Any, ids: Any) -> None:
 def naive(loaded: Any, ids: Any) -> None:
     import torch
 
-    from interp_assert import blockwise, capture, scores
+    from interp_assert.measure import blockwise, capture, scores
     from interp_assert.vocab import ROLES
 
     windows = capture.describe(loaded).windows
@@ -218,8 +218,8 @@ def naive(loaded: Any, ids: Any) -> None:
 
 
 def ours(loaded: Any, ids: Any, request: Any, path: Any) -> None:
-    from interp_assert import capture
-    from interp_assert.prompts import PromptBatch
+    from interp_assert.measure import capture
+    from interp_assert.measure.prompts import PromptBatch
 
     capture.measure(loaded, [PromptBatch(ids)], request, attention=path)
 
@@ -259,7 +259,7 @@ def llama_1b_shaped() -> Any:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from interp_assert.models import LoadedModel, LoadOptions
+    from interp_assert.measure.models import LoadedModel, LoadOptions
 
     config = LlamaConfig(
         vocab_size=128256,

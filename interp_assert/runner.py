@@ -10,14 +10,14 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from interp_assert import attribution
-from interp_assert.capture import generate, max_positions, measure
 from interp_assert.errors import CheckInputError, InterpAssertError, ModelLoadError, PromptError, SpecError
-from interp_assert.measurements import CaptureRequest, Measurements
-from interp_assert.models import LoadedModel, LoadOptions, environment, load_model
+from interp_assert.measure import attribution
+from interp_assert.measure.capture import generate, max_positions, measure
+from interp_assert.measure.measurements import CaptureRequest, Measurements
+from interp_assert.measure.models import LoadedModel, LoadOptions, environment, load_model
+from interp_assert.measure.placement import check_device_map, check_max_memory
+from interp_assert.measure.prompts import build_batches
 from interp_assert.outcome import Outcome
-from interp_assert.placement import check_device_map, check_max_memory
-from interp_assert.prompts import build_batches
 from interp_assert.properties import CheckContext
 from interp_assert.run_options import RunOptions
 from interp_assert.spec import Entry, PromptSet, SpecFile

@@ -18,8 +18,8 @@ from transformers import GPTNeoForCausalLM, LlamaForCausalLM, PreTrainedTokenize
 
 # Likewise matplotlib: a figure module re-imported after a pytester run is a second copy whose
 # classes the first copy's objects do not match ("'Figure' object has no attribute 'items'").
-import interp_assert.diff_figures
-import interp_assert.heatmaps  # noqa: F401
+import interp_assert.figures.diff_figures
+import interp_assert.figures.heatmaps  # noqa: F401
 from tests.builders import llama_config, save_model
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,7 +39,7 @@ def random_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """SmolLM2's GGUF converted (once, cached) to a safetensors directory."""
-    from interp_assert.models import ALIASES, LoadOptions, gguf_as_safetensors
+    from interp_assert.measure.models import ALIASES, LoadOptions, gguf_as_safetensors
 
     return gguf_as_safetensors(ALIASES["smollm2-135m-instruct"](), LoadOptions())
 

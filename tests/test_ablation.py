@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import torch
 
-from interp_assert import ablation
-from interp_assert.capture import describe, measure
 from interp_assert.errors import CheckInputError
-from interp_assert.measurements import AblationRequest, CaptureRequest, Measurements
-from interp_assert.models import LoadedModel, LoadOptions, load_model
-from interp_assert.prompts import PromptBatch
+from interp_assert.measure import ablation
+from interp_assert.measure.capture import describe, measure
+from interp_assert.measure.measurements import AblationRequest, CaptureRequest, Measurements
+from interp_assert.measure.models import LoadedModel, LoadOptions, load_model
+from interp_assert.measure.prompts import PromptBatch
 from interp_assert.properties.ablation_effect import AblationEffect, mean_loss
 from interp_assert.properties.base import CheckContext
 from tests.builders import ARCHITECTURES, save_model, tiny_config
@@ -160,7 +160,7 @@ def test_controls_keep_each_layers_count_and_avoid_the_named_heads() -> None:
 
 
 def _measurements(clean: float, ablated: float, controls: tuple[float, ...] = ()) -> Measurements:
-    from interp_assert.measurements import AblatedLosses
+    from interp_assert.measure.measurements import AblatedLosses
 
     def losses(value: float) -> tuple[np.ndarray, ...]:
         row = np.full((2, 9), 0.5)  # T = 10: positions 1..9
@@ -234,7 +234,7 @@ def test_tiny_neo_induction_circuit_is_causal() -> None:
     """tiny-neo's previous-token head L0H0 feeds its induction head L1H0: cutting either wrecks the
     loss on the predictable tokens of the repeated copies (measured: 0.015 clean, 14.55 without
     L0H0, 4.26 without L1H0), and no other single head comes close (L0H3 0.98, the rest < 0.02)."""
-    from interp_assert.prompts import build_batches
+    from interp_assert.measure.prompts import build_batches
     from interp_assert.spec import PromptSet
 
     loaded = load_model("tiny-neo", LoadOptions())

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from interp_assert.capture import CaptureRequest, describe, measure
 from interp_assert.errors import CaptureError
-from interp_assert.models import LoadedModel, LoadOptions, load_model
-from interp_assert.prompts import PromptBatch
+from interp_assert.measure.capture import CaptureRequest, describe, measure
+from interp_assert.measure.models import LoadedModel, LoadOptions, load_model
+from interp_assert.measure.prompts import PromptBatch
 from tests.builders import ARCHITECTURES, save_model, tiny_config
 
 T = 20

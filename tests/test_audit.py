@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from interp_assert.cli import main_audit
+from interp_assert.commands.cli import main_audit
 from tests.builders import perturbed_copy
 
 SPEC = """\

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 import torch
 
-from interp_assert import blockwise, capture, scores
-from interp_assert.capture import CaptureRequest, Measurements
 from interp_assert.errors import CaptureError
-from interp_assert.models import LoadedModel, LoadOptions, load_model
-from interp_assert.prompts import PromptBatch
+from interp_assert.measure import blockwise, capture, scores
+from interp_assert.measure.capture import CaptureRequest, Measurements
+from interp_assert.measure.models import LoadedModel, LoadOptions, load_model
+from interp_assert.measure.prompts import PromptBatch
 from interp_assert.vocab import ROLES, TARGET_ROLES, Role
 from tests.builders import VOCAB, llama_config, save_model, tiny_config
 

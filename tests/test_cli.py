@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from interp_assert.cli import main
-from interp_assert.findings import monotone_runs, robust_top_set, round_outward
-from interp_assert.models import BUILTIN_MODELS
+from interp_assert.commands.cli import main
+from interp_assert.measure.models import BUILTIN_MODELS
+from interp_assert.properties.findings import monotone_runs, robust_top_set, round_outward
 from interp_assert.spec import load_spec
 
 TEXT_PROMPTS = """\

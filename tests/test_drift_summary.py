@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from interp_assert import fingerprint as fp
-from interp_assert.drift_summary import span, summarise
+from interp_assert.drift import fingerprint as fp
+from interp_assert.drift.drift_summary import span, summarise
 
 
 def fingerprint(first_token: list[list[float]], labels: list[list[str]]) -> fp.Fingerprint:

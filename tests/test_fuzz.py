@@ -34,7 +34,7 @@ from interp_assert import spec as spec_module
 from interp_assert.errors import InterpAssertError
 from interp_assert.properties import registered
 from interp_assert.spec import SpecFile, parse_spec
-from interp_assert.yamlsource import decode_spec_bytes
+from interp_assert.spec.yamlsource import decode_spec_bytes
 
 EXPECTATION_TYPES = registered()
 

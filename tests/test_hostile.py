@@ -21,8 +21,8 @@ from pathlib import Path
 import hypothesis  # noqa: F401  (its pytest plugin imports it in every run's summary; once here is enough)
 import pytest
 
-import interp_assert.cli
-import interp_assert.collect
+import interp_assert.commands.cli
+import interp_assert.pytest_plugin.collect
 import interp_assert.runner  # noqa: F401  (imported once here: pytester's in-process runs drop what they import)
 from tests.hostile_cases import CASES, Case
 
@@ -116,7 +116,7 @@ def _run(case: Case, pytester: pytest.Pytester) -> tuple[int, str]:
             result = pytester.runpytest(*args, "-p", "no:cacheprovider")
         return int(result.ret), "\n".join(result.outlines + result.errlines)
     assert program == "interp-assert", program
-    from interp_assert.cli import main
+    from interp_assert.commands.cli import main
 
     out = io.StringIO()
     with redirect_stdout(out), redirect_stderr(out):

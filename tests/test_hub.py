@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from interp_assert import hub
-from interp_assert.capture import measure
+from interp_assert.drift.snapshot import revision_change
 from interp_assert.errors import ModelLoadError
-from interp_assert.measurements import CaptureRequest
-from interp_assert.models import LoadedModel, LoadOptions, content_hash, environment, load_model
-from interp_assert.prompts import PromptBatch
-from interp_assert.snapshot import revision_change
+from interp_assert.measure import hub
+from interp_assert.measure.capture import measure
+from interp_assert.measure.measurements import CaptureRequest
+from interp_assert.measure.models import LoadedModel, LoadOptions, content_hash, environment, load_model
+from interp_assert.measure.prompts import PromptBatch
 from tests.builders import hub_cache, llama_config, save_model
 
 REPO = "tiny-org/tiny-llama"
@@ -181,7 +181,7 @@ def test_pytest_run_pins_revisions_and_names_them_in_drift(cache: dict[str, str]
 
 
 def test_discover_keeps_the_revision(cache: dict[str, str], tmp_path: Path) -> None:
-    from interp_assert.cli import main
+    from interp_assert.commands.cli import main
 
     output = tmp_path / "found.yaml"
     assert main(["discover", REPO, "--revision", "v2", "-o", str(output)]) == 0

@@ -56,8 +56,59 @@ def test_no_import_cycles() -> None:
 def test_properties_and_fingerprints_do_not_import_torch() -> None:
     code = (
         "import sys\n"
-        "import interp_assert.spec, interp_assert.properties, interp_assert.fingerprint, interp_assert.drift_summary\n"
+        "import interp_assert.spec, interp_assert.properties\n"
+        "import interp_assert.drift.fingerprint, interp_assert.drift.drift_summary\n"
         "print('torch' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+# Layers, lowest first: a module may import (at its top level) only from its own layer or below.
+# Imports inside functions may reach up (the snapshot property opens its files through drift).
+LAYERS: tuple[tuple[str, ...], ...] = (
+    ("interp_assert", "errors", "outcome", "vocab", "version", "atomic"),
+    ("measure", "measure.measurements", "measure.head_tables", "measure.hub", "measure.placement"),  # no torch
+    ("properties",),
+    ("spec",),
+    ("measure.*",),  # models, prompts, capture and what it runs
+    ("run_options", "runner", "api"),
+    ("figures",),
+    ("drift",),
+    ("pytest_plugin", "commands"),
+)
+
+
+def layer_of(module: str) -> int:
+    """A module's layer: named exactly, else under a ``folder.*`` entry, else inside a named folder."""
+    name = module.removeprefix("interp_assert").removeprefix(".") or "interp_assert"
+    for matches in (
+        lambda entry: name == entry,
+        lambda entry: entry.endswith(".*") and name.startswith(entry[:-1]),
+        lambda entry: name.startswith(entry + "."),
+    ):
+        for rank, entries in enumerate(LAYERS):
+            if any(matches(entry) for entry in entries):
+                return rank
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS")
+
+
+def test_top_level_imports_go_down_the_layers() -> None:
+    modules = {}
+    for file in PACKAGE.rglob("*.py"):
+        parts = file.relative_to(PACKAGE.parent).with_suffix("").parts
+        modules[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = file
+    upward = []
+    for name, file in sorted(modules.items()):
+        for node in ast.parse(file.read_text()).body:
+            targets = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("interp_assert"):
+                targets = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            elif isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names if alias.name.startswith("interp_assert")]
+            for target in targets:
+                while target and target not in modules:
+                    target = target.rpartition(".")[0]
+                if target and target != name and layer_of(target) > layer_of(name):
+                    upward.append(f"{name} -> {target}")
+    assert not upward, upward

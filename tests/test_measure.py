@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from interp_assert import attribution
-from interp_assert.cli import main
+from interp_assert.commands.cli import main
+from interp_assert.measure import attribution
 
 COMMAS = """\
 prompts:

@@ -235,7 +235,7 @@ def test_help_does_not_import_torch(pytester: pytest.Pytester) -> None:
 
 
 def test_every_option_has_an_ini_key_and_the_command_line_wins(pytester: pytest.Pytester) -> None:
-    from interp_assert.options import OPTIONS
+    from interp_assert.pytest_plugin.options import OPTIONS
 
     pytester.makeini("[pytest]\ninterp_missing = skip\n")
     write_spec(pytester, "gone.yaml", spec_text("nobody/no-such-model", head_score("sink")))

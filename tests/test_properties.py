@@ -14,7 +14,7 @@ from interp_assert.spec import parse_spec, spec_json_schema
 PLUGIN = '''
 from typing import Literal
 
-from interp_assert.measurements import CaptureRequest
+from interp_assert.measure.measurements import CaptureRequest
 from interp_assert.outcome import Outcome
 from interp_assert.properties.base import Bounded, CheckContext
 
@@ -120,7 +120,7 @@ def test_a_clashing_tag_is_refused(tmp_path: Path) -> None:
 def measured(**fields: object) -> object:
     import numpy as np
 
-    from interp_assert.measurements import Measurements
+    from interp_assert.measure.measurements import Measurements
 
     first = np.array([[0.9, 0.1, 0.2], [0.95, 0.9, 0.1]])  # 2 layers x 3 heads
     roles = {
@@ -236,7 +236,7 @@ def test_public_api_is_lazy_and_complete() -> None:
 def test_massive_activation_on_hand_made_peaks() -> None:
     import numpy as np
 
-    from interp_assert.measurements import ActivationPeaks
+    from interp_assert.measure.measurements import ActivationPeaks
     from interp_assert.properties import CheckContext, expectation_adapter
 
     peaks = ActivationPeaks(
@@ -267,7 +267,7 @@ def test_massive_activation_on_hand_made_peaks() -> None:
 def test_logit_lens_forms_on_hand_made_numbers() -> None:
     import numpy as np
 
-    from interp_assert.measurements import LogitLens
+    from interp_assert.measure.measurements import LogitLens
     from interp_assert.properties import CheckContext, expectation_adapter
 
     lens = LogitLens(agreement=np.array([0.0, 0.2, 0.6, 1.0]), kl=np.array([9.0, 4.0, 4.4, 0.0]))
@@ -335,10 +335,10 @@ def test_override(interp):
 
 def test_readme_property_table_is_generated_from_the_registry() -> None:
     """Every built-in property documents itself (its ``reference``), and the README's table is
-    exactly what ``python -m interp_assert.schema`` generates from them."""
+    exactly what ``python -m interp_assert.spec.schema`` generates from them."""
     from interp_assert.properties import BUILTIN
-    from interp_assert.schema import README_PATH, readme_with_table
+    from interp_assert.spec.schema import README_PATH, readme_with_table
 
     assert all(cls.reference[0] and cls.reference[1] for cls in BUILTIN)
     readme = README_PATH.read_text()
-    assert readme_with_table(readme) == readme, "run: python -m interp_assert.schema"
+    assert readme_with_table(readme) == readme, "run: python -m interp_assert.spec.schema"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from interp_assert.cli import main
+from interp_assert.commands.cli import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -201,7 +201,7 @@ def test_no_heatmaps_without_the_option(pytester: pytest.Pytester, uniform_llama
 def test_snapshot_gets_a_figure_of_where_the_fingerprint_moved(
     tmp_path: Path, uniform_llama: Path, random_llama: Path
 ) -> None:
-    from interp_assert import snapshot
+    from interp_assert.drift import snapshot
     from interp_assert.runner import Runner, RunOptions
     from interp_assert.spec import load_spec
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from interp_assert import fingerprint as fp
+from interp_assert.drift import fingerprint as fp
 from tests.builders import llama_config, save_model
 
 SPEC = """\
@@ -245,7 +245,7 @@ def test_disk_full_on_update_keeps_the_old_snapshot(
     import errno
     import os
 
-    from interp_assert import snapshot_store
+    from interp_assert.drift import snapshot_store
 
     write_spec(pytester, random_llama)
     pytester.runpytest("model_specs", "--snapshot-update").assert_outcomes(passed=2)
@@ -268,7 +268,7 @@ def test_disk_full_on_update_keeps_the_old_snapshot(
 def test_interrupted_write_leaves_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from syrupy.extensions.amber.serializer import AmberDataSerializer
 
-    from interp_assert import snapshot_store
+    from interp_assert.drift import snapshot_store
 
     spec = tmp_path / "model_specs" / "spec.yaml"
     spec.parent.mkdir()
@@ -298,13 +298,13 @@ def test_concurrent_updates_keep_every_entry(tmp_path: Path) -> None:
     spec.parent.mkdir()
     spec.write_text("model: x")
     script = (
-        "import sys\nfrom interp_assert import snapshot_store\n"
+        "import sys\nfrom interp_assert.drift import snapshot_store\n"
         "for i in range(40):\n"
         "    text = f'interp_assert fingerprint v1\\n[values]\\nx = {i}'\n"
         "    snapshot_store.write(sys.argv[1], f'{sys.argv[2]}{i}', text)\n"
     )
     workers = [subprocess.Popen([sys.executable, "-c", script, str(spec), tag]) for tag in ("a", "b")]
     assert [worker.wait(timeout=120) for worker in workers] == [0, 0]
-    from interp_assert import snapshot_store
+    from interp_assert.drift import snapshot_store
 
     assert snapshot_store.stored_names(spec) == {f"{tag}{i}" for tag in "ab" for i in range(40)}

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from interp_assert.cli import main
+from interp_assert.commands.cli import main
 from tests.checkpoints import train_run
 
 SPEC = """\

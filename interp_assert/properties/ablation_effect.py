@@ -5,7 +5,7 @@ the next-token losses at ``positions`` (token positions t whose loss ``-log p(to
 before t)`` counts; Python-style, negative from the end, default ``[1, -1]``: every token that
 has a predecessor). ``mode: zero`` sets the heads' inputs to the attention output projection to
 0, ``mode: mean`` to their mean over the prompt set's positions (see
-:mod:`interp_assert.ablation`). With ``control``, the same number of heads per layer is drawn
+:mod:`interp_assert.measure.ablation`). With ``control``, the same number of heads per layer is drawn
 at random (seeded) from the other heads of the same layers, ``samples`` times, and
 ``at_least_times: k`` asserts that the named heads' effect is at least k times the mean
 control effect (and positive).
@@ -21,10 +21,10 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from interp_assert.errors import CheckInputError
-from interp_assert.findings import DiscoverSettings, Section, lower_bound, unique_name
-from interp_assert.measurements import AblatedLosses, AblationRequest, CaptureRequest
+from interp_assert.measure.measurements import AblatedLosses, AblationRequest, CaptureRequest
 from interp_assert.outcome import Outcome
 from interp_assert.properties.base import Bounded, CheckContext, FigureNeeds, HeadName, LayerRange, Strict, head_index
+from interp_assert.properties.findings import DiscoverSettings, Section, lower_bound, unique_name
 from interp_assert.vocab import head_name, parse_head
 
 
@@ -128,7 +128,7 @@ class AblationEffect(Bounded):
         return FigureNeeds(heads=tuple(self.heads[:2]))
 
     def own_figures(self, context: CheckContext, out_dir: Path) -> list[tuple[str, str]]:
-        from interp_assert import heatmaps
+        from interp_assert.figures import heatmaps
 
         m = context.measurements
         found = m.ablations.get(self.ablation())

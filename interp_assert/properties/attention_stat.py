@@ -7,8 +7,8 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from interp_assert import head_tables
-from interp_assert.measurements import CaptureRequest, Measurements
+from interp_assert.measure import head_tables
+from interp_assert.measure.measurements import CaptureRequest, Measurements
 from interp_assert.outcome import Outcome
 from interp_assert.properties.base import TOP_SHOWN, Bounded, CheckContext, FigureNeeds, LayerRange, resolve_range
 from interp_assert.vocab import Role

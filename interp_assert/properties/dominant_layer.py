@@ -6,8 +6,8 @@ from typing import ClassVar, Literal
 
 import numpy as np
 
-from interp_assert import head_tables
-from interp_assert.measurements import CaptureRequest
+from interp_assert.measure import head_tables
+from interp_assert.measure.measurements import CaptureRequest
 from interp_assert.outcome import Outcome
 from interp_assert.properties.base import CheckContext, Expectation, FigureNeeds, layer_line, resolve_index
 from interp_assert.vocab import Role

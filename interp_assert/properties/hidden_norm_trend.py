@@ -7,7 +7,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, field_validator
 
 from interp_assert.errors import CheckInputError
-from interp_assert.measurements import CaptureRequest
+from interp_assert.measure.measurements import CaptureRequest
 from interp_assert.outcome import Outcome
 from interp_assert.properties.base import (
     TOP_SHOWN,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from interp_assert import head_tables
-from interp_assert.measurements import CaptureRequest
+from interp_assert.measure import head_tables
+from interp_assert.measure.measurements import CaptureRequest
 from interp_assert.outcome import Outcome
 from interp_assert.properties.base import Bounded, CheckContext, FigureNeeds, layer_line, resolve_index
 from interp_assert.vocab import Role

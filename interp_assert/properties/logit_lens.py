@@ -1,7 +1,7 @@
 """``logit_lens``: when the model's answer becomes readable from its residual stream.
 
 Each hidden-state index k is read through the final norm and unembedding (see
-:mod:`interp_assert.lens`): ``agreement[k]`` is the fraction of positions whose top-1 token
+:mod:`interp_assert.measure.lens`): ``agreement[k]`` is the fraction of positions whose top-1 token
 already is the model's final top-1 token, ``kl[k]`` the mean KL(final || lens_k) in nats.
 A spec states any of:
 
@@ -20,10 +20,10 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from interp_assert.errors import CheckInputError
-from interp_assert.findings import DiscoverSettings, Section, unique_name
-from interp_assert.measurements import CaptureRequest, LogitLens
+from interp_assert.measure.measurements import CaptureRequest, LogitLens
 from interp_assert.outcome import Outcome
 from interp_assert.properties.base import CheckContext, Expectation, LayerRange, resolve_index, resolve_range
+from interp_assert.properties.findings import DiscoverSettings, Section, unique_name
 
 AGREEMENT_LAYER_LEVEL = 0.5  # what discover calls the agreement layer
 
@@ -115,7 +115,7 @@ class LogitLensExpectation(Expectation):
         return Outcome(True, "; ".join(said), (by_index,), measured, value=headline)
 
     def own_figures(self, context: CheckContext, out_dir: Path) -> list[tuple[str, str]]:
-        from interp_assert import heatmaps
+        from interp_assert.figures import heatmaps
 
         lens = context.measurements.logit_lens
         if lens is None:

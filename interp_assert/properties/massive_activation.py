@@ -16,10 +16,10 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from interp_assert.errors import CheckInputError
-from interp_assert.findings import DiscoverSettings, Section, lower_bound, unique_name
-from interp_assert.measurements import ActivationPeaks, CaptureRequest
+from interp_assert.measure.measurements import ActivationPeaks, CaptureRequest
 from interp_assert.outcome import Outcome
 from interp_assert.properties.base import Bounded, CheckContext, FigureNeeds, LayerRange, resolve_range
+from interp_assert.properties.findings import DiscoverSettings, Section, lower_bound, unique_name
 
 
 class MassiveActivation(Bounded):

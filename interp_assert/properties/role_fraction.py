@@ -6,8 +6,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from interp_assert import head_tables
-from interp_assert.measurements import CaptureRequest
+from interp_assert.measure import head_tables
+from interp_assert.measure.measurements import CaptureRequest
 from interp_assert.outcome import Outcome
 from interp_assert.properties.base import Bounded, CheckContext, FigureNeeds, LayerRange, resolve_range
 from interp_assert.vocab import POSITIONAL_LABELS, Label

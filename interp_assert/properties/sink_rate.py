@@ -13,10 +13,10 @@ from typing import ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from interp_assert.findings import DiscoverSettings, Section, lower_bound, unique_name
-from interp_assert.measurements import CaptureRequest
+from interp_assert.measure.measurements import CaptureRequest
 from interp_assert.outcome import Outcome
 from interp_assert.properties.base import Bounded, CheckContext, FigureNeeds, LayerRange, resolve_range
+from interp_assert.properties.findings import DiscoverSettings, Section, lower_bound, unique_name
 
 
 class SinkRate(Bounded):

@@ -1,8 +1,8 @@
 """``snapshot``: the model's numeric fingerprint on one prompt set matches the stored one.
 
 The fingerprint (every head's role scores and label, per-layer attention statistics, hidden
-norms) is built by :mod:`interp_assert.fingerprint`; storage and comparison with the stored
-copy are :mod:`interp_assert.snapshot`'s. In an audit the property compares the checkpoint's
+norms) is built by :mod:`interp_assert.drift.fingerprint`; storage and comparison with the stored
+copy are :mod:`interp_assert.drift.snapshot`'s. In an audit the property compares the checkpoint's
 fingerprint with the base model's instead (:meth:`Snapshot.audit_drift`).
 """
 
@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from interp_assert.measurements import CaptureRequest
+from interp_assert.measure.measurements import CaptureRequest
 from interp_assert.outcome import Outcome
 from interp_assert.properties.base import CheckContext, Expectation, ModelDrift, Strict
 from interp_assert.vocab import POSITIONAL_LABELS, Role
 
 if TYPE_CHECKING:
-    from interp_assert import fingerprint as fp_types
+    from interp_assert.drift import fingerprint as fp_types
 
 OptInPart = Literal["loss", "layer_ablation", "logit_lens", "massive_activation", "sink_rate"]
 ToleranceQuantity = Literal["role_scores", "layer_stats", "hidden_norms", OptInPart]
@@ -84,7 +84,7 @@ class Snapshot(Expectation):
         )
 
     def fingerprint(self, context: CheckContext) -> fp_types.Fingerprint:
-        from interp_assert import fingerprint as fp
+        from interp_assert.drift import fingerprint as fp
 
         environment = dict(context.environment) | {"prompts": self.prompts}
         return fp.build(context.measurements, tuple(self.covers), tuple(self.roles), environment)
@@ -92,7 +92,7 @@ class Snapshot(Expectation):
     def tolerances(self, context: CheckContext) -> tuple[dict[str, fp_types.Tolerance], set[str]]:
         """Effective tolerances (defaults, then the spec's, then this expectation's) and the
         quantities the spec set explicitly."""
-        from interp_assert import fingerprint as fp
+        from interp_assert.drift import fingerprint as fp
 
         given = dict(context.snapshot_tolerance) | self.tolerance
         tolerances = dict(fp.DEFAULT_TOLERANCES)
@@ -101,7 +101,7 @@ class Snapshot(Expectation):
         return tolerances, set(given)
 
     def check(self, context: CheckContext) -> Outcome:
-        from interp_assert import snapshot
+        from interp_assert.drift import snapshot
 
         tolerances, explicit = self.tolerances(context)
         result = snapshot.check(
@@ -127,8 +127,8 @@ class Snapshot(Expectation):
         )
 
     def audit_drift(self, base: CheckContext, checkpoint: CheckContext) -> ModelDrift:
-        from interp_assert import fingerprint as fp
-        from interp_assert.snapshot import drift_report
+        from interp_assert.drift import fingerprint as fp
+        from interp_assert.drift.snapshot import drift_report
 
         tolerances, _ = self.tolerances(base)
         before, after = self.fingerprint(base), self.fingerprint(checkpoint)
@@ -144,8 +144,9 @@ class Snapshot(Expectation):
         layer and role, and the delta heatmap of the role that moved most."""
         import numpy as np
 
-        from interp_assert import diff_figures, snapshot
-        from interp_assert.drift_summary import beyond_by_layer, role_table
+        from interp_assert.drift import snapshot
+        from interp_assert.drift.drift_summary import beyond_by_layer, role_table
+        from interp_assert.figures import diff_figures
 
         stored = snapshot.read(context.spec_path, self.name)
         if stored is None:

@@ -6,9 +6,9 @@ from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from interp_assert import head_tables
 from interp_assert.errors import CheckInputError
-from interp_assert.measurements import CaptureRequest
+from interp_assert.measure import head_tables
+from interp_assert.measure.measurements import CaptureRequest
 from interp_assert.outcome import Outcome
 from interp_assert.properties.base import (
     TOP_SHOWN,

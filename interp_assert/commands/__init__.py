@@ -1,0 +1,1 @@
+"""The ``interp-assert`` command and its verbs: discover, report, audit, measure, track."""

@@ -1,0 +1,481 @@
+"""The ``interp-assert`` command: discover, report, audit.
+
+Heavy imports (torch, transformers, matplotlib) happen inside the handlers, so
+``interp-assert --help`` answers at once. Every error a user can cause is one
+line on stderr, ``interp-assert: error: ...``, with exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from interp_assert import atomic
+from interp_assert.commands import track as track_command
+from interp_assert.errors import InterpAssertError
+from interp_assert.version import package_version
+from interp_assert.vocab import ROLES
+
+if TYPE_CHECKING:
+    from interp_assert.run_options import RunOptions
+
+ROLE_CHOICES = tuple(ROLES)
+
+PROG = "interp-assert"
+USAGE_ERROR = 2
+INTERNAL_ERROR = 3
+
+DESCRIPTION = """\
+Put a language model's internals under test. Specs (YAML) list interpretability
+findings; `pytest` turns each into a test item. This command writes specs from
+measurements (discover), draws them (report) and checks a checkpoint against
+them (audit).
+"""
+
+EPILOG = """\
+examples:
+  interp-assert discover smollm2-135m-instruct -o model_specs/smollm2.yaml
+  interp-assert report model_specs/smollm2.yaml -o report/
+  interp-assert audit model_specs/smollm2.yaml --checkpoint ./finetuned
+  interp-assert track model_specs/smollm2.yaml --checkpoints 'run/checkpoint-*' --report track/
+  interp-assert measure smollm2-135m-instruct --role induction
+
+MODEL (and --checkpoint) is a built-in alias (smollm2-135m-instruct, tiny-neo), a
+model directory, a .gguf file, or a Hugging Face hub id (downloaded into the hub cache,
+HF_HOME, unless HF_HUB_OFFLINE is set; HF_TOKEN for gated models). Progress bars appear
+on a terminal only, never when CI is set.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    discover = commands.add_parser(
+        "discover",
+        help="measure a model and write a spec of what it finds",
+        description="Measure MODEL on prompt sets and write a spec (YAML) of its strongest heads per role, the "
+        "layer that dominates each role, hidden-norm trends and attention sharpness. Bounds sit a margin "
+        "below the measured values, which each expectation's description records; the spec is validated "
+        "and checked against the measurements before it is written, so it passes on MODEL.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="default prompt sets:\n"
+        "  prose     three natural sentences (previous_token, first_token and self heads)\n"
+        "  repeated  4 sequences of a random 50-token block repeated twice (induction and duplicate_token heads)",
+    )
+    discover.add_argument("model", metavar="MODEL", help="alias, model directory, .gguf file or cached hub id")
+    discover.add_argument("-o", "--output", required=True, type=Path, metavar="FILE.yaml", help="spec file to write")
+    discover.add_argument(
+        "--prompts",
+        type=Path,
+        metavar="FILE.yaml",
+        help="use the prompt sets under 'prompts:' in FILE (spec format) instead of the defaults; sets of "
+        "texts are searched for previous_token/first_token/self heads, random_tokens sets for "
+        "induction/duplicate_token heads; norms and sharpness come from the first set",
+    )
+    discover.add_argument(
+        "--threshold", type=_unit_float, default=0.5, help="role score a head needs to be written (default 0.5)"
+    )
+    discover.add_argument(
+        "--max-heads", type=_positive_int, default=3, help="strongest heads written per role (default 3)"
+    )
+    discover.add_argument(
+        "--keep",
+        type=_unit_float,
+        default=0.85,
+        help="at_least bounds are this fraction of the measured value (default 0.85)",
+    )
+    discover.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    discover.add_argument(
+        "--revision", metavar="REV", help="branch, tag or commit sha of a hub MODEL (written to the spec)"
+    )
+    _model_options(discover)
+    discover.set_defaults(handler=_discover)
+
+    report = commands.add_parser(
+        "report",
+        help="write an HTML page with heatmaps of a spec's expectations",
+        description="Evaluate every expectation of SPEC and write DIR/index.html with PNG figures: a layers x "
+        "heads heatmap per role score the spec uses (per prompt set), the attention pattern of each head "
+        "the spec names (tokens on the axes), hidden norm by layer, and role fractions by depth. Failed "
+        "expectations are red in the table; the heads they concern are outlined in red. Exit status 1 if any "
+        "expectation failed.",
+    )
+    report.add_argument("spec", type=Path, metavar="SPEC.yaml", help="spec file")
+    report.add_argument("-o", "--output", required=True, type=Path, metavar="DIR", help="folder to write into")
+    report.add_argument(
+        "--model", metavar="PATH_OR_ID", help="run the spec against this checkpoint instead of its own model"
+    )
+    report.add_argument("--force", action="store_true", help="overwrite an existing report in DIR")
+    _model_options(report)
+    report.set_defaults(handler=_report)
+
+    audit = commands.add_parser(
+        "audit",
+        help="check whether a checkpoint keeps a spec's findings",
+        description="Evaluate SPEC on CHECKPOINT and on the base (the spec's own model, or --base) and print "
+        "each expectation's headline value on both, what moved by layer and role, and the heads that moved "
+        "most. Exit status 1 if any expectation fails on the checkpoint.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  interp-assert audit model_specs/smollm2.yaml --checkpoint ./finetuned\n"
+        "  interp-assert audit spec.yaml --checkpoint ./lora-adapter --interp-model smollm2-base=./base\n"
+        "  interp-assert audit spec.yaml --checkpoint ./ft --report audit/   (delta heatmaps, overlaid norms)",
+    )
+    audit.add_argument("spec", type=Path, metavar="SPEC.yaml", help="spec file")
+    audit.add_argument(
+        "--checkpoint", required=True, metavar="PATH", help="the checkpoint to audit (model folder or PEFT adapter)"
+    )
+    audit.add_argument("--checkpoint-revision", metavar="REV", help="branch, tag or commit sha of a hub CHECKPOINT")
+    audit.add_argument("--base", metavar="PATH", help="compare against this model instead of the spec's own")
+    audit.add_argument("--json", action="store_true", help="print the result as JSON (NaN written as null)")
+    audit.add_argument("--report", type=Path, metavar="DIR", help="also write DIR/index.html with difference figures")
+    audit.add_argument("--force", action="store_true", help="overwrite an existing report in DIR")
+    _model_options(audit)
+    audit.set_defaults(handler=_audit)
+
+    track_command.add_parser(commands, _model_options, _track)
+
+    measure = commands.add_parser(
+        "measure",
+        help="print a model's head scores, top heads and norms (no spec, no bounds)",
+        description="Measure MODEL on prompt sets and print, per role, the top heads and their scores, the "
+        "layer means, any head whose score comes mostly from one frequent token, and hidden norms by depth.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="examples:\n"
+        "  interp-assert measure smollm2-135m-instruct --role previous_token --head L16H0\n"
+        "  interp-assert measure ./model --prompts prompts.yaml --json",
+    )
+    measure.add_argument("model", metavar="MODEL", help="alias, model directory, adapter, .gguf file or cached hub id")
+    measure.add_argument(
+        "--prompts", type=Path, metavar="FILE.yaml", help="prompt sets under 'prompts:' (spec format); default: "
+        "discover's prose and repeated sets",
+    )  # fmt: skip
+    measure.add_argument("--role", action="append", choices=ROLE_CHOICES, help="roles to show (default: all)")
+    measure.add_argument("--head", action="append", type=_head, metavar="LxHy", help="show this head's scores")
+    measure.add_argument("--top", type=_positive_int, default=5, help="heads shown per role (default 5)")
+    measure.add_argument("--json", action="store_true", help="print the measurements as JSON")
+    measure.add_argument("--revision", metavar="REV", help="branch, tag or commit sha of a hub MODEL")
+    _model_options(measure)
+    measure.set_defaults(handler=_measure)
+    return parser
+
+
+def _model_options(parser: argparse.ArgumentParser) -> None:
+    """The model flags pytest has, under both spellings (``--dtype`` and ``--interp-dtype``)."""
+    group = parser.add_argument_group("model loading")
+    group.add_argument(
+        "--interp-model", action="append", default=[], metavar="NAME=PATH_OR_ID", type=_mapping,
+        help="load PATH_OR_ID wherever NAME is named: a spec's model, or the base an adapter names "
+        "(e.g. --interp-model smollm2-base=./base); repeatable",
+    )  # fmt: skip
+    group.add_argument(
+        "--interp-revision", action="append", default=[], metavar="NAME=REV", type=_mapping,
+        help="load the hub model NAME (a spec's model, or the base an adapter names) at REV: a branch, tag or "
+        "commit sha; repeatable",
+    )  # fmt: skip
+    dtypes = ("float32", "float16", "bfloat16")
+    group.add_argument("--dtype", "--interp-dtype", choices=dtypes, help="override the dtype")
+    group.add_argument("--device", "--interp-device", help="torch device, e.g. cpu or cuda (default: spec, else cpu)")
+    group.add_argument(
+        "--device-map", "--interp-device-map", metavar="MAP",
+        help="spread the model over devices (accelerate): auto, balanced, balanced_low_0, sequential, or "
+        "MODULE=DEVICE,... (DEVICE: cpu, cuda:N, a GPU number, or disk)",
+    )  # fmt: skip
+    group.add_argument(
+        "--max-memory", "--interp-max-memory", metavar="DEVICE=SIZE,...",
+        help="memory the device map may use per device, e.g. 0=20GiB,cpu=60GiB",
+    )  # fmt: skip
+    group.add_argument(
+        "--offload-folder", "--interp-offload-folder", type=Path, metavar="DIR",
+        help="folder for weights the device map offloads to disk",
+    )  # fmt: skip
+    group.add_argument(
+        "--trust-remote-code", "--interp-trust-remote-code", action="store_true",
+        help="allow model code from the model's repository (runs it)",
+    )  # fmt: skip
+    group.add_argument(
+        "--allow-pickle", "--interp-allow-pickle", action="store_true",
+        help="allow .bin/.pt weights (default: safetensors)",
+    )  # fmt: skip
+    group.add_argument("--debug", "--interp-debug", action="store_true", help="show Python tracebacks of errors")
+
+
+def _run_options(args: argparse.Namespace) -> Any:
+    """The verb's model flags, checked and turned into options the way pytest's are (one function)."""
+    from interp_assert.measure.hub import revision_problem
+    from interp_assert.run_options import Flags, from_flags
+
+    for revision in (getattr(args, key, None) for key in ("revision", "checkpoint_revision")):
+        problem = revision_problem(revision) if revision is not None else None
+        if problem:
+            raise InterpAssertError(problem)
+    flags = Flags(
+        models=args.interp_model,
+        revisions=args.interp_revision,
+        device=args.device,
+        dtype=args.dtype,
+        device_map=args.device_map,
+        max_memory=args.max_memory,
+        offload_folder=str(args.offload_folder) if args.offload_folder is not None else None,
+        trust_remote_code=args.trust_remote_code,
+        allow_pickle=args.allow_pickle,
+    )
+    return from_flags(flags, here=Path.cwd())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except InterpAssertError as exc:
+        if getattr(args, "debug", False):
+            raise
+        return _fail(str(exc))
+    except OSError as exc:
+        if getattr(args, "debug", False):
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        return _fail(f"{where}{exc.strerror or exc}")
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug of ours, not the user's: one line, the traceback behind --debug
+        if getattr(args, "debug", False):
+            raise
+        print(
+            f"{PROG}: internal error: {type(exc).__name__}: {exc}; run again with --debug for the traceback "
+            "and report it",
+            file=sys.stderr,
+        )
+        return INTERNAL_ERROR
+
+
+def _fail(message: str) -> int:
+    one_line = "; ".join(line.strip() for line in message.splitlines() if line.strip())
+    print(f"{PROG}: error: {one_line}", file=sys.stderr)
+    return USAGE_ERROR
+
+
+# ---- handlers ----
+
+
+def _discover(args: argparse.Namespace) -> int:
+    from interp_assert.commands import discover
+
+    output: Path = args.output
+    if output.exists() and not args.force:
+        raise InterpAssertError(f"{output} exists; pass --force to overwrite it")
+    prompt_sets = discover.read_prompt_sets(args.prompts) if args.prompts else None
+    settings = discover.DiscoverSettings(threshold=args.threshold, max_heads=args.max_heads, keep=args.keep)
+    with _progress(3 if prompt_sets is None else 1 + len(prompt_sets)) as step:
+        step(f"loading {args.model}")
+        loaded = _load(args.model, args)
+        result = discover.discover(
+            args.model,
+            output,
+            loaded=loaded,
+            prompt_sets=prompt_sets or discover.default_prompt_sets(loaded),
+            settings=settings,
+            progress=step,
+        )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(output, result.text)
+    print(f"wrote {output}: {result.n_expectations} expectations")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from interp_assert.commands.report import build_report
+    from interp_assert.drift.audit_report import refuse_overwrite
+
+    spec_path: Path = args.spec
+    _readable_spec(spec_path)
+    refuse_overwrite(args.output, force=args.force)
+    with _progress(None) as step:
+        summary = build_report(spec_path, args.output, _run_options(args), model=args.model, progress=step)
+    print(
+        f"wrote {summary.index}: {summary.passed} passed, {summary.failed} failed"
+        + (f", {summary.invalid} invalid" if summary.invalid else "")
+        + f"; {len(summary.images)} figures"
+    )
+    return 0 if summary.failed == 0 and summary.invalid == 0 else 1
+
+
+def _audit(args: argparse.Namespace) -> int:
+    _readable_spec(args.spec)
+    return main_audit(
+        str(args.spec),
+        args.checkpoint,
+        args.json,
+        options=_run_options(args),
+        base=args.base,
+        report_dir=args.report,
+        force=args.force,
+        checkpoint_revision=args.checkpoint_revision,
+    )
+
+
+def main_audit(
+    spec_path: str,
+    checkpoint: str,
+    as_json: bool = False,
+    out: TextIO | None = None,
+    *,
+    options: RunOptions | None = None,
+    base: str | None = None,
+    report_dir: Path | None = None,
+    force: bool = False,
+    checkpoint_revision: str | None = None,
+) -> int:
+    """Print the audit (and write its report); return 1 if any expectation fails on the checkpoint."""
+    from interp_assert.drift.audit import print_table, run_audit, to_json
+    from interp_assert.drift.audit_report import refuse_overwrite, write_audit_report
+    from interp_assert.spec import load_spec
+
+    out = out or sys.stdout
+    if report_dir is not None:
+        refuse_overwrite(report_dir, force=force)
+    audit = run_audit(spec_path, checkpoint, options, base=base, checkpoint_revision=checkpoint_revision)
+    if as_json:
+        json.dump(to_json(audit), out, indent=2, allow_nan=False)
+        out.write("\n")
+    else:
+        print_table(audit, out)
+    if report_dir is not None:
+        index = write_audit_report(audit, load_spec(spec_path), report_dir)
+        print(f"wrote {index}", file=sys.stderr if as_json else out)
+    return 0 if audit.passed else 1
+
+
+def _track(args: argparse.Namespace) -> int:
+    from interp_assert.drift import checkpoints
+
+    _readable_spec(args.spec)
+    # --checkpoint entries are paths, --checkpoints entries globs; under --order given, paths come first
+    entries = [(path, False) for path in args.checkpoint] + [(pattern, True) for pattern in args.checkpoints]
+    found = checkpoints.resolve(entries, args.order)
+    with _progress(2 * len(found)) as step:
+        return track_command.main_track(
+            str(args.spec), found, options=_run_options(args), json_path=args.json, report_dir=args.report,
+            force=args.force, progress=step,
+        )  # fmt: skip
+
+
+def _measure(args: argparse.Namespace) -> int:
+    from interp_assert.commands import discover, measure
+
+    prompt_sets = discover.read_prompt_sets(args.prompts) if args.prompts else None
+    with _progress(None) as step:
+        step(f"loading {args.model}")
+        loaded = _load(args.model, args)
+        for note in loaded.notes:
+            print(f"note: {note}", file=sys.stderr)
+        result = measure.measure_model(
+            loaded,
+            prompt_sets or discover.default_prompt_sets(loaded),
+            roles=tuple(args.role or ()),
+            heads=tuple(args.head or ()),
+            top=args.top,
+            progress=step,
+        )
+    if args.json:
+        json.dump(measure.to_json(result), sys.stdout, indent=2, allow_nan=False)
+        sys.stdout.write("\n")
+    else:
+        measure.print_measurements(result, sys.stdout)
+    return 0
+
+
+def _readable_spec(path: Path) -> None:
+    """A missing, unreadable, oversized, non-UTF-8 or non-regular spec file is one line, before any model loads."""
+    from interp_assert.spec.yamlsource import read_spec_text
+
+    if not path.exists():
+        raise InterpAssertError(f"{path}: no such spec file")
+    read_spec_text(path)
+
+
+def _load(reference: str, args: argparse.Namespace) -> Any:
+    from interp_assert.measure.models import load_model
+
+    options = _run_options(args)
+    load = options.load_options(reference, revision=args.revision)
+    return load_model(options.overrides.get(reference, reference), load)
+
+
+@contextmanager
+def _progress(total: int | None) -> Iterator[Callable[[str], None]]:
+    """A progress bar of named steps on a terminal; silent in CI logs and when piped."""
+    from tqdm import tqdm
+
+    from interp_assert.measure.models import show_progress
+
+    bar = tqdm(total=total, disable=not show_progress(), file=sys.stderr, leave=False, unit="step")
+    started = False
+
+    def step(description: str) -> None:
+        nonlocal started
+        if started:
+            bar.update(1)
+        started = True
+        bar.set_description(description)
+
+    try:
+        yield step
+    finally:
+        bar.close()
+
+
+# ---- argument types ----
+
+
+def _unit_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is outside (0, 1]")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not at least 1")
+    return value
+
+
+def _mapping(text: str) -> str:
+    name, sep, target = text.partition("=")
+    if not sep or not name or not target:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=PATH_OR_ID")
+    return text
+
+
+def _head(text: str) -> str:
+    from interp_assert.vocab import parse_head
+
+    try:
+        parse_head(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,340 @@
+"""``interp-assert discover``: measure a model and write a spec of what it finds.
+
+Every finding becomes an expectation whose bound sits a margin below (or
+above) the measured value, with the measured number in its ``description``.
+Before the file is written its text is parsed back with :func:`parse_spec` and
+every expectation is evaluated on the very measurements it came from, so a
+discovered spec always passes on the model it was discovered on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from interp_assert.errors import Location, SpecError
+from interp_assert.properties import ablation_effect, logit_lens, massive_activation, sink_rate
+from interp_assert.properties.findings import (
+    DiscoverSettings,
+    Section,
+    head_findings,
+    norm_findings,
+    sharpness_findings,
+)
+from interp_assert.spec import PromptSet, SpecFile, parse_spec
+from interp_assert.vocab import Role
+
+# The shipped SmolLM2 spec's prose, so discovered numbers compare with it directly.
+PROSE_TEXTS = (
+    "The old lighthouse keeper climbed the spiral stairs every evening to light the lamp. Ships passing the "
+    "rocky coast relied on its beam to find their way home through the fog.",
+    "In the spring of 1905, a young patent clerk in Bern published four papers that would change physics. "
+    "One of them explained the photoelectric effect, and another introduced special relativity.",
+    "Bread is made from flour, water, salt and yeast. The dough is kneaded, left to rise for a few hours, "
+    "shaped into loaves and baked in a hot oven until the crust turns golden brown.",
+)
+REPEAT_LENGTH = 50
+
+# Which head roles a prompt set can reveal: positional roles on text; copying roles need repeats.
+ROLES_ON_TEXT: tuple[Role, ...] = ("previous_token", "first_token", "self")
+ROLES_ON_REPEATS: tuple[Role, ...] = ("induction", "duplicate_token")
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Discovered:
+    text: str
+    spec: SpecFile
+    n_expectations: int
+
+
+# ---- prompt sets ----
+
+
+def default_prompt_sets(loaded: Any) -> dict[str, PromptSet]:
+    """Natural prose, and random token blocks repeated twice (for induction and duplicate-token heads)."""
+    bos = "prepend" if loaded.tokenizer.bos_token_id is not None else "none"
+    context = getattr(loaded.config, "max_position_embeddings", None) or 1024
+    length = max(2, min(REPEAT_LENGTH, (int(context) - 1) // 2))
+    return {
+        "prose": PromptSet.model_validate({"bos": bos, "texts": list(PROSE_TEXTS)}),
+        "repeated": PromptSet.model_validate(
+            {"bos": bos, "random_tokens": {"length": length, "repeats": 2, "count": 4, "seed": 0}}
+        ),
+    }
+
+
+def read_prompt_sets(path: Path) -> dict[str, PromptSet]:
+    """Prompt sets from a YAML file in spec format (a ``prompts:`` mapping; anything else is ignored)."""
+    from pydantic import ValidationError
+
+    from interp_assert.spec.yamlsource import load_source, read_spec_text
+
+    doc = load_source(read_spec_text(path), str(path))
+    raw = doc.data.get("prompts") if isinstance(doc.data, dict) else None
+    if not isinstance(raw, dict) or not raw:
+        raise SpecError([(doc.locate(()), "a prompt file needs a 'prompts:' mapping of name -> prompt set")])
+    found: dict[str, PromptSet] = {}
+    problems: list[tuple[Location | None, str]] = []
+    for name, body in raw.items():
+        try:
+            found[str(name)] = PromptSet.model_validate(body)
+        except ValidationError as exc:
+            for error in exc.errors():
+                where = tuple(str(part) for part in error["loc"])
+                if error["type"] == "missing":
+                    message, where = f"missing required key {where[-1]!r}", where[:-1]
+                elif error["type"] == "extra_forbidden":
+                    message = f"unknown key {where[-1]!r}"
+                else:
+                    message = ".".join(where) + ": " + error["msg"].removeprefix("Value error, ")
+                problems.append((doc.locate(("prompts", name, *where)), f"prompt set {name!r}: {message}"))
+    if problems:
+        raise SpecError(problems)
+    return found
+
+
+def roles_for(prompt_set: PromptSet) -> tuple[Role, ...]:
+    """Texts are searched for every head role (a text that repeats tokens can show copying heads;
+    one that does not leaves them unmeasurable, which the spec notes); random repeats for copying."""
+    return (*ROLES_ON_TEXT, *ROLES_ON_REPEATS) if prompt_set.texts is not None else ROLES_ON_REPEATS
+
+
+def flag_token_driven(sections: list[Section], loaded: Any, prompt_sets: dict[str, PromptSet]) -> None:
+    """Say in a head expectation's description when its score comes mostly from one frequent
+    query token (commas attending to earlier commas), so no one mistakes it for a mechanism."""
+    from interp_assert.measure import attribution
+    from interp_assert.measure.capture import CaptureRequest
+    from interp_assert.runner import measure_named
+    from interp_assert.vocab import TARGET_ROLES, parse_head
+
+    claims: dict[str, list[dict[str, Any]]] = {}
+    for section in sections:
+        for expectation in section.expectations:
+            if expectation.get("property") == "head_score" and expectation.get("role") in TARGET_ROLES:
+                claims.setdefault(str(expectation["prompts"]), []).append(expectation)
+    for prompt_name, expectations in claims.items():
+        heads = frozenset(parse_head(str(e["head"])) for e in expectations)
+        measured = measure_named(loaded, prompt_name, prompt_sets[prompt_name], CaptureRequest(patterns=heads))
+        for expectation in expectations:
+            pattern = measured.patterns[parse_head(str(expectation["head"]))]
+            rows = attribution.row_scores(pattern, measured.pattern_tokens, expectation["role"])
+            found = attribution.dominant_token(rows, measured.pattern_tokens)
+            if found is not None:
+                expectation["description"] += (
+                    f"; flag: {found.share:.0%} of it comes from the {found.rows} rows whose query is "
+                    f"{found.token!r} (sequence 0), so it may describe that token rather than a mechanism"
+                )
+
+
+# ---- the whole discovery ----
+
+
+def discover(
+    model: str,
+    output: Path,
+    *,
+    loaded: Any,
+    prompt_sets: dict[str, PromptSet],
+    settings: DiscoverSettings,
+    progress: Progress = lambda _: None,
+) -> Discovered:
+    """Measure ``loaded`` on ``prompt_sets`` and return the spec text (validated and self-checked)."""
+    from interp_assert.measure.capture import CaptureRequest
+    from interp_assert.runner import measure_named
+
+    used: set[str] = set()
+    sections: list[Section] = []
+    measured: dict[str, Any] = {}
+    first_set = next(iter(prompt_sets))
+    for name, prompt_set in prompt_sets.items():
+        progress(f"measuring {name!r}")
+        roles = set(roles_for(prompt_set))
+        extras = name == first_set  # norms and sharpness: on the first prompt set only
+        request = CaptureRequest(
+            roles=frozenset(roles | ({"focus"} if extras else set())),
+            attention_stats=extras,
+            hidden_norms=extras,
+            activation_peaks=extras,
+            logit_lens=extras,
+        )
+        measured[name] = measure_named(loaded, name, prompt_set, request)
+        for role in roles_for(prompt_set):
+            sections.append(head_findings(name, role, measured[name].role_scores[role], settings, used))
+    flag_token_driven(sections, loaded, prompt_sets)
+    sections += ablation_sections(loaded, prompt_sets, sections, measured, settings, used)
+    first = measured[first_set]
+    sections.append(norm_findings(first_set, first.hidden_norms_without_first, settings, used))
+    sharpness = {"max": first.max_weight.max(axis=1), "focus": first.role_scores["focus"].mean(axis=1)}
+    sections.append(sharpness_findings(first_set, sharpness, settings, used))
+    if "first_token" in first.role_scores:
+        sections.append(sink_rate.findings(first_set, first.role_scores["first_token"], settings, used))
+    if first.activation_peaks is not None:
+        sections.append(massive_activation.findings(first_set, first.activation_peaks, settings, used))
+    if first.logit_lens is not None:
+        sections.append(logit_lens.findings(first_set, first.logit_lens, settings, used))
+    header = {"model": spec_model_reference(model, output)}
+    if loaded.options.revision is not None:
+        header["revision"] = loaded.options.revision
+    header["dtype"] = loaded.options.dtype
+    if isinstance(loaded.options.device_map, str):  # a strategy carries over to another machine; a mapping may not
+        header["device_map"] = loaded.options.device_map
+    else:
+        header["device"] = loaded.options.device
+    text = render(model, loaded, header, prompt_sets, sections, settings)
+    spec = parse_spec(text, str(output))
+    problems = spec.problems()
+    if problems:
+        from interp_assert.errors import InternalError
+
+        raise InternalError(f"internal error: the discovered spec is invalid: {problems[0][1]}")
+    check_discovered(spec, measured)
+    return Discovered(text, spec, len(spec.entries))
+
+
+def ablation_sections(
+    loaded: Any,
+    prompt_sets: dict[str, PromptSet],
+    sections: list[Section],
+    measured: dict[str, Any],
+    settings: DiscoverSettings,
+    used: set[str],
+) -> list[Section]:
+    """Zero the induction heads found on each repeated-token set, with a seeded random control;
+    the loss counts from the second copy's second token (its first cannot be predicted)."""
+    from dataclasses import replace
+
+    from interp_assert.measure.capture import CaptureRequest
+    from interp_assert.measure.measurements import AblationRequest
+    from interp_assert.runner import measure_named
+    from interp_assert.vocab import parse_head
+
+    found = []
+    for name, prompt_set in prompt_sets.items():
+        repeats = prompt_set.random_tokens
+        heads = [
+            str(e["head"])
+            for section in sections
+            for e in section.expectations
+            if e["prompts"] == name and e["property"] == "head_score" and e["role"] == "induction"
+        ]
+        if repeats is None or repeats.repeats < 2 or not heads:
+            continue
+        request = AblationRequest(
+            heads=tuple(sorted(parse_head(h) for h in heads)), controls=ablation_effect.DISCOVER_CONTROLS
+        )
+        ablated = measure_named(loaded, name, prompt_set, CaptureRequest(ablations=frozenset([request])))
+        measured[name] = replace(measured[name], token_losses=ablated.token_losses, ablations=ablated.ablations)
+        assert ablated.token_losses is not None
+        positions = [(prompt_set.bos == "prepend") + repeats.length + 1, -1]
+        found.append(
+            ablation_effect.findings(
+                name, request, ablated.token_losses, ablated.ablations[request], positions, settings, used
+            )
+        )
+    return found
+
+
+def check_discovered(spec: SpecFile, measured: dict[str, Any]) -> None:
+    """Every written expectation must hold on the measurements it was derived from."""
+    from interp_assert.errors import InternalError
+    from interp_assert.properties import CheckContext
+
+    for entry in spec.entries:
+        assert entry.expectation is not None
+        outcome = entry.expectation.check(CheckContext(measured[entry.expectation.prompts]))
+        if not outcome.passed:
+            raise InternalError(f"internal error: discovered {entry.name!r} does not hold: {outcome.headline}")
+
+
+def spec_model_reference(model: str, output: Path) -> str:
+    """``model`` as given; a relative path is rewritten relative to the spec's folder, where it is resolved."""
+    from interp_assert.measure.models import ALIASES
+
+    path = Path(model).expanduser()
+    if model in ALIASES or path.is_absolute() or not path.exists():
+        return model
+    return os.path.relpath(path.resolve(), output.resolve().parent)
+
+
+# ---- YAML text: written by hand so it keeps its comments and order ----
+
+
+def render(
+    model: str,
+    loaded: Any,
+    header: dict[str, str],
+    prompt_sets: dict[str, PromptSet],
+    sections: list[Section],
+    settings: DiscoverSettings,
+) -> str:
+    from interp_assert.version import package_version
+
+    config = loaded.config
+    shape = f"{config.num_hidden_layers} layers x {config.num_attention_heads} heads"
+    kv_heads = getattr(config, "num_key_value_heads", None)
+    if kv_heads and kv_heads != config.num_attention_heads:
+        shape += f" ({kv_heads} KV heads)"
+    where = header.get("device") or f"device_map {header['device_map']}"
+    lines = [
+        f"# Discovered by `interp-assert discover {model}` (interp_assert {package_version()}).",
+        f"# {type(loaded.model).__name__}: {shape}, {header['dtype']} on {where}.",
+        f"# A head is written when its role score reaches {settings.threshold:g}; each at_least bound is",
+        f"# {settings.keep:g} x the measured value, rounded down (at_most: divided by {settings.keep:g}, rounded up).",
+        "# Each description carries the measured number; edit the bounds as findings firm up.",
+        *(f"{key}: {_scalar(value)}" for key, value in header.items()),
+        "",
+        "prompts:",
+    ]
+    for name, prompt_set in prompt_sets.items():
+        lines += [f"  {name}:", f"    bos: {prompt_set.bos}"]
+        if prompt_set.texts is not None:
+            lines.append("    texts:")
+            lines += [f"      - {json.dumps(text, ensure_ascii=False)}" for text in prompt_set.texts]
+        else:
+            assert prompt_set.random_tokens is not None
+            random = prompt_set.random_tokens
+            lines.append(
+                f"    random_tokens: {{length: {random.length}, repeats: {random.repeats}, "
+                f"count: {random.count}, seed: {random.seed}}}"
+            )
+        if prompt_set.generate:
+            lines.append(f"    generate: {prompt_set.generate}")
+    lines += ["", "expectations:"]
+    for section in sections:
+        if not section.expectations and not section.notes:
+            continue
+        lines.append(f"  # ---- {section.title} ----")
+        lines += [f"  # {note}" for note in section.notes]
+        for expectation in section.expectations:
+            for index, (key, value) in enumerate(expectation.items()):
+                lines.append(f"  {'- ' if index == 0 else '  '}{key}: {_scalar(value)}")
+            lines.append("")
+        if not section.expectations:
+            lines.append("")
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def _scalar(value: Any) -> str:
+    """One YAML value on one line; a string is left plain only when it reads back as itself."""
+    from interp_assert.spec.yamlsource import load_source
+
+    if isinstance(value, list):
+        return "[" + ", ".join(_scalar(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{key}: {_scalar(item)}" for key, item in value.items()) + "}"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)  # shortest text that reads back as the same number
+    text = str(value)
+    plain = re.fullmatch(r"[A-Za-z0-9_./\-][^:#'\"{}\[\],&*!|>%@`]*", text) and not text.endswith(" ")
+    if plain and load_source(f"v: {text}", "<value>").data == {"v": text}:
+        return text
+    return json.dumps(text, ensure_ascii=False)

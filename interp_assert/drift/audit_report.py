@@ -1,0 +1,194 @@
+"""``interp-assert audit --report DIR``: an HTML page of what changed between base and checkpoint.
+
+Per prompt set: a delta heatmap (checkpoint - base) per role score, both models' hidden-norm
+curves on one axis, and per-layer head-label fractions side by side; per snapshot, where the
+fingerprint moved by layer; per failed expectation about a head, that head's attention on
+base and on checkpoint side by side. Numbers come from the audit's own runners (no new
+model load), so the page shows what the table said.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from interp_assert import atomic
+from interp_assert.drift.audit import Audit, AuditRow, print_table
+from interp_assert.drift.drift_summary import beyond_by_layer
+from interp_assert.drift.fingerprint import DEFAULT_TOLERANCES
+from interp_assert.errors import InterpAssertError
+from interp_assert.figures import diff_figures, heatmaps
+from interp_assert.measure import head_tables as scores
+from interp_assert.measure.measurements import CaptureRequest
+from interp_assert.spec import SpecFile
+from interp_assert.vocab import POSITIONAL_LABELS, ROLES, parse_head
+
+LABEL_ROLES = (*POSITIONAL_LABELS, "focus")
+
+
+@dataclass(frozen=True)
+class _Picture:
+    file: str
+    section: str
+    caption: str
+
+
+def refuse_overwrite(directory: Path, *, force: bool) -> None:
+    index = directory / "index.html"
+    if index.exists() and not force:
+        raise InterpAssertError(f"{index} exists; pass --force to overwrite it (or choose another folder)")
+    if directory.exists() and not directory.is_dir():
+        raise InterpAssertError(f"{directory} exists and is not a folder; give a folder for the report")
+
+
+def write_audit_report(audit: Audit, spec: SpecFile, directory: Path) -> Path:
+    """Write ``directory/index.html`` and its PNGs; returns the index."""
+    directory.mkdir(parents=True, exist_ok=True)
+    base, checkpoint = audit.runners["base"], audit.runners["checkpoint"]
+    pictures: list[_Picture] = []
+    for prompt_name in _prompt_sets(spec):
+        pictures += _prompt_set_figures(spec, prompt_name, base, checkpoint, directory)
+    for drift in audit.drifts:
+        if drift.base is not None and drift.checkpoint is not None:
+            atol = DEFAULT_TOLERANCES["role_scores"].atol
+            counts = {k: np.array(v) for k, v in beyond_by_layer(drift.base, drift.checkpoint, atol).items()}
+            file = f"snapshot-{_slug(drift.name)}-drift.png"
+            title = f"snapshot {drift.name!r}: where the fingerprint moved"
+            diff_figures.drift_by_layer(directory / file, counts, title)
+            pictures.append(_Picture(file, "Snapshots", drift.headline))
+    links: dict[str, list[str]] = {}
+    for row in audit.rows:
+        if not row.passed and row.checkpoint.heads:
+            made = _side_by_side_patterns(spec, row, base, checkpoint, directory)
+            pictures += made
+            links[row.name] = [p.file for p in made]
+    index = directory / "index.html"
+    atomic.write_text(index, _page(audit, pictures, links))
+    return index
+
+
+def _prompt_sets(spec: SpecFile) -> list[str]:
+    used = [e.expectation.prompts for e in spec.entries if e.expectation is not None]
+    return list(dict.fromkeys(used))
+
+
+def _prompt_set_figures(spec: SpecFile, prompt_name: str, base: Any, checkpoint: Any, out: Path) -> list[_Picture]:
+    before, after = base.measurements(spec, prompt_name), checkpoint.measurements(spec, prompt_name)
+    pictures = []
+    for role in ROLES:
+        if role in before.role_scores and role in after.role_scores:
+            old, new = before.role_scores[role], after.role_scores[role]
+            if old.shape != new.shape:
+                continue
+            moved = [name for name, _ in _largest_moves(old, new)[:3]]
+            file = f"delta-{_slug(prompt_name)}-{role}.png"
+            title = f"{role}: checkpoint - base, prompts {prompt_name!r}"
+            diff_figures.delta_heatmap(out / file, old, new, title, moved)
+            caption = f"{role} on {prompt_name!r}; largest moves: " + ", ".join(
+                f"{name} {delta:+.3f}" for name, delta in _largest_moves(old, new)[:3]
+            )
+            pictures.append(_Picture(file, "Role scores: checkpoint - base", caption))
+    if before.hidden_norms_without_first is not None and after.hidden_norms_without_first is not None:
+        file = f"norms-{_slug(prompt_name)}.png"
+        diff_figures.norms_overlay(
+            out / file, before.hidden_norms_without_first, after.hidden_norms_without_first,
+            f"hidden norms, prompts {prompt_name!r}",
+        )  # fmt: skip
+        pictures.append(_Picture(file, "Hidden norms", f"mean hidden norm by depth on {prompt_name!r}"))
+    if all(r in before.role_scores and r in after.role_scores for r in LABEL_ROLES):
+        old_labels = scores.head_labels(before.role_scores, 0.5)
+        new_labels = scores.head_labels(after.role_scores, 0.5)
+        if old_labels.shape == new_labels.shape:
+            file = f"labels-{_slug(prompt_name)}.png"
+            diff_figures.fractions_side_by_side(
+                out / file, old_labels, new_labels, f"head labels by layer, prompts {prompt_name!r}"
+            )
+            changed = int((old_labels != new_labels).sum())
+            pictures.append(_Picture(file, "Head labels by layer", f"{changed} heads changed label on {prompt_name!r}"))
+    return pictures
+
+
+def _largest_moves(old: np.ndarray, new: np.ndarray) -> list[tuple[str, float]]:
+    delta = np.nan_to_num(new - old)
+    order = np.argsort(-np.abs(delta), axis=None, kind="stable")
+    layers, heads = np.unravel_index(order, delta.shape)
+    pairs = zip(layers, heads, strict=True)
+    return [(f"L{int(layer)}H{int(head)}", float(delta[layer, head])) for layer, head in pairs]
+
+
+def _side_by_side_patterns(spec: SpecFile, row: AuditRow, base: Any, checkpoint: Any, out: Path) -> list[_Picture]:
+    entry = next(e for e in spec.entries if e.name == row.name)
+    assert entry.expectation is not None
+    head = row.checkpoint.heads[0]
+    layer, index = parse_head(head)
+    pictures = []
+    for side, runner in (("base", base), ("checkpoint", checkpoint)):
+        runner.also_capture(spec, entry.expectation.prompts, CaptureRequest(patterns=frozenset({(layer, index)})))
+        measured = runner.measurements(spec, entry.expectation.prompts)
+        if (layer, index) not in measured.patterns:
+            continue
+        file = f"pattern-{_slug(row.name)}-{head}-{side}.png"
+        title = f"{row.name}: {head} on the {side}, prompts {entry.expectation.prompts!r}, sequence 0"
+        heatmaps.pattern_heatmap(
+            out / file, measured.patterns[(layer, index)], measured.pattern_tokens, title, failed=side == "checkpoint"
+        )
+        pictures.append(_Picture(file, f"Failed: {row.name}", f"{head} attention on the {side}"))
+    return pictures
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 0.85em; }
+.figures { display: flex; flex-wrap: wrap; gap: 1.5em; }
+figure { margin: 0; max-width: 100%; }
+figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { font-size: 0.85em; color: #555; }
+li.failed { color: #c62828; }
+"""
+
+
+def _page(audit: Audit, pictures: list[_Picture], links: dict[str, list[str]]) -> str:
+    import io
+
+    esc = html.escape
+    table = io.StringIO()
+    print_table(audit, table)
+    failures = "".join(
+        f"<li class='failed'>{esc(row.name)}: {esc(row.checkpoint.headline)} "
+        + " ".join(f"<a href='#{esc(file)}'>{esc(file)}</a>" for file in links.get(row.name, []))
+        + "</li>"
+        for row in audit.rows
+        if not row.passed
+    )
+    sections: dict[str, list[_Picture]] = {}
+    for picture in pictures:
+        sections.setdefault(picture.section, []).append(picture)
+    blocks = "".join(
+        f"<h2>{esc(title)}</h2><div class='figures'>"
+        + "".join(
+            f"<figure id='{esc(p.file)}'><img src='{esc(p.file)}' alt='{esc(p.caption)}'>"
+            f"<figcaption>{esc(p.caption)}</figcaption></figure>"
+            for p in shown
+        )
+        + "</div>"
+        for title, shown in sections.items()
+    )
+    verdict = "all expectations hold" if audit.passed else f"{sum(not r.passed for r in audit.rows)} failed"
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<title>interp_assert audit: {esc(Path(audit.spec).name)}</title><style>{STYLE}</style></head><body>"
+        f"<h1>Audit of {esc(Path(audit.spec).name)}</h1>"
+        f"<p>Base <code>{esc(audit.base)}</code>, checkpoint <code>{esc(audit.checkpoint)}</code>: "
+        f"{esc(verdict)}.</p>"
+        + (f"<h2>Failed on the checkpoint</h2><ul>{failures}</ul>" if failures else "")
+        + f"<h2>Table</h2><pre>{esc(table.getvalue())}</pre>{blocks}</body></html>\n"
+    )

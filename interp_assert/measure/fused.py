@@ -1,0 +1,278 @@
+"""Attention scored from the softmax normaliser of a fused kernel, not from recomputed weights.
+
+A fused attention kernel computes, beside its output, each query row's log-sum-exp
+``lse_i = log sum_j exp(s_ij)`` over the logits ``s_ij = scale * q_i . k_j`` (soft-capped where
+the model caps them). Any single weight is then ``A[i, j] = exp(s_ij - lse_i)``, so:
+
+- previous_token, first_token, self: one dot product per row;
+- duplicate_token, induction: one dot product per target key;
+- breadth: the entropy ``H_i = lse_i - sum_j A_ij s_ij = lse_i - scale * q_i . o'_i``, where ``o'``
+  is attention with the keys as values: one more fused pass (with FlexAttention, the same pass,
+  values ``[V | K]``);
+- focus and the ``max`` statistic: each row's largest logit ``m_i`` (the largest weight is
+  ``exp(m_i - lse_i)``). FlexAttention on CUDA returns it beside ``lse``; elsewhere one more pass
+  at ``SHARPNESS`` times the logits gives it: ``m_i <= lse_i(SHARPNESS * s) / SHARPNESS <= m_i +
+  log(n) / SHARPNESS``, and float32 rounds it to its own precision.
+
+Only what a request needs is computed: a request without breadth, focus or ``max`` costs one
+kernel pass, the same as the plain forward, plus a few dot products per row.
+
+Kernels (:mod:`interp_assert.measure.kernels`, :mod:`interp_assert.measure.native`): on CPU the flash kernel behind
+SDPA (``aten._scaled_dot_product_flash_attention_for_cpu``, ``lse`` at SDPA's cost) where only
+dot products are needed, and where breadth, focus or ``max`` are wanted the one-pass kernel of
+:mod:`interp_assert.measure.native` (built on first use with the system's C++ compiler; without one, the
+flash kernel's extra passes). On CUDA, compiled ``flex_attention`` (block masks for causal and
+sliding windows, ``score_mod`` for soft-capping, ``enable_gqa``, ``max_scores``). Soft-capping on
+CPU, and breadth with soft-capping anywhere (``sum_j A_ij s_ij`` is no longer ``q_i . o'_i``),
+cannot be fused: those layers are computed by :mod:`interp_assert.measure.blockwise` instead, in the same run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from interp_assert.measure import blockwise, kernels, native
+from interp_assert.measure.kernels import one_thread
+from interp_assert.measure.scores import BlockTargets, weights_from_normaliser
+from interp_assert.vocab import POSITIONAL_LABELS
+
+IMPLEMENTATION = "interp_assert_fused"
+Backend = Literal["aten", "native", "flex"]
+
+
+@dataclass(frozen=True)
+class LayerRows:
+    """One layer's attention over whole sequences (rows ``0 .. T - 1``), reduced per row.
+
+    ``target_weights[N, H]``: the weight at each target of ``targets`` (in its order);
+    ``entropy`` and ``max_weight``: ``[B, H, T]`` where asked for; ``lse[B, H, T]`` for checks;
+    ``patterns``: head -> ``[T, T]`` attention of the first sequence, for the heads asked for."""
+
+    window: int | None
+    lse: torch.Tensor
+    targets: BlockTargets
+    target_weights: torch.Tensor
+    entropy: torch.Tensor | None
+    max_weight: torch.Tensor | None
+    patterns: dict[int, torch.Tensor]
+
+
+@dataclass
+class FusedCapture:
+    """What the fused attention function needs while a capture runs."""
+
+    consume: Callable[[int, LayerRows], None]
+    targets_for: Callable[[int, int | None, torch.device], BlockTargets]  # (keys, window, device) -> the targets
+    layer_of: dict[int, int]  # id(attention module) -> layer index
+    wants_entropy: bool
+    wants_max: bool
+    pattern_heads: Callable[[int], list[int]]  # layer -> heads whose full pattern is wanted
+    fallback: blockwise.BlockwiseCapture  # computes the layers the kernel cannot take
+    layers_seen: set[int] = field(default_factory=set)
+    masks: dict[tuple[Any, ...], Any] = field(default_factory=dict)
+
+
+_ACTIVE: ContextVar[FusedCapture | None] = ContextVar("interp_assert_fused", default=None)
+
+
+# Tests set this to run a given kernel (FlexAttention's maths on CPU: uncompiled, it materialises the logits).
+FORCE_BACKEND: Backend | None = None
+
+
+def backend_for(device: torch.device, statistics: bool, head_dim: int, value_dim: int) -> Backend:
+    """The kernel for a layer: FlexAttention off the CPU; on the CPU the flash kernel, unless
+    ``statistics`` (breadth, focus or ``max``) are wanted and :mod:`interp_assert.measure.native` (one pass
+    for all of them) takes this head size."""
+    if FORCE_BACKEND is not None:
+        return FORCE_BACKEND
+    if device.type != "cpu":
+        return "flex"
+    return "native" if statistics and native.supports(head_dim, value_dim) else "aten"
+
+
+def register() -> None:
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(IMPLEMENTATION, fused_attention)
+
+
+@contextmanager
+def capturing(model: Any, capture: FusedCapture) -> Iterator[bool]:
+    """Run ``model`` with :func:`fused_attention` feeding ``capture`` (and ``capture.fallback`` for the
+    layers it hands to :mod:`interp_assert.measure.blockwise`); yields False if the model cannot use it."""
+    register()
+    with blockwise.attention_implementation(model, IMPLEMENTATION) as switched, blockwise.active(capture.fallback):
+        token = _ACTIVE.set(capture)
+        try:
+            yield switched
+        finally:
+            _ACTIVE.reset(token)
+
+
+def fused_attention(
+    module: Any,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    **kwargs: Any,
+) -> tuple[torch.Tensor, None]:
+    """An ``AttentionInterface`` function: the kernel's output ``[B, T, H, Dv]``, and the layer's
+    attention reduced per row for the active capture. ``query[B, H, T, D]``, ``key``/``value[B, KV, T, D]``."""
+    capture = _ACTIVE.get()
+    blockwise.check_supported(module, query, key, dropout, kwargs)
+    entropy = capture is not None and capture.wants_entropy
+    wants_max = capture is not None and capture.wants_max
+    backend = backend_for(query.device, entropy or wants_max, query.shape[-1], value.shape[-1])
+    capped = softcap is not None and (backend != "flex" or entropy)
+    if attention_mask is not None or capped or (backend == "aten" and value.shape[-1] != query.shape[-1]):
+        # a mask transformers built anyway, soft-capping or value sizes the kernel cannot take: blockwise
+        return blockwise.blockwise_attention(
+            module, query, key, value, attention_mask, scaling, dropout, sliding_window, softcap, **kwargs
+        )
+    scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    layer = blockwise.layer_index(module, capture)
+    batch, heads, n_tokens, _ = query.shape
+    output = query.new_empty(batch, n_tokens, heads, value.shape[-1])
+    masks = capture.masks if capture is not None else {}
+    if backend == "native":
+        lse, row_entropy, row_max = (
+            x.unflatten(1, (key.shape[1], -1))
+            for x in native.attention(query, key, value, scale, sliding_window, output)
+        )
+    elif backend == "aten":
+        lse, row_entropy, row_max = kernels.aten(
+            query, key, value, scale, sliding_window, output, entropy, wants_max, masks
+        )
+    else:
+        lse, row_entropy, row_max = kernels.flex(
+            query, key, value, scale, sliding_window, softcap, output, entropy, wants_max, masks
+        )
+    if capture is None:
+        return output, None
+    with one_thread():  # small tensors: see one_thread
+        targets = capture.targets_for(n_tokens, sliding_window, query.device)
+        weights = _target_weights(query, key, lse, targets, scale, softcap)
+        groups = heads // key.shape[1]
+        patterns = {
+            head: _pattern(
+                query[0, head], key[0, head // groups], lse[0].flatten(0, 1)[head], scale, sliding_window, softcap
+            )
+            for head in capture.pattern_heads(layer)
+        }
+        rows = LayerRows(
+            sliding_window,
+            lse.flatten(1, 2),
+            targets,
+            weights,
+            row_entropy.flatten(1, 2) if entropy else None,
+            weights_from_normaliser(row_max, lse).clamp_(max=1.0).flatten(1, 2) if wants_max else None,
+            patterns,
+        )
+        capture.consume(layer, rows)
+    return output, None
+
+
+# ---- single weights from the normaliser ----
+
+
+def _target_weights(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    lse: torch.Tensor,
+    targets: BlockTargets,
+    scale: float,
+    softcap: float | None,
+) -> torch.Tensor:
+    """``[N, H]``: the weight at each target. Positional roles from one dot product per row (every
+    row, no gather); the others from gathered dot products. Both ``kernels.GATHER_BYTES`` at a time.
+
+    Rows are taken in the layout the projections produce, ``[B, T, KV, G, D]`` (``query`` and
+    ``key`` arrive as transposed views of it), where a row's heads are contiguous."""
+    kv_heads = key.shape[1]
+    heads, head_dim = query.shape[1], query.shape[-1]
+    rows = query.transpose(1, 2).unflatten(2, (kv_heads, -1))  # [B, T, KV, G, D], a view
+    keys = key.transpose(1, 2)  # [B, T, KV, D]
+    row_lse = lse.flatten(1, 2).transpose(1, 2)  # [B, T, H]
+    # rows per chunk: float32 copies of query rows (bfloat16 models) stay within GATHER_BYTES
+    chunk = max(1, kernels.GATHER_BYTES // (4 * heads * head_dim))
+    whole = query.dtype == torch.float32 and key.dtype == torch.float32  # no copies: one chunk of every row
+    positional_chunk = max(chunk, rows.shape[1]) if whole else chunk
+    picked = row_lse.new_empty(len(targets.segment), heads)
+    lengths = torch.bincount(targets.segment, minlength=len(targets.roles)).tolist() if targets.roles else []
+    start = 0
+    for role, length in zip(targets.roles, lengths, strict=True):
+        stop = start + length
+        b_index, r_index = targets.batch_index[start:stop], targets.row_index[start:stop]
+        if role in POSITIONAL_LABELS:
+            weights = _positional_weights(role, rows, keys, row_lse, scale, softcap, positional_chunk)  # [B, T, H]
+            picked[start:stop] = weights[b_index, r_index]
+        else:
+            k_index = targets.key_index[start:stop]
+            for first in range(0, length, chunk):
+                b, r, k = (index[first : first + chunk] for index in (b_index, r_index, k_index))
+                logits = _dots(rows[b, r], keys[b, k]) * scale  # [C, H]
+                picked[start + first : start + first + len(b)] = weights_from_normaliser(
+                    _capped(logits, softcap), row_lse[b, r]
+                )
+        start = stop
+    return picked
+
+
+def _positional_weights(
+    role: str,
+    rows: torch.Tensor,
+    keys: torch.Tensor,
+    row_lse: torch.Tensor,
+    scale: float,
+    softcap: float | None,
+    chunk: int,
+) -> torch.Tensor:
+    """``[B, T, H]``: each row i's weight on key i - 1 (row 0: 0), 0 or i, ``chunk`` rows at a time."""
+    batch, n_tokens = rows.shape[:2]
+    weights = row_lse.new_zeros(batch, n_tokens, row_lse.shape[-1])
+    first_row = 1 if role == "previous_token" else 0
+    for start in range(first_row, n_tokens, chunk):
+        stop = min(n_tokens, start + chunk)
+        if role == "self":
+            chunk_keys = keys[:, start:stop]
+        elif role == "previous_token":
+            chunk_keys = keys[:, start - 1 : stop - 1]
+        else:
+            chunk_keys = keys[:, :1].expand(-1, stop - start, -1, -1)
+        logits = _capped(_dots(rows[:, start:stop], chunk_keys) * scale, softcap)
+        weights[:, start:stop] = weights_from_normaliser(logits, row_lse[:, start:stop])
+    return weights
+
+
+def _dots(rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """Each query head's dot product with its key/value head's key, in float32: ``rows[..., KV, G, D]``,
+    ``keys[..., KV, D]`` -> ``[..., KV * G]`` (one batched matrix-vector product per row)."""
+    return torch.matmul(rows.float(), keys.float().unsqueeze(-1)).flatten(-3)
+
+
+def _capped(logits: torch.Tensor, softcap: float | None) -> torch.Tensor:
+    return logits if softcap is None else torch.tanh(logits / softcap) * softcap
+
+
+def _pattern(
+    query: torch.Tensor, key: torch.Tensor, lse: torch.Tensor, scale: float, window: int | None, softcap: float | None
+) -> torch.Tensor:
+    """``[T, T]`` attention of one head from its ``lse`` (for pictures of a few heads)."""
+    logits = _capped((query.float() @ key.float().T) * scale, softcap)
+    rows = torch.arange(len(query), device=query.device).unsqueeze(1)
+    keys = torch.arange(len(key), device=query.device).unsqueeze(0)
+    hidden = keys > rows
+    if window is not None:
+        hidden |= rows - keys >= window
+    return weights_from_normaliser(logits, lse.unsqueeze(1)).masked_fill_(hidden, 0.0)

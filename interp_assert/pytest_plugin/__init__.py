@@ -1,0 +1,1 @@
+"""The pytest plugin: options, collection of spec files into items, stash keys."""

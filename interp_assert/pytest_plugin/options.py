@@ -1,0 +1,183 @@
+"""The plugin's command-line options, each with an ini key of the same name.
+
+``pytest --interp-missing skip`` and ``[tool.pytest.ini_options] interp_missing = "skip"``
+mean the same; the command line wins. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import pytest
+
+Kind = Literal["append", "choice", "text", "flag"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Option:
+    name: str  # the ini key; the flag is --interp-<name with dashes>
+    kind: Kind
+    help: str
+    choices: tuple[str, ...] = ()
+    default: Any = None
+    metavar: str | None = None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        name="interp_model",
+        kind="append",
+        metavar="SPEC_MODEL=PATH_OR_ID",
+        help="run specs (and adapters) whose model is SPEC_MODEL against PATH_OR_ID instead (repeatable); "
+        "SPEC_MODEL must be a model some collected spec or adapter names",
+    ),
+    Option(
+        name="interp_revision",
+        kind="append",
+        metavar="SPEC_MODEL=REVISION",
+        help="load the hub model SPEC_MODEL (or its --interp-model replacement) at REVISION: a branch, tag or "
+        "commit sha (repeatable); wins over the spec's revision",
+    ),
+    Option(
+        name="interp_missing",
+        kind="choice",
+        choices=("error", "skip"),
+        default="error",
+        help="what to do when a spec's model cannot be loaded: error (default) or skip with the reason",
+    ),
+    Option(name="interp_device", kind="text", help="device for every spec's model (overrides the spec)"),
+    Option(
+        name="interp_dtype",
+        kind="choice",
+        choices=("float32", "float16", "bfloat16"),
+        help="dtype for every spec's model (overrides the spec)",
+    ),
+    Option(
+        name="interp_device_map",
+        kind="text",
+        metavar="MAP",
+        help="spread every spec's model over devices with accelerate: auto, balanced, balanced_low_0, sequential, "
+        "or MODULE=DEVICE,... (DEVICE: cpu, cuda:N, a GPU number, or disk); overrides the spec's device and device_map",
+    ),
+    Option(
+        name="interp_max_memory",
+        kind="text",
+        metavar="DEVICE=SIZE,...",
+        help="memory a device map may use per device, e.g. 0=20GiB,cpu=60GiB (overrides the spec's max_memory)",
+    ),
+    Option(
+        name="interp_offload_folder",
+        kind="text",
+        metavar="DIR",
+        help="folder for weights a device map offloads to disk (overrides the spec's offload_folder)",
+    ),
+    Option(
+        name="interp_trust_remote_code",
+        kind="flag",
+        help="allow models whose code lives in their repository (off by default: it runs arbitrary code)",
+    ),
+    Option(
+        name="interp_allow_pickle",
+        kind="flag",
+        help="allow pickled (.bin/.pt) weights; by default only safetensors load",
+    ),
+    Option(
+        name="interp_artifacts",
+        kind="text",
+        metavar="DIR",
+        help="for each failed expectation, write heatmaps of the head concerned into DIR and name them in the failure",
+    ),
+    Option(
+        name="interp_allow_override_update",
+        kind="flag",
+        help="let --snapshot-update record snapshots while --interp-model replaces a spec's model "
+        "(refused by default: it would store another model's numbers as the spec's own)",
+    ),
+    Option(
+        name="interp_checkpoints",
+        kind="append",
+        metavar="PATH_OR_GLOB[,...]",
+        help="run every spec item once per checkpoint, each in place of the spec's model: model folders, "
+        "adapter folders or .gguf files, or globs such as 'run/checkpoint-*' (comma-separated; repeatable); "
+        "ids end in [checkpoint-200]; with pytest-xdist use --dist loadgroup (one checkpoint per worker at a time)",
+    ),
+    Option(
+        name="interp_checkpoint_order",
+        kind="choice",
+        choices=("step", "given"),
+        default="step",
+        help="order of --interp-checkpoints: step (default; the last integer in each folder name) or given",
+    ),
+    Option(
+        name="interp_debug",
+        kind="flag",
+        help="show Python tracebacks for interp_assert's own errors (hidden by default)",
+    ),
+)
+BY_NAME = {option.name: option for option in OPTIONS}
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("interp_assert", "model-internals specs (interp_assert)")
+    for option in OPTIONS:
+        ini_help = f"{option.help} (same as {option.flag})"
+        if option.kind == "append":
+            group.addoption(option.flag, action="append", default=None, metavar=option.metavar, help=option.help)
+            parser.addini(option.name, ini_help, type="linelist", default=[])
+        elif option.kind == "flag":
+            group.addoption(option.flag, action="store_true", default=None, help=option.help)
+            parser.addini(option.name, ini_help, type="bool", default=False)
+        else:
+            choices = option.choices or None
+            group.addoption(option.flag, default=None, choices=choices, metavar=option.metavar, help=option.help)
+            parser.addini(option.name, ini_help, type="string", default=option.default or "")
+
+
+def get(config: pytest.Config, name: str) -> Any:
+    """The option's value: the command line's if given, else the ini key's, else the default."""
+    option = BY_NAME[name]
+    given = config.getoption(option.flag)
+    if given is not None:
+        return given
+    value = config.getini(name)
+    if option.kind == "append":
+        return list(value)
+    if option.kind == "flag":
+        return bool(value)
+    if not value:
+        return option.default
+    if option.choices and value not in option.choices:
+        raise pytest.UsageError(
+            f"ini option {name} = {value!r} is not valid; choose one of {', '.join(option.choices)}"
+        )
+    return value
+
+
+def configure_checkpoints(config: pytest.Config, *, updating: bool) -> None:
+    """Resolve ``--interp-checkpoints`` once, before collection: a missing checkpoint, a glob that
+    matches nothing, a repeated step or another architecture is a usage error naming it."""
+    from interp_assert.drift import checkpoints
+    from interp_assert.errors import InterpAssertError
+    from interp_assert.pytest_plugin.stash import CHECKPOINTS_KEY
+
+    if updating:
+        raise pytest.UsageError(
+            "--snapshot-update with --interp-checkpoints would store a checkpoint's numbers as the spec's own "
+            "snapshot; record snapshots without --interp-checkpoints (each checkpoint is then compared with them)"
+        )
+    given = get(config, "interp_checkpoints")
+    from_ini = config.getoption("--interp-checkpoints") is None and config.inipath is not None
+    here = config.inipath.parent if from_ini and config.inipath else config.invocation_params.dir
+    try:
+        found = checkpoints.resolve(checkpoints.split_list(given), get(config, "interp_checkpoint_order"), here=here)
+        checkpoints.check_architectures(found)
+    except InterpAssertError as exc:
+        raise pytest.UsageError(f"--interp-checkpoints: {exc}") from None
+    config.stash[CHECKPOINTS_KEY] = found
+    if not config.pluginmanager.hasplugin("xdist"):
+        config.addinivalue_line("markers", "xdist_group(name): items of one checkpoint (pytest-xdist's loadgroup)")
