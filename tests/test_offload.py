@@ -148,3 +148,54 @@ def test_bad_placements_are_one_line(models, options: LoadOptions, message: str)
     with pytest.raises(ModelLoadError, match=message) as caught:
         load_model(plain.source, options)
     assert "\n" not in str(caught.value)
+
+
+def test_ablation_and_losses_through_offloaded_layers(models) -> None:  # type: ignore[no-untyped-def]
+    """Head ablation hooks compose with accelerate's: the output projection and the unembedding
+    of the disk-offloaded layers give the losses of the plain load."""
+    from interp_assert.measure.measurements import AblationRequest
+
+    for kind, heads in (("llama", ((1, 0), (1, 3))), ("gpt_neo", ((0, 1),))):
+        plain, split = models(kind)
+        wanted = [AblationRequest(heads=heads, mode=mode, controls=1) for mode in ("zero", "mean")]
+        request = CaptureRequest(roles=frozenset(["previous_token"]), ablations=frozenset(wanted), layer_ablations=True)
+        before, after = measure(plain, _batches(), request), measure(split, _batches(), request)
+        assert before.token_losses is not None and after.token_losses is not None
+        np.testing.assert_allclose(after.token_losses[0], before.token_losses[0], atol=1e-5)
+        for one in wanted:
+            np.testing.assert_allclose(after.ablations[one].losses[0], before.ablations[one].losses[0], atol=1e-5)
+        np.testing.assert_allclose(after.layer_ablation_losses, before.layer_ablation_losses, atol=1e-5)
+
+
+@pytest.mark.skipif("not __import__('torch').cuda.is_available()", reason="needs a CUDA device")
+def test_split_between_gpu_and_cpu_measures_like_the_plain_load(tmp_path: Path) -> None:
+    """Layer 0 on the GPU, layer 1 and the head on the CPU: every number as on the CPU alone."""
+    from interp_assert.measure.measurements import AblationRequest
+
+    directory = save_model(llama_config(), tmp_path / "llama", seed=7)
+    split = (
+        ("model.embed_tokens", "cuda:0"),
+        ("model.rotary_emb", "cuda:0"),
+        ("model.layers.0", "cuda:0"),
+        ("model.layers.1", "cpu"),
+        ("model.norm", "cpu"),
+        ("lm_head", "cpu"),
+    )
+    plain = load_model(str(directory), LoadOptions())
+    placed = load_model(str(directory), LoadOptions(device_map=split))
+    assert input_device(placed).type == "cuda"
+    request = CaptureRequest(
+        roles=EVERYTHING.roles,
+        attention_stats=True,
+        hidden_norms=True,
+        activation_peaks=True,
+        logit_lens=True,
+        patterns=EVERYTHING.patterns,
+        ablations=frozenset([AblationRequest(heads=((0, 1), (1, 2)), mode="mean")]),
+    )
+    before, after = measure(plain, _batches(), request), measure(placed, _batches(), request)
+    for role in ROLES:
+        np.testing.assert_allclose(after.role_scores[role], before.role_scores[role], atol=2e-5, err_msg=role)
+    np.testing.assert_allclose(after.hidden_norms, before.hidden_norms, rtol=2e-5)
+    assert after.token_losses is not None and before.token_losses is not None
+    np.testing.assert_allclose(after.token_losses[0], before.token_losses[0], atol=2e-5)

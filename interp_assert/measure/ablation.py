@@ -96,7 +96,10 @@ def token_losses(loaded: LoadedModel, hidden: torch.Tensor, tokens: torch.Tensor
     parts = []
     for start in range(0, tokens.shape[1] - 1, POSITION_CHUNK):
         stop = min(start + POSITION_CHUNK, tokens.shape[1] - 1)
-        logits = head(hidden[:, start:stop].to(head.weight.device)).float()
+        chunk = hidden[:, start:stop]
+        if head.weight.device.type != "meta":  # offloaded (meta): accelerate's hook moves the input itself
+            chunk = chunk.to(head.weight.device)
+        logits = head(chunk).float()
         if softcap:
             logits = softcap * torch.tanh(logits / softcap)
         targets = tokens[:, start + 1 : stop + 1].to(logits.device)
