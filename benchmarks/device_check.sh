@@ -9,7 +9,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 export PYTHONUNBUFFERED=1 INTERP_ASSERT_CACHE=/tmp/interp_cache
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"
-timeout 120 python3 -m pytest -p interp_assert.pytest_plugin.plugin -p no:cacheprovider -q tests/test_fused.py tests/test_offload.py \
+timeout 120 python3 -m pytest -p interp_assert.pytest_plugin.plugin -p no:cacheprovider -q tests/measure/test_fused.py tests/measure/test_offload.py \
   -k "cuda or gpu" --interp-device cuda 2>&1 | tee "$OUT/tests.log" | tail -5
 for dtype in float32 bfloat16; do
   timeout 60 python3 -m pytest -p interp_assert.pytest_plugin.plugin -p no:cacheprovider -q model_specs/tiny-neo.yaml \

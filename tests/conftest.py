@@ -7,7 +7,7 @@ import pytest
 
 # pytester points HOME at a temporary folder; keep the converted-GGUF cache where it is for real.
 os.environ.setdefault("INTERP_ASSERT_CACHE", str(Path.home() / ".cache" / "interp_assert"))
-# The tests never reach the network: a hub id is read from the local cache (tests/test_hub.py builds one).
+# The tests never reach the network: a hub id is read from the local cache (tests/measure/test_hub.py builds one).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 # pytester's in-process runs drop modules first imported inside them; transformers' lazy

@@ -11,8 +11,8 @@ replacements, indentation changes, truncation).
 
 CI runs a short, derandomised profile (a few hundred inputs per test). For a long, random run:
 
-    INTERP_FUZZ=long pytest tests/test_fuzz.py          # 20,000 inputs per test
-    INTERP_FUZZ=5000 pytest tests/test_fuzz.py          # any number per test
+    INTERP_FUZZ=long pytest tests/spec/test_fuzz.py          # 20,000 inputs per test
+    INTERP_FUZZ=5000 pytest tests/spec/test_fuzz.py          # any number per test
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from interp_assert.spec.yamlsource import decode_spec_bytes
 
 EXPECTATION_TYPES = registered()
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SHIPPED = [path.read_text(encoding="utf-8") for path in sorted((REPO / "model_specs").glob("*.yaml"))]
 SECONDS = 2.0
 PEAK_BYTES = 64 << 20

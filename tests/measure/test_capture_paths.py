@@ -1,5 +1,5 @@
 """The capture paths (blockwise, eager hooks, SDPA) give the numbers of the plain eager computation
-(the fused path has its own tests, ``tests/test_fused.py``).
+(the fused path has its own tests, ``tests/measure/test_fused.py``).
 
 The reference is the naive one: an eager forward with ``output_attentions`` and
 ``output_hidden_states``, every layer's full pattern scored at once, and the

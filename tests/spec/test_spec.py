@@ -110,5 +110,5 @@ def test_prompt_set_needs_exactly_one_source_and_bos() -> None:
 
 
 def test_json_schema_is_published_and_current() -> None:
-    shipped = Path(__file__).resolve().parent.parent / "interp_assert" / "spec.schema.json"
+    shipped = Path(__file__).resolve().parents[2] / "interp_assert" / "spec.schema.json"
     assert json.loads(shipped.read_text()) == spec_json_schema(), "run: python -m interp_assert.spec.schema"

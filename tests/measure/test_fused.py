@@ -22,7 +22,7 @@ from interp_assert.measure.models import LoadedModel, LoadOptions, load_model
 from interp_assert.measure.prompts import PromptBatch
 from interp_assert.vocab import ROLES
 from tests.builders import VOCAB, save_model, tiny_config
-from tests.test_capture_paths import (
+from tests.measure.test_capture_paths import (
     EVERYTHING,
     INTERFACE_KINDS,
     ImplementationSpy,
