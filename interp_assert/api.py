@@ -24,7 +24,7 @@ from interp_assert.properties import CheckContext, expectation_adapter
 from interp_assert.run_options import RunOptions
 from interp_assert.runner import measure_named
 from interp_assert.spec import PromptSet
-from interp_assert.vocab import Role, parse_head
+from interp_assert.vocab import DType, Role, parse_head
 
 Prompts = Sequence[str] | Mapping[str, Any] | PromptSet
 
@@ -41,12 +41,12 @@ class Interp:
         self._models: dict[tuple[str, LoadOptions], Model] = {}
 
     def model(
-        self, reference: str, *, dtype: str | None = None, device: str | None = None, revision: str | None = None
+        self, reference: str, *, dtype: DType | None = None, device: str | None = None, revision: str | None = None
     ) -> Model:
         """``reference`` loaded once per session with the run's options; ``revision`` for a hub id
         (``--interp-revision`` wins, and so do ``--interp-device-map`` and its companions)."""
         target = self.options.overrides.get(reference, reference)
-        load = self.options.load_options(reference, device=device, dtype=dtype, revision=revision)  # type: ignore[arg-type]
+        load = self.options.load_options(reference, device=device, dtype=dtype, revision=revision)
         key = (target, load)
         if key not in self._models:
             self._models[key] = Model(reference, load_model(target, load))
