@@ -55,6 +55,10 @@ class ModelLoadError(InterpAssertError):
     """A model could not be found or loaded (offline, unsafe format, bad path)."""
 
 
+class CheckpointError(InterpAssertError):
+    """A checkpoint cannot be tracked: missing, matched by nothing, a repeated step, another architecture."""
+
+
 class CaptureError(InterpAssertError):
     """The model's internals could not be captured or failed validation."""
 

@@ -112,3 +112,23 @@ def test_top_level_imports_go_down_the_layers() -> None:
                 if target and target != name and layer_of(target) > layer_of(name):
                     upward.append(f"{name} -> {target}")
     assert not upward, upward
+
+
+def test_every_error_lives_in_errors_py() -> None:
+    """One error story: each of the package's errors is a documented class in ``errors.py``."""
+    import importlib
+
+    from interp_assert.errors import InterpAssertError
+
+    for file in PACKAGE.rglob("*.py"):
+        parts = file.relative_to(PACKAGE.parent).with_suffix("").parts
+        importlib.import_module(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    found, pending = [], [InterpAssertError]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending += cls.__subclasses__()
+    ours = [cls for cls in found if cls.__module__.startswith("interp_assert")]
+    assert len(ours) >= 10
+    assert [f"{c.__module__}.{c.__name__}" for c in ours if c.__module__ != "interp_assert.errors"] == []
+    assert all(cls.__doc__ for cls in ours)

@@ -17,16 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from interp_assert.errors import InterpAssertError
+from interp_assert.errors import CheckpointError
 
 Order = Literal["step", "given"]
 ORDERS: tuple[Order, ...] = ("step", "given")
 GLOB_CHARS = frozenset("*?[")
 _LAST_INTEGER = re.compile(r"(\d+)(?!.*\d)")
-
-
-class CheckpointError(InterpAssertError):
-    """A checkpoint cannot be tracked: missing, matched by nothing, a repeated step, another architecture."""
 
 
 @dataclass(frozen=True)
