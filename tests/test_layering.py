@@ -67,11 +67,18 @@ def test_properties_and_fingerprints_do_not_import_torch() -> None:
 # Layers, lowest first: a module may import (at its top level) only from its own layer or below.
 # Imports inside functions may reach up (the snapshot property opens its files through drift).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("interp_assert", "errors", "outcome", "vocab", "version", "atomic"),
-    ("measure", "measure.measurements", "measure.head_tables", "measure.hub", "measure.placement"),  # no torch
+    ("interp_assert", "errors", "outcome", "vocab", "version", "atomic", "strict"),
+    (  # torch-free data and checks
+        "measure",
+        "measure.measurements",
+        "measure.head_tables",
+        "measure.hub",
+        "measure.placement",
+        "measure.prompt_sets",
+    ),
+    ("measure.*",),  # models, prompts, capture and what it runs
     ("properties",),
     ("spec",),
-    ("measure.*",),  # models, prompts, capture and what it runs
     ("run_options", "runner", "api"),
     ("figures",),
     ("drift",),

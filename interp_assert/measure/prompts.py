@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from interp_assert.errors import PromptError
-from interp_assert.spec import PromptSet
+from interp_assert.measure.prompt_sets import PromptSet
 
 
 @dataclass(frozen=True)

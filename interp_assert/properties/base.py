@@ -17,12 +17,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import numpy as np
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from interp_assert.errors import CheckInputError
 from interp_assert.measure import head_tables as scores
 from interp_assert.measure.measurements import CaptureRequest, Measurements
 from interp_assert.outcome import Outcome
+from interp_assert.strict import Strict
 from interp_assert.vocab import Role, parse_head
 
 if TYPE_CHECKING:
@@ -30,11 +31,6 @@ if TYPE_CHECKING:
 
 NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
 TOP_SHOWN = 5
-
-
-class Strict(BaseModel):
-    # no NaN or infinity anywhere: a NaN bound compares false both ways and checks nothing
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 def _valid_head(name: str) -> str:

@@ -16,6 +16,7 @@ from pydantic import AfterValidator, BaseModel, Field, TypeAdapter, ValidationEr
 from interp_assert import properties
 from interp_assert.errors import Location, SpecError
 from interp_assert.measure import hub, placement
+from interp_assert.measure.prompt_sets import PromptSet, RandomTokens
 from interp_assert.properties import (
     AttentionStatBounds,
     DominantLayer,
@@ -29,50 +30,12 @@ from interp_assert.properties import (
     Snapshot,
     TopHeads,
 )
-from interp_assert.properties.base import Strict
 from interp_assert.properties.snapshot import ToleranceQuantity, ToleranceSpec
 from interp_assert.spec.yamlsource import SourceDocument, load_source, read_spec_text
-from interp_assert.vocab import BosPolicy, DType, parse_device
+from interp_assert.strict import Strict
+from interp_assert.vocab import DType, parse_device
 
-MAX_SEQUENCE_TOKENS = 1 << 20  # length * repeats of one random-token sequence (models' contexts are far shorter)
-MAX_BATCH_TOKENS = 1 << 20  # count * length * repeats: one batch, measured in one pass
 MAX_PROBLEMS = 20  # per expectation (or header); the rest are counted
-
-
-class RandomTokens(Strict):
-    """``count`` sequences, each one random block of ``length`` tokens repeated ``repeats`` times."""
-
-    length: int = Field(ge=1, le=MAX_SEQUENCE_TOKENS)
-    repeats: int = Field(default=2, ge=2, le=1024)
-    count: int = Field(default=4, ge=1, le=256)
-    seed: int = Field(default=0, ge=0, le=2**63 - 1)
-
-    @model_validator(mode="after")
-    def _sizes(self) -> RandomTokens:
-        tokens = self.length * self.repeats
-        if tokens > MAX_SEQUENCE_TOKENS:
-            raise ValueError(
-                f"length * repeats = {tokens} tokens per sequence; at most {MAX_SEQUENCE_TOKENS} "
-                "(and no more than the model's context)"
-            )
-        if tokens * self.count > MAX_BATCH_TOKENS:
-            raise ValueError(f"count * length * repeats = {tokens * self.count} tokens; at most {MAX_BATCH_TOKENS}")
-        return self
-
-
-class PromptSet(Strict):
-    """Literal texts or repeated random tokens; BOS policy always explicit."""
-
-    bos: BosPolicy
-    texts: list[Annotated[str, Field(min_length=1)]] | None = Field(default=None, min_length=1)
-    random_tokens: RandomTokens | None = None
-    generate: int = Field(default=0, ge=0, le=4096)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> PromptSet:
-        if (self.texts is None) == (self.random_tokens is None):
-            raise ValueError("give exactly one of 'texts' or 'random_tokens'")
-        return self
 
 
 def _valid_device(text: str) -> str:

@@ -21,7 +21,7 @@ import re
 import stat
 from collections.abc import Hashable
 from dataclasses import dataclass, field
-from pathlib import Path as FilePath
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -29,7 +29,7 @@ from yaml.events import AliasEvent
 
 from interp_assert.errors import Location, SpecSyntaxError
 
-Path = tuple[str | int, ...]
+KeyPath = tuple[str | int, ...]  # keys and indices from the document root to a node
 
 MAX_SPEC_BYTES = 1 << 20  # 1 MiB: a spec of a thousand expectations is about 200 KB
 MAX_DEPTH = 32  # a spec nests 5 deep; the YAML composer recurses once per level
@@ -114,10 +114,10 @@ class SourceDocument:
 
     path: str
     data: Any
-    positions: dict[Path, Location] = field(default_factory=dict)
-    key_positions: dict[Path, Location] = field(default_factory=dict)
+    positions: dict[KeyPath, Location] = field(default_factory=dict)
+    key_positions: dict[KeyPath, Location] = field(default_factory=dict)
 
-    def locate(self, path: Path, *, key: bool = False) -> Location:
+    def locate(self, path: KeyPath, *, key: bool = False) -> Location:
         """The position of ``path`` (of its key if ``key``), or of its nearest enclosing value."""
         if key and tuple(path) in self.key_positions:
             return self.key_positions[tuple(path)]
@@ -136,7 +136,7 @@ _WIDE_BOMS = (
 )
 
 
-def read_spec_text(path: str | FilePath, shown: str | None = None) -> str:
+def read_spec_text(path: str | Path, shown: str | None = None) -> str:
     """The text of a spec (or prompt) file, refused with a one-line positioned error when it
     cannot be read, is too large, or is not UTF-8."""
     shown = shown or str(path)
@@ -214,8 +214,8 @@ def load_source(text: str, path: str) -> SourceDocument:
         raise SpecSyntaxError([_reader_problem(text, path, exc)]) from None
     except yaml.YAMLError as exc:
         raise SpecSyntaxError([(Location(path, 1, 1), f"malformed YAML: {exc}")]) from None
-    positions: dict[Path, Location] = {}
-    key_positions: dict[Path, Location] = {}
+    positions: dict[KeyPath, Location] = {}
+    key_positions: dict[KeyPath, Location] = {}
     if node is None:
         return SourceDocument(path, None, positions, key_positions)
     data = _construct(node, (), path, (positions, key_positions), loader)
@@ -238,9 +238,9 @@ def _reader_problem(text: str, path: str, exc: yaml.reader.ReaderError) -> tuple
 
 def _construct(
     node: yaml.Node,
-    at: Path,
+    at: KeyPath,
     path: str,
-    maps: tuple[dict[Path, Location], dict[Path, Location]],
+    maps: tuple[dict[KeyPath, Location], dict[KeyPath, Location]],
     loader: _SpecLoader,
 ) -> Any:
     positions, key_positions = maps
