@@ -31,6 +31,7 @@ from interp_assert.properties.hidden_norm_ratio import HiddenNormRatio
 from interp_assert.properties.hidden_norm_trend import HiddenNormTrend
 from interp_assert.properties.layer_score import LayerScore
 from interp_assert.properties.logit_lens import LogitLensExpectation
+from interp_assert.properties.loss import NextTokenLoss
 from interp_assert.properties.massive_activation import MassiveActivation
 from interp_assert.properties.role_fraction import RoleFraction
 from interp_assert.properties.sink_rate import SinkRate
@@ -53,6 +54,7 @@ BUILTIN: tuple[type[Expectation], ...] = (
     MassiveActivation,
     LogitLensExpectation,
     AblationEffect,
+    NextTokenLoss,
     Snapshot,
 )
 

@@ -89,7 +89,7 @@ class AblationEffect(Bounded):
         clean = mean_loss(m.token_losses, self.positions)
         ablated = mean_loss(found.losses, self.positions)
         effect = ablated - clean
-        span = _span_words(self.positions)
+        span = span_words(self.positions)
         subject = f"ablating {', '.join(self.heads)} ({self.mode}): loss on {span} {clean:.4f} -> {ablated:.4f} nats"
         passed, line = self.within(f"{subject}, effect", effect)
         measured: dict[str, float | str] = {"clean_loss": clean, "ablated_loss": ablated}
@@ -141,7 +141,7 @@ class AblationEffect(Bounded):
             for heads, losses in zip(found.control_heads, found.control_losses, strict=True)
         ]
         file = f"ablation-{re.sub(r'[^A-Za-z0-9_.-]', '_', self.name)}.png"
-        title = f"{self.name}: ablating {' '.join(self.heads)} ({self.mode}), {_span_words(self.positions)}"
+        title = f"{self.name}: ablating {' '.join(self.heads)} ({self.mode}), {span_words(self.positions)}"
         effect = float(outcome.value) if isinstance(outcome.value, float) else float("nan")
         heatmaps.ablation_plot(out_dir / file, " ".join(self.heads), effect, controls, title, passed=outcome.passed)
         return [(file, f"{self.name}: loss change, named heads vs random ones")]
@@ -172,7 +172,7 @@ def _resolve_positions(bounds: list[int], n_tokens: int) -> tuple[int, int]:
     return first, last
 
 
-def _span_words(positions: list[int] | None) -> str:
+def span_words(positions: list[int] | None) -> str:
     return "every position" if positions is None else f"positions {positions[0]}..{positions[1]}"
 
 

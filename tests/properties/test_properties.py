@@ -342,3 +342,28 @@ def test_readme_property_table_is_generated_from_the_registry() -> None:
     assert all(cls.reference[0] and cls.reference[1] for cls in BUILTIN)
     readme = README_PATH.read_text()
     assert readme_with_table(readme) == readme, "run: python -m interp_assert.spec.schema"
+
+
+def test_loss_property_means_the_positions_and_says_by_how_much() -> None:
+    import numpy as np
+
+    from interp_assert.errors import CheckInputError
+    from interp_assert.measure.measurements import Measurements
+    from interp_assert.properties import CheckContext, expectation_adapter
+
+    losses = np.full((2, 9), 4.0)  # T = 10
+    losses[:, 5:] = 0.5  # positions 6..9: predictable
+    m = Measurements(2, 4, token_losses=(losses,))
+
+    def loss(**keys: object) -> object:
+        return expectation_adapter().validate_python({"name": "x", "prompts": "p", "property": "loss"} | keys)
+
+    held = loss(positions=[6, -1], at_most=0.6).evaluate(CheckContext(m))  # type: ignore[attr-defined]
+    assert held.passed and held.value == 0.5
+    broken = loss(at_most=1.0).evaluate(CheckContext(m))  # type: ignore[attr-defined]
+    assert not broken.passed
+    assert (
+        "mean next-token loss on every position (nats) = 2.4444, expected at_most 1: over by 1.4444" in broken.headline
+    )
+    with pytest.raises(CheckInputError, match="losses were not captured"):
+        loss(at_most=1.0).check(CheckContext(Measurements(2, 4)))  # type: ignore[attr-defined]
