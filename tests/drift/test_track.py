@@ -187,3 +187,22 @@ def _records(junit: Path) -> dict[str, dict[str, str]]:
         found[case.get("name", "").split("@")[0]] = properties
     assert found
     return found
+
+
+def test_the_shipped_phase_change_forms_at_step_250(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The checkpoints scripts/train_phase_change.py made (language-modelling loss alone): the
+    induction head, the loss on the repeats and the ablation effect all form at step 250."""
+    from tests.conftest import REPO
+
+    monkeypatch.chdir(REPO)
+    out = io.StringIO()
+    with redirect_stdout(out):
+        status = main(
+            ["track", "examples/phase-change/spec.yaml", "--checkpoints", "examples/phase-change/checkpoint-*",
+             "--json", str(tmp_path / "track.json")]
+        )  # fmt: skip
+    assert status == 0, out.getvalue()
+    for name in ("l1h2_induction", "loss_on_the_repeats", "layer_1_heads_carry_the_copy"):
+        assert re.search(rf"^{name} +forms at step 250; holds to the last checkpoint$", out.getvalue(), re.M)
+    document = json.loads((tmp_path / "track.json").read_text())
+    assert len(document["checkpoints"]) == 13
