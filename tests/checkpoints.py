@@ -13,11 +13,11 @@ and deterministic; the numbers each checkpoint gives are recorded in the tests.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
+
+from tests.finetunes import deterministic
 
 TINY_NEO = Path(__file__).resolve().parent.parent / "interp_assert" / "builtin_models" / "tiny-neo"
 FIRST_ORDINARY = 4  # ids 0-3 are <bos> <eos> <pad> <unk>
@@ -25,18 +25,6 @@ VOCAB = 64
 
 Phase = tuple[int, str]  # (steps, where L0H0 is pulled: first_token | self | previous_token)
 CURRICULUM: tuple[Phase, ...] = ((20, "first_token"), (20, "previous_token"))
-
-
-@contextlib.contextmanager
-def _deterministic(seed: int) -> Iterator[None]:
-    previous = torch.are_deterministic_algorithms_enabled()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        torch.use_deterministic_algorithms(True)
-        try:
-            yield
-        finally:
-            torch.use_deterministic_algorithms(previous)
 
 
 def repeated_blocks(batch: int, length: int, generator: torch.Generator) -> torch.Tensor:
@@ -81,7 +69,7 @@ def train_run(
         tokenizer.save_pretrained(folder)
         saved.append(folder)
 
-    with _deterministic(seed):
+    with deterministic(seed):
         model = GPTNeoForCausalLM.from_pretrained(TINY_NEO, attn_implementation="eager")
         optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
         generator = torch.Generator().manual_seed(seed)

@@ -125,7 +125,7 @@ def training_batches(
 
 
 @contextlib.contextmanager
-def _deterministic(seed: int) -> Iterator[None]:
+def deterministic(seed: int) -> Iterator[None]:
     """Seeded CPU RNG and deterministic algorithms, both restored afterwards."""
     previous = torch.are_deterministic_algorithms_enabled()
     with torch.random.fork_rng(devices=[]):
@@ -216,7 +216,7 @@ def train_lora(
     adapter_dir = workdir / adapter_subdir
     started = time.perf_counter()
     try:
-        with contextlib.chdir(workdir), _deterministic(seed), _quiet_peft():
+        with contextlib.chdir(workdir), deterministic(seed), _quiet_peft():
             tokenizer = AutoTokenizer.from_pretrained(base_name, local_files_only=True)
             base = AutoModelForCausalLM.from_pretrained(base_name, dtype=torch.float32, local_files_only=True)
             config = LoraConfig(
@@ -270,7 +270,7 @@ def train_full(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     started = time.perf_counter()
-    with _deterministic(seed):
+    with deterministic(seed):
         tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, local_files_only=True)
         batches = training_batches(tokenizer, steps=steps, batch_size=batch_size, seq_len=seq_len, seed=seed, bos=bos)

@@ -413,6 +413,47 @@ SCHEMA: list[Case] = [
         {"property": "generated_text", "contains": "x", "sequence": "-1"},
         at(11, 15) + r"sequence: Input should be greater than or equal to 0",
     ),
+    # ---- what heads do: ablation_effect, loss, snapshot parts ----
+    schema_case(
+        "ablation-head-out-of-range",
+        {"property": "ablation_effect", "heads": "[L0H0, L5H1]", "at_least": "1"},
+        r"head L5H1 is out of range: this model has layers 0-1 and heads 0-3 \(L0H0 to L1H3\)",
+    ),
+    schema_case(
+        "ablation-mode-unknown",
+        {"property": "ablation_effect", "heads": "[L0H0]", "mode": "resample", "at_least": "1"},
+        at(11, 11) + r"mode: Input should be 'zero' or 'mean'",
+    ),
+    schema_case(
+        "ablation-states-nothing",
+        {"property": "ablation_effect", "heads": "[L0H0]"},
+        r"state something to check: 'at_least' and/or 'at_most' \(nats\), or control\.at_least_times",
+    ),
+    schema_case(
+        "ablation-position-zero",
+        {"property": "ablation_effect", "heads": "[L0H0]", "positions": "[0, -1]", "at_least": "1"},
+        r"positions \[0, -1\] include position 0, which has no next-token loss: start at 1",
+    ),
+    schema_case(
+        "ablation-control-without-others",
+        {"property": "ablation_effect", "heads": "[L1H0, L1H1, L1H2]", "control": "{samples: 2}", "at_least": "1"},
+        r"no random control: layer 1 has 4 heads and 3 of them are ablated: too few others to draw a control of 3",
+    ),
+    schema_case(
+        "ablation-control-zero-samples",
+        {"property": "ablation_effect", "heads": "[L0H0]", "control": "{samples: 0}", "at_least": "1"},
+        r"control\.samples: Input should be greater than or equal to 1",
+    ),
+    schema_case(
+        "loss-positions-out-of-range",
+        {"property": "loss", "positions": "[2, 40]", "at_most": "1"},
+        r"positions \[2, 40\] are out of range for a prompt of 17 tokens \(-17 to 16\)",
+    ),
+    schema_case(
+        "snapshot-covers-unknown-part",
+        {"property": "snapshot", "covers": "[loss, losses]"},
+        r"covers\.1: Input should be 'role_scores', 'role_labels', 'layer_stats', 'hidden_norms', 'loss'",
+    ),
 ]
 
 

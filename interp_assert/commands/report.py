@@ -20,6 +20,7 @@ from typing import Any
 from interp_assert import atomic
 from interp_assert.errors import InterpAssertError, SpecError
 from interp_assert.figures import heatmaps
+from interp_assert.figures.page import BASE_STYLE
 from interp_assert.spec import Entry, SpecFile, load_spec
 from interp_assert.vocab import POSITIONAL_LABELS, Role, parse_head
 
@@ -335,8 +336,9 @@ def write_failure_artifacts(runner: Any, spec: SpecFile, entry: Entry, outcome: 
 
 # ---- the page ----
 
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+STYLE = (
+    BASE_STYLE
+    + """
 table { border-collapse: collapse; width: 100%; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; }
@@ -345,12 +347,9 @@ tr.failed td.status, tr.error td.status, tr.invalid td.status { color: #c62828; 
 td.status { color: #2e7d32; font-weight: bold; }
 .details { color: #555; font-size: 0.85em; }
 .summary .bad { color: #c62828; font-weight: bold; }
-.figures { display: flex; flex-wrap: wrap; gap: 1.5em; }
-figure { margin: 0; max-width: 100%; }
-figure img { max-width: 100%; border: 1px solid #ddd; }
 figure.failed img { border: 3px solid #c62828; }
-figcaption { font-size: 0.85em; color: #555; }
 """
+)
 
 
 def _page(spec: SpecFile, loaded: Any, results: list[Result], figures: list[_Figure]) -> str:

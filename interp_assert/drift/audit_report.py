@@ -23,6 +23,7 @@ from interp_assert.drift.drift_summary import beyond_by_layer
 from interp_assert.drift.fingerprint import DEFAULT_TOLERANCES
 from interp_assert.errors import InterpAssertError
 from interp_assert.figures import diff_figures, heatmaps
+from interp_assert.figures.page import BASE_STYLE
 from interp_assert.measure import head_tables as scores
 from interp_assert.measure.measurements import CaptureRequest
 from interp_assert.spec import SpecFile
@@ -145,15 +146,7 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
 
 
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 0.85em; }
-.figures { display: flex; flex-wrap: wrap; gap: 1.5em; }
-figure { margin: 0; max-width: 100%; }
-figure img { max-width: 100%; border: 1px solid #ddd; }
-figcaption { font-size: 0.85em; color: #555; }
-li.failed { color: #c62828; }
-"""
+STYLE = BASE_STYLE + "li.failed { color: #c62828; }\n"
 
 
 def _page(audit: Audit, pictures: list[_Picture], links: dict[str, list[str]]) -> str:

@@ -19,17 +19,10 @@ from matplotlib.figure import Figure
 
 from interp_assert import atomic
 from interp_assert.drift.track import Row, Track, milestones, print_track
-from interp_assert.figures.heatmaps import FAILED, PASSED, _save
+from interp_assert.figures.heatmaps import FAILED, PASSED, save
+from interp_assert.figures.page import BASE_STYLE
 
-STYLE = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-pre { background: #f6f6f6; padding: 1em; overflow-x: auto; font-size: 0.85em; }
-.figures { display: flex; flex-wrap: wrap; gap: 1.5em; }
-figure { margin: 0; max-width: 100%; }
-figure img { max-width: 100%; border: 1px solid #ddd; }
-figcaption { font-size: 0.85em; color: #555; max-width: 30em; }
-figcaption.failed { color: #c62828; }
-"""
+STYLE = BASE_STYLE + "figcaption { max-width: 30em; }\nfigcaption.failed { color: #c62828; }\n"
 
 
 def steps_axis(track: Track) -> tuple[list[float], str]:
@@ -85,7 +78,7 @@ def value_figure(path: Path, row: Row, track: Track) -> Path:
     axes.set_xlabel(x_label, fontsize=8)
     axes.tick_params(labelsize=7)
     figure.suptitle(f"{row.name} ({row.kind})", fontsize=9)
-    return _save(figure, path)
+    return save(figure, path)
 
 
 def _value_name(row: Row) -> str:

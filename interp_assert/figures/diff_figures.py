@@ -14,7 +14,7 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from interp_assert.figures.heatmaps import FAILED, LABEL_COLOURS, _save
+from interp_assert.figures.heatmaps import FAILED, LABEL_COLOURS, save
 from interp_assert.vocab import LABELS, parse_head
 
 
@@ -40,7 +40,7 @@ def delta_heatmap(path: Path, base: np.ndarray, checkpoint: np.ndarray, title: s
         if 0 <= layer < n_layers and 0 <= head < n_heads:
             axes.add_patch(Rectangle((layer - 0.5, head - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2.0))
     axes.set_title(f"{title}\nlargest |change| {limit:.3f}", fontsize=9)
-    return _save(figure, path)
+    return save(figure, path)
 
 
 def norms_overlay(path: Path, base: np.ndarray, checkpoint: np.ndarray, title: str) -> Path:
@@ -58,7 +58,7 @@ def norms_overlay(path: Path, base: np.ndarray, checkpoint: np.ndarray, title: s
     axes.set_ylabel("mean L2 norm (positions >= 1)")
     axes.legend(fontsize=8, loc="upper left")
     axes.set_title(title, fontsize=10)
-    return _save(figure, path)
+    return save(figure, path)
 
 
 def fractions_side_by_side(path: Path, base: np.ndarray, checkpoint: np.ndarray, title: str) -> Path:
@@ -88,7 +88,7 @@ def fractions_side_by_side(path: Path, base: np.ndarray, checkpoint: np.ndarray,
     axes.set_ylabel("fraction of heads")
     axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes.set_title(title, fontsize=10)
-    return _save(figure, path)
+    return save(figure, path)
 
 
 def drift_by_layer(path: Path, beyond: dict[str, np.ndarray], title: str) -> Path:
@@ -105,4 +105,4 @@ def drift_by_layer(path: Path, beyond: dict[str, np.ndarray], title: str) -> Pat
     if beyond:
         axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes.set_title(title, fontsize=10, color=FAILED if bottom.sum() else "black")
-    return _save(figure, path)
+    return save(figure, path)

@@ -46,7 +46,7 @@ class Span:
     series: str | None = None  # which plotted line the bounds apply to
 
 
-def _save(figure: Figure, path: Path) -> Path:
+def save(figure: Figure, path: Path) -> Path:
     """Render to a temporary file beside ``path`` and rename it: an interrupted write leaves the old picture."""
     FigureCanvasAgg(figure)
     with atomic.replacing(path) as temporary:
@@ -84,7 +84,7 @@ def role_heatmap(
         text = "n/a" if np.isnan(value) else f"{value:.2f}"
         axes.text(layer, head, text, ha="center", va="center", fontsize=5.5, color="white" if value < 0.6 else "black")
     axes.set_title(title, fontsize=9, color=FAILED if failed_set else "black")
-    return _save(figure, path)
+    return save(figure, path)
 
 
 def pattern_heatmap(path: Path, pattern: np.ndarray, tokens: Sequence[str], title: str, failed: bool = False) -> Path:
@@ -108,7 +108,7 @@ def pattern_heatmap(path: Path, pattern: np.ndarray, tokens: Sequence[str], titl
             spine.set_edgecolor(FAILED)
             spine.set_linewidth(3)
     axes.set_title(title, fontsize=10, color=FAILED if failed else "black")
-    return _save(figure, path)
+    return save(figure, path)
 
 
 def readable_token(token: str) -> str:
@@ -138,7 +138,7 @@ def norms_plot(path: Path, norms: np.ndarray, with_first: np.ndarray | None, tit
     axes.set_ylabel("mean L2 norm")
     axes.legend(fontsize=7, loc="upper left")
     axes.set_title(title, fontsize=10, pad=16, color=FAILED if any(not s.passed for s in spans) else "black")
-    return _save(figure, path)
+    return save(figure, path)
 
 
 def fractions_plot(path: Path, labels: np.ndarray, title: str, spans: Sequence[Span]) -> Path:
@@ -166,7 +166,7 @@ def fractions_plot(path: Path, labels: np.ndarray, title: str, spans: Sequence[S
     axes.set_ylabel("fraction of heads")
     axes.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     axes.set_title(title, fontsize=10, color=FAILED if any(not s.passed for s in spans) else "black")
-    return _save(figure, path)
+    return save(figure, path)
 
 
 def stats_plot(path: Path, stats: dict[str, np.ndarray], title: str, spans: Sequence[Span]) -> Path:
@@ -189,7 +189,7 @@ def stats_plot(path: Path, stats: dict[str, np.ndarray], title: str, spans: Sequ
     axes.set_ylabel("value")
     axes.legend(fontsize=7, loc="lower right")
     axes.set_title(title, fontsize=10, color=FAILED if any(not s.passed for s in spans) else "black")
-    return _save(figure, path)
+    return save(figure, path)
 
 
 def lens_plot(
@@ -229,7 +229,7 @@ def lens_plot(
     lines = axes.get_legend_handles_labels()[0] + kl_axes.get_legend_handles_labels()[0]
     axes.legend(lines, [str(line.get_label()) for line in lines], fontsize=7, loc="center right")
     axes.set_title(title, fontsize=10, color=colour if not passed else "black")
-    return _save(figure, path)
+    return save(figure, path)
 
 
 def ablation_plot(
@@ -247,4 +247,4 @@ def ablation_plot(
     axes.axvline(0, color="black", linewidth=0.6)
     axes.set_xlabel("loss change when ablated, nats (grey: random heads from the same layers)")
     axes.set_title(title, fontsize=10, color="black" if passed else FAILED)
-    return _save(figure, path)
+    return save(figure, path)
