@@ -16,8 +16,8 @@ from interp_assert.vocab import Role
 class DominantLayer(Expectation):
     property: Literal["dominant_layer"]
     reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
-        ("`role`, `layer`"),
-        ("that layer has the highest mean role score"),
+        "`role`, `layer`",
+        "that layer has the highest mean role score",
     )
     role: Role
     layer: int

@@ -27,7 +27,7 @@ class HiddenNormTrend(Expectation):
             "`layers: [a, b]` (hidden-state indices), `direction: increasing\\|decreasing`, `tolerance` (0), "
             "`include_first_position` (false)"
         ),
-        ("every step k -> k+1 moves in `direction`, allowing a relative move the other way of at most `tolerance`"),
+        "every step k -> k+1 moves in `direction`, allowing a relative move the other way of at most `tolerance`",
     )
     layers: LayerRange
     direction: Literal["increasing", "decreasing"]

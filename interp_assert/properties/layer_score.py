@@ -14,8 +14,8 @@ from interp_assert.vocab import Role
 class LayerScore(Bounded):
     property: Literal["layer_score"]
     reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
-        ("`role`, `layer`, bounds"),
-        ("the mean role score over the layer's heads is within bounds"),
+        "`role`, `layer`, bounds",
+        "the mean role score over the layer's heads is within bounds",
     )
     role: Role
     layer: int

@@ -22,7 +22,7 @@ from interp_assert.properties.findings import DiscoverSettings, Section, lower_b
 class SinkRate(Bounded):
     property: Literal["sink_rate"]
     reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
-        ("`eps` (0.3), `layers: [a, b]` (default all), bounds"),
+        "`eps` (0.3), `layers: [a, b]` (default all), bounds",
         (
             "the fraction of heads whose mean attention to position 0 exceeds `eps` is within bounds (Gu et al. "
             "2024's sink rate; the mean attention to position 0 is exactly the `first_token` score, so it costs "

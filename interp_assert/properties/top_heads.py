@@ -25,8 +25,8 @@ from interp_assert.vocab import Role
 class TopHeads(Expectation):
     property: Literal["top_heads"]
     reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
-        ("`role`, `k`, `include: [heads]` or `equals: [heads]`"),
-        ("the `k` highest-scoring heads include (or are exactly) the listed heads"),
+        "`role`, `k`, `include: [heads]` or `equals: [heads]`",
+        "the `k` highest-scoring heads include (or are exactly) the listed heads",
     )
     role: Role
     k: int = Field(ge=1)
