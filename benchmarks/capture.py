@@ -15,9 +15,15 @@ Ways to run each configuration:
   ``all`` = every role, attention statistics and hidden norms; ``--attention`` picks the path
   (default ``auto``, as ``pytest`` runs it).
 
-CPU: each run in a fresh subprocess (so peak memory is its own); peak memory is the process's
-peak resident set during the run minus its resident set just before it (after the model is
-loaded and warmed up, and freed heap memory is returned with ``malloc_trim``): the peak is reset
+CPU: time and memory are measured apart. Time: one process per model and length runs the
+methods in turn (plain, naive, pfs, all, plain, ...) for up to three rounds (fewer where the rounds
+so far took 60 s), after a warm-up on 16 tokens, and reports each method's fastest run, as
+``timeit`` advises: on a shared 2-core machine the same run varies by 5-10% and between processes
+more, and the slower runs measure the machine's other work, not the code. Memory: each method in a
+fresh process, one run after the warm-up, with glibc's mmap threshold fixed at 1 MB (so the
+resident set follows the live tensors, not what the heap kept): the peak resident set during
+the run minus the resident set just before it (after loading and the warm-up, with freed heap
+memory returned through ``malloc_trim``). The peak is reset
 through ``/proc/self/clear_refs``, or sampled every 2 ms where that is not allowed. Models: SmolLM2
 (the real weights) and a GPT-Neo-125M-shaped model (12 layers x 12 heads, 768 wide, random weights).
 
@@ -46,6 +52,8 @@ REPO = Path(__file__).resolve().parent.parent
 NAIVE_LIMIT_GB = 16.0  # do not try the naive capture where its kept attention alone needs more
 SHAPES = {"smollm2": (30, 9), "gpt-neo-125m": (12, 12), "llama-1b-shaped": (16, 32)}  # layers, heads (naive estimate)
 ROLE_SETS = ("pfs", "all")
+ROUNDS = 3  # CPU: timed runs of each method, taken in turn; the fastest is reported
+ROUND_BUDGET_S = 60.0  # no further round once the rounds so far took this long
 METHODS = ("plain", "naive", *(f"ours-{name}" for name in ROLE_SETS))
 
 
@@ -56,13 +64,14 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--attention", default="auto", choices=("auto", "fused", "blockwise", "eager"))
     parser.add_argument("--lengths", help="comma-separated sequence lengths (batch 1), instead of the defaults")
-    parser.add_argument(
-        "--child", nargs=5, metavar=("MODEL", "METHOD", "TOKENS", "BATCH", "PATH"), help=argparse.SUPPRESS
-    )
+    parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)  # KIND MODEL METHODS TOKENS BATCH PATH
     args = parser.parse_args()
     if args.child:
-        model, method, tokens, batch, path = args.child
-        print(json.dumps(run_one(model, method, int(tokens), int(batch), path)))
+        kind, model, methods, tokens, batch, path = args.child
+        if kind == "time":
+            print(json.dumps(time_methods(model, methods.split(","), int(tokens), int(batch), path)))
+        else:
+            print(json.dumps(peak_memory(model, methods, int(tokens), int(batch), path)))
         return
     lengths = [(int(t), 1) for t in args.lengths.split(",")] if args.lengths else None
     if args.device == "cuda":
@@ -79,11 +88,15 @@ def main() -> None:
             naive_gb = layers * batch * heads * tokens * tokens * 4 / 1e9
             # the kept attention, a quarter more for the forward's own temporaries, within 80% of free memory
             naive_fits = naive_gb <= NAIVE_LIMIT_GB and naive_gb * 1.25 <= 0.8 * _available_gb()
+            methods = [method for method in METHODS if method != "naive" or naive_fits]
+            sizes = (str(tokens), str(batch), args.attention)
+            times = child("time", model, ",".join(methods), *sizes)
             for method in METHODS:
-                if method == "naive" and not naive_fits:
-                    results[method] = None
-                    continue
-                results[method] = child(model, method, tokens, batch, args.attention)
+                results[method] = (
+                    {**times[method], **child("memory", model, method, *sizes, fixed_heap=True)}
+                    if method in methods
+                    else None
+                )
             print(row(model, tokens, batch, results))
             if results["naive"] is None:
                 need = "> 10 GB" if naive_gb > 10 else "more than is free"
@@ -100,11 +113,16 @@ def header(unit: str = "s") -> str:
     )
 
 
-def child(model: str, method: str, tokens: int, batch: int, path: str) -> dict[str, Any]:
-    command = [sys.executable, __file__, "--child", model, method, str(tokens), str(batch), path]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False)
+def child(*arguments: str, fixed_heap: bool = False) -> Any:
+    """Run this script with ``--child arguments`` in a fresh process; its last line of output, parsed."""
+    # A fixed mmap threshold: glibc serves every allocation above 1 MB with its own mapping and
+    # unmaps it when freed, so the resident set follows the live tensors rather than what the
+    # heap happened to keep (otherwise the same run's peak varies by 30%). Slower, so memory only.
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(1 << 20)} if fixed_heap else None
+    command = [sys.executable, __file__, "--child", *arguments]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO, check=False, env=env)
     if done.returncode != 0:
-        raise SystemExit(f"{model} {method} T={tokens} failed:\n{done.stderr[-3000:]}")
+        raise SystemExit(f"{' '.join(arguments)} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -129,28 +147,43 @@ def row(model: str, tokens: int, batch: int, results: dict[str, dict[str, Any] |
     )
 
 
-# ---- one measurement, in its own process (CPU) ----
+# ---- the measurements (CPU) ----
 
 
-def run_one(model_name: str, method: str, tokens: int, batch: int, path: str) -> dict[str, Any]:
+def time_methods(model_name: str, methods: list[str], tokens: int, batch: int, path: str) -> dict[str, Any]:
+    """method -> {"seconds": the fastest run, "runs": how many}: one process, the methods in turn."""
+    loaded = load(model_name)
+    ids = token_ids(loaded, tokens, batch)
+    found = runners(path)
+    for method in methods:
+        found[method](loaded, ids[:, :16])  # warm up: threads, allocator, lazy imports, the native kernel
+    seconds: dict[str, list[float]] = {method: [] for method in methods}
+    spent = 0.0
+    while len(seconds[methods[0]]) < ROUNDS and spent < ROUND_BUDGET_S:
+        for method in methods:
+            start = time.perf_counter()
+            found[method](loaded, ids)
+            seconds[method].append(time.perf_counter() - start)
+            spent += seconds[method][-1]
+    return {method: {"seconds": min(times), "runs": len(times)} for method, times in seconds.items()}
+
+
+def peak_memory(model_name: str, method: str, tokens: int, batch: int, path: str) -> dict[str, Any]:
+    """{"peak_mb": ...}: one run in this (fresh) process, after a warm-up on 16 tokens."""
+    loaded = load(model_name)
+    ids = token_ids(loaded, tokens, batch)
+    runner = runners(path)[method]
+    runner(loaded, ids[:, :16])
+    with PeakMemory() as memory:
+        runner(loaded, ids)
+    return {"peak_mb": memory.peak_mb}
+
+
+def token_ids(loaded: Any, tokens: int, batch: int) -> Any:
     import torch
 
-    loaded = load(model_name)
     generator = torch.Generator().manual_seed(0)
-    ids = torch.randint(10, int(loaded.config.vocab_size), (batch, tokens), generator=generator)
-    runner = runners(path)[method]
-    runner(loaded, ids[:, :16])  # warm up: threads, allocator, lazy imports
-    repeats = 3 if tokens * batch <= 1024 else 1
-    seconds, peak = [], []
-    for _ in range(repeats):
-        with PeakMemory() as memory:
-            start = time.perf_counter()
-            runner(loaded, ids)
-            seconds.append(time.perf_counter() - start)
-        peak.append(memory.peak_mb)
-    # fastest time (least disturbed by other processes); memory of the first run (later runs reuse
-    # what the allocator kept from it, so their resident set hardly grows)
-    return {"seconds": min(seconds), "peak_mb": peak[0]}
+    return torch.randint(10, int(loaded.config.vocab_size), (batch, tokens), generator=generator)
 
 
 def load(model_name: str) -> Any:

@@ -29,7 +29,7 @@ cannot be fused: those layers are computed by :mod:`interp_assert.measure.blockw
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -143,21 +143,22 @@ def fused_attention(
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     layer = blockwise.layer_index(module, capture)
     batch, heads, n_tokens, _ = query.shape
-    output = query.new_empty(batch, n_tokens, heads, value.shape[-1])
     masks = capture.masks if capture is not None else {}
-    if backend == "native":
-        lse, row_entropy, row_max = (
-            x.unflatten(1, (key.shape[1], -1))
-            for x in native.attention(query, key, value, scale, sliding_window, output)
-        )
-    elif backend == "aten":
-        lse, row_entropy, row_max = kernels.aten(
-            query, key, value, scale, sliding_window, output, entropy, wants_max, masks
+    if backend == "aten":
+        output, (lse, row_entropy, row_max) = kernels.aten(
+            query, key, value, scale, sliding_window, entropy, wants_max, masks
         )
     else:
-        lse, row_entropy, row_max = kernels.flex(
-            query, key, value, scale, sliding_window, softcap, output, entropy, wants_max, masks
-        )
+        output = query.new_empty(batch, n_tokens, heads, value.shape[-1])
+        if backend == "native":
+            lse, row_entropy, row_max = (
+                x.unflatten(1, (key.shape[1], -1))
+                for x in native.attention(query, key, value, scale, sliding_window, output)
+            )
+        else:
+            lse, row_entropy, row_max = kernels.flex(
+                query, key, value, scale, sliding_window, softcap, output, entropy, wants_max, masks
+            )
     if capture is None:
         return output, None
     with one_thread():  # small tensors: see one_thread
@@ -175,8 +176,10 @@ def fused_attention(
             lse.flatten(1, 2),
             targets,
             weights,
-            row_entropy.flatten(1, 2) if entropy else None,
-            weights_from_normaliser(row_max, lse).clamp_(max=1.0).flatten(1, 2) if wants_max else None,
+            row_entropy.flatten(1, 2) if entropy and row_entropy is not None else None,
+            weights_from_normaliser(row_max, lse).clamp_(max=1.0).flatten(1, 2)
+            if wants_max and row_max is not None
+            else None,
             patterns,
         )
         capture.consume(layer, rows)
@@ -206,17 +209,16 @@ def _target_weights(
     row_lse = lse.flatten(1, 2).transpose(1, 2)  # [B, T, H]
     # rows per chunk: float32 copies of query rows (bfloat16 models) stay within GATHER_BYTES
     chunk = max(1, kernels.GATHER_BYTES // (4 * heads * head_dim))
-    whole = query.dtype == torch.float32 and key.dtype == torch.float32  # no copies: one chunk of every row
-    positional_chunk = max(chunk, rows.shape[1]) if whole else chunk
     picked = row_lse.new_empty(len(targets.segment), heads)
     lengths = torch.bincount(targets.segment, minlength=len(targets.roles)).tolist() if targets.roles else []
+    positional = [role for role in targets.roles if role in POSITIONAL_LABELS]
+    by_role = _positional_weights(positional, rows, keys, row_lse, scale, softcap, chunk) if positional else {}
     start = 0
     for role, length in zip(targets.roles, lengths, strict=True):
         stop = start + length
         b_index, r_index = targets.batch_index[start:stop], targets.row_index[start:stop]
-        if role in POSITIONAL_LABELS:
-            weights = _positional_weights(role, rows, keys, row_lse, scale, softcap, positional_chunk)  # [B, T, H]
-            picked[start:stop] = weights[b_index, r_index]
+        if role in by_role:
+            picked[start:stop] = by_role[role][b_index, r_index]
         else:
             k_index = targets.key_index[start:stop]
             for first in range(0, length, chunk):
@@ -230,29 +232,41 @@ def _target_weights(
 
 
 def _positional_weights(
-    role: str,
+    roles: Sequence[str],
     rows: torch.Tensor,
     keys: torch.Tensor,
     row_lse: torch.Tensor,
     scale: float,
     softcap: float | None,
     chunk: int,
-) -> torch.Tensor:
-    """``[B, T, H]``: each row i's weight on key i - 1 (row 0: 0), 0 or i, ``chunk`` rows at a time."""
+) -> dict[str, torch.Tensor]:
+    """role -> ``[B, T, H]``: each row i's weight on key i - 1 (row 0: 0), 0 or i, ``chunk`` rows at
+    a time. Self and previous: one batched dot product per row and head, on views of the rows and
+    keys; first: one matrix product of the rows with their heads' keys at position 0."""
     batch, n_tokens = rows.shape[:2]
-    weights = row_lse.new_zeros(batch, n_tokens, row_lse.shape[-1])
-    first_row = 1 if role == "previous_token" else 0
-    for start in range(first_row, n_tokens, chunk):
-        stop = min(n_tokens, start + chunk)
-        if role == "self":
-            chunk_keys = keys[:, start:stop]
-        elif role == "previous_token":
-            chunk_keys = keys[:, start - 1 : stop - 1]
-        else:
-            chunk_keys = keys[:, :1].expand(-1, stop - start, -1, -1)
-        logits = _capped(_dots(rows[:, start:stop], chunk_keys) * scale, softcap)
-        weights[:, start:stop] = weights_from_normaliser(logits, row_lse[:, start:stop])
-    return weights
+    found = {}
+    for role in roles:
+        weights = row_lse.new_zeros(batch, n_tokens, row_lse.shape[-1])
+        first_row = 1 if role == "previous_token" else 0
+        firsts = _first_keys(keys, rows.shape[3]) if role == "first_token" else None
+        for start in range(first_row, n_tokens, chunk):
+            stop = min(n_tokens, start + chunk)
+            if firsts is not None:
+                logits = torch.matmul(rows[:, start:stop].flatten(2).float(), firsts)
+            else:
+                shift = 1 if role == "previous_token" else 0
+                logits = _dots(rows[:, start:stop], keys[:, start - shift : stop - shift])
+            weights[:, start:stop] = weights_from_normaliser(_capped(logits * scale, softcap), row_lse[:, start:stop])
+        found[role] = weights
+    return found
+
+
+def _first_keys(keys: torch.Tensor, groups: int) -> torch.Tensor:
+    """``[B, H * D, H]``: the block-diagonal matrix that takes a row's query heads ``[H * D]`` to
+    their dot products with the key at position 0 (each query head's own key/value head)."""
+    per_head = keys[:, 0].float().repeat_interleave(groups, dim=1)  # [B, H, D]
+    identity = torch.eye(per_head.shape[1], dtype=per_head.dtype, device=per_head.device)
+    return (per_head.unsqueeze(-1) * identity.unsqueeze(1)).flatten(1, 2)
 
 
 def _dots(rows: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:

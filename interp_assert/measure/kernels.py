@@ -14,6 +14,7 @@ logit. All return ``(lse, entropy, row_max)`` as ``[B, KV, G, T]`` float32 (grou
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -62,17 +63,65 @@ def aten(
     value: torch.Tensor,
     scale: float,
     window: int | None,
-    output: torch.Tensor,
     entropy: bool,
     row_max: bool,
     masks: dict[tuple[Any, ...], Any],
-) -> Rows:
-    """The CPU flash kernel, one sequence at a time, the group of query heads sharing a key/value
-    head as the kernel's batch dimension, so that the shared key/value is a stride-0 view.
-    Returns ``lse`` and, where asked for, each row's entropy and largest logit (one more pass each)."""
+) -> tuple[torch.Tensor, Rows]:
+    """The CPU flash kernel: the output ``[B, T, H, Dv]`` (the layout SDPA's own call returns, so
+    nothing is copied), ``lse`` and, where asked for, each row's entropy and largest logit (one
+    more pass each). One call for the whole batch where the kernel takes grouped-query heads
+    itself (as SDPA's own call does); otherwise one sequence at a time, the group of query heads
+    sharing a key/value head as the kernel's batch dimension (the shared key/value a stride-0 view)."""
+    heads, kv_heads = query.shape[1], key.shape[1]
+    groups = heads // kv_heads
+    if groups > 1 and not kernel_takes_groups():
+        return _aten_by_sequence(query, key, value, scale, window, entropy, row_max, masks)
+    out, flat_lse = _flash_cpu(query, key, value, scale, window, masks)
+    expected = largest = None
+    if entropy or row_max:  # the extra passes in float32, whatever the model's dtype
+        q32, k32 = query.float(), key.float()
+        if entropy:
+            with_keys, _ = _flash_cpu(q32, k32, k32, scale, window, masks)  # o'_i = sum_j A_ij k_j
+            with one_thread():
+                expected = rowwise_dot(q32, with_keys, row_chunk(q32)) * scale
+        if row_max:
+            _, sharp = _flash_cpu(q32, k32, k32, scale * SHARPNESS, window, masks)
+            with one_thread():
+                largest = sharp / SHARPNESS
+    lse, expected, largest = (
+        None if rows is None else rows.unflatten(1, (kv_heads, groups)) for rows in (flat_lse, expected, largest)
+    )
+    assert lse is not None
+    return out.transpose(1, 2), (lse, None if expected is None else entropy_from_normaliser(lse, expected), largest)
+
+
+@functools.cache
+def kernel_takes_groups() -> bool:
+    """Whether this torch's CPU flash kernel takes fewer key/value heads than query heads (2.5 and later)."""
+    query, key = torch.ones(1, 2, 2, 8), torch.ones(1, 1, 2, 8)
+    try:
+        out, _ = FLASH_CPU(query, key, key, 0.0, True, scale=1.0)
+    except RuntimeError:
+        return False
+    return tuple(out.shape) == (1, 2, 2, 8)
+
+
+def _aten_by_sequence(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scale: float,
+    window: int | None,
+    entropy: bool,
+    row_max: bool,
+    masks: dict[tuple[Any, ...], Any],
+) -> tuple[torch.Tensor, Rows]:
+    """:func:`aten` for a kernel without grouped-query heads: one sequence at a time, the group of
+    query heads sharing a key/value head as the kernel's batch dimension."""
     batch, heads, n_tokens, _ = query.shape
     kv_heads = key.shape[1]
     groups = heads // kv_heads
+    output = query.new_empty(batch, n_tokens, heads, value.shape[-1])
     lse = torch.empty(batch, kv_heads, groups, n_tokens, dtype=torch.float32, device=query.device)
     expected = torch.empty_like(lse) if entropy else None
     largest = torch.empty_like(lse) if row_max else None
@@ -93,7 +142,7 @@ def aten(
                 _, sharp = _flash_cpu(q32, k32, k32, scale * SHARPNESS, window, masks)
                 with one_thread():
                     largest[b] = (sharp / SHARPNESS).transpose(0, 1)
-    return lse, None if expected is None else entropy_from_normaliser(lse, expected), largest
+    return output, (lse, None if expected is None else entropy_from_normaliser(lse, expected), largest)
 
 
 def _flash_cpu(
@@ -104,7 +153,7 @@ def _flash_cpu(
     n_tokens = q.shape[2]
     if window is None or n_tokens <= window:
         return FLASH_CPU(q, k, v, 0.0, True, scale=scale)
-    output = q.new_empty(*q.shape[:3], v.shape[-1])
+    output = q.new_empty(q.shape[0], n_tokens, q.shape[1], v.shape[-1]).transpose(1, 2)  # SDPA's layout
     lse = q.new_empty(q.shape[:3], dtype=torch.float32)
     output[:, :, :window], lse[..., :window] = FLASH_CPU(
         q[:, :, :window], k[:, :, :window], v[:, :, :window], 0.0, True, scale=scale
