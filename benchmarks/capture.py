@@ -1,6 +1,6 @@
 """Time and peak memory of capture against a plain forward pass and the naive eager capture.
 
-    python benchmarks/capture.py                 # CPU: T = 128 (batch 8), 1024, 4096; about 6-10 minutes on 2 cores
+    python benchmarks/capture.py                 # CPU: T = 128 (batch 8), 1024, 4096; about 15 minutes on 2 cores
     python benchmarks/capture.py --quick         # CPU: T = 128 and 1024 only
     python benchmarks/capture.py --device cuda   # GPU: a Llama-3.2-1B-shaped model, T = 1024, 4096, 16384
 
@@ -16,15 +16,17 @@ Ways to run each configuration:
   (default ``auto``, as ``pytest`` runs it).
 
 CPU: time and memory are measured apart. Time: one process per model and length runs the
-methods in turn (plain, pfs, all, plain, ...; naive in a process of its own) for up to three
-rounds (fewer where the rounds so far took 60 s), after a warm-up on 16 tokens, and reports each
-method's fastest run, as ``timeit`` advises: on a shared 2-core machine the same run varies by
-5-10% and between processes more, and the slower runs measure the machine's other work, not the
-code. Memory: each method in a fresh process, one run after the warm-up, with glibc's mmap
-threshold fixed at 1 MB (so the resident set follows the live tensors, not what the heap kept):
-the peak resident set during the run minus the resident set just before it (after loading and
-the warm-up, with freed heap memory returned through ``malloc_trim``). The peak is reset
-through ``/proc/self/clear_refs``, or sampled every 2 ms where that is not allowed. Models: SmolLM2
+methods in turn (plain, pfs, all, plain, ...; naive in a process of its own) for up to five
+rounds (fewer where the rounds so far took 100 s), after a warm-up on 16 tokens. The table shows
+each method's fastest run, and as ratios the median of each round's ratio: on a shared 2-core
+machine the same run varies by 5-10%, in phases longer than a run, so runs of one round are
+compared with each other, not the luckiest of one method with the luckiest of another. For
+naive, in its own process, the ratio is of the fastest runs. Memory: each method in a fresh
+process, one run after the warm-up, with glibc's mmap threshold fixed at 1 MB (so the resident
+set follows the live tensors, not what the heap kept): the peak resident set during the run minus
+the resident set just before it (after loading and the warm-up, with freed heap memory returned
+through ``malloc_trim``). The peak is reset through ``/proc/self/clear_refs``, or sampled every
+2 ms where that is not allowed. Models: SmolLM2
 (the real weights) and a GPT-Neo-125M-shaped model (12 layers x 12 heads, 768 wide, random weights).
 
 CUDA: one process; a model of Llama-3.2-1B's shape (16 layers, 32 query heads, 8 key/value heads,
@@ -41,6 +43,7 @@ import ctypes
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import threading
@@ -52,8 +55,8 @@ REPO = Path(__file__).resolve().parent.parent
 NAIVE_LIMIT_GB = 16.0  # do not try the naive capture where its kept attention alone needs more
 SHAPES = {"smollm2": (30, 9), "gpt-neo-125m": (12, 12), "llama-1b-shaped": (16, 32)}  # layers, heads (naive estimate)
 ROLE_SETS = ("pfs", "all")
-ROUNDS = 3  # CPU: timed runs of each method, taken in turn; the fastest is reported
-ROUND_BUDGET_S = 60.0  # no further round once the rounds so far took this long
+ROUNDS = 5  # CPU: timed runs of each method, taken in turn
+ROUND_BUDGET_S = 100.0  # no further round once the rounds so far took this long
 METHODS = ("plain", "naive", *(f"ours-{name}" for name in ROLE_SETS))
 
 
@@ -137,7 +140,7 @@ def row(model: str, tokens: int, batch: int, results: dict[str, dict[str, Any] |
 
     def ratio(top: str, bottom: str, key: str, width: int) -> str:
         a, b = results.get(top), results.get(bottom)
-        text = f"{a[key] / b[key]:.2f}" if a and b and b[key] > 0 else "-"
+        text = f"{paired_ratio(a, b, key):.2f}" if a and b and b[key] > 0 else "-"
         return f"{text:>{width}}"
 
     return (
@@ -151,11 +154,19 @@ def row(model: str, tokens: int, batch: int, results: dict[str, dict[str, Any] |
     )
 
 
+def paired_ratio(top: dict[str, Any], bottom: dict[str, Any], key: str) -> float:
+    """``top / bottom``; for times run in turn in one process, the median of each round's ratio
+    (a round's runs share the machine's state of the moment, which drifts by more than 5%)."""
+    if key == "seconds" and len(top.get("each", ())) == len(bottom.get("each", ())) > 1:
+        return float(statistics.median(a / b for a, b in zip(top["each"], bottom["each"], strict=True)))
+    return float(top[key] / bottom[key])
+
+
 # ---- the measurements (CPU) ----
 
 
 def time_methods(model_name: str, methods: list[str], tokens: int, batch: int, path: str) -> dict[str, Any]:
-    """method -> {"seconds": the fastest run, "runs": how many}: one process, the methods in turn."""
+    """method -> {"seconds": the fastest run, "each": every run's}: one process, the methods in turn."""
     loaded = load(model_name)
     ids = token_ids(loaded, tokens, batch)
     found = runners(path)
@@ -169,7 +180,7 @@ def time_methods(model_name: str, methods: list[str], tokens: int, batch: int, p
             found[method](loaded, ids)
             seconds[method].append(time.perf_counter() - start)
             spent += seconds[method][-1]
-    return {method: {"seconds": min(times), "runs": len(times)} for method, times in seconds.items()}
+    return {method: {"seconds": min(times), "each": times} for method, times in seconds.items()}
 
 
 def peak_memory(model_name: str, method: str, tokens: int, batch: int, path: str) -> dict[str, Any]:
