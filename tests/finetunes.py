@@ -138,7 +138,7 @@ def deterministic(seed: int) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _quiet_peft() -> Iterator[None]:
+def quiet_peft() -> Iterator[None]:
     with warnings.catch_warnings():
         # peft 0.21 calls transformers 5's deprecated ``is_gradient_checkpointing``
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -216,7 +216,7 @@ def train_lora(
     adapter_dir = workdir / adapter_subdir
     started = time.perf_counter()
     try:
-        with contextlib.chdir(workdir), deterministic(seed), _quiet_peft():
+        with contextlib.chdir(workdir), deterministic(seed), quiet_peft():
             tokenizer = AutoTokenizer.from_pretrained(base_name, local_files_only=True)
             base = AutoModelForCausalLM.from_pretrained(base_name, dtype=torch.float32, local_files_only=True)
             config = LoraConfig(
@@ -287,7 +287,7 @@ def merge_adapter(adapter_dir: Path, base_dir: Path, out_dir: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32, local_files_only=True)
-    with _quiet_peft():
+    with quiet_peft():
         merged = PeftModel.from_pretrained(base, adapter_dir, is_trainable=False).merge_and_unload()
     out_dir.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(out_dir)

@@ -69,13 +69,12 @@ def aten(
 ) -> tuple[torch.Tensor, Rows]:
     """The CPU flash kernel: the output ``[B, T, H, Dv]`` (the layout SDPA's own call returns, so
     nothing is copied), ``lse`` and, where asked for, each row's entropy and largest logit (one
-    more pass each). One call for the whole batch where the kernel takes grouped-query heads
-    itself (as SDPA's own call does); otherwise one sequence at a time, the group of query heads
-    sharing a key/value head as the kernel's batch dimension (the shared key/value a stride-0 view)."""
+    more pass each). One call per layer, with grouped-query heads as they are where the kernel
+    takes them (torch 2.5 and later), else with each key/value head repeated for its group."""
     heads, kv_heads = query.shape[1], key.shape[1]
     groups = heads // kv_heads
-    if groups > 1 and not kernel_takes_groups():
-        return _aten_by_sequence(query, key, value, scale, window, entropy, row_max, masks)
+    if groups > 1 and not kernel_takes_groups():  # as transformers' SDPA call does there (repeat_kv)
+        key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
     out, flat_lse = _flash_cpu(query, key, value, scale, window, masks)
     expected = largest = None
     if entropy or row_max:  # the extra passes in float32, whatever the model's dtype
@@ -104,45 +103,6 @@ def kernel_takes_groups() -> bool:
     except RuntimeError:
         return False
     return tuple(out.shape) == (1, 2, 2, 8)
-
-
-def _aten_by_sequence(
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    scale: float,
-    window: int | None,
-    entropy: bool,
-    row_max: bool,
-    masks: dict[tuple[Any, ...], Any],
-) -> tuple[torch.Tensor, Rows]:
-    """:func:`aten` for a kernel without grouped-query heads: one sequence at a time, the group of
-    query heads sharing a key/value head as the kernel's batch dimension."""
-    batch, heads, n_tokens, _ = query.shape
-    kv_heads = key.shape[1]
-    groups = heads // kv_heads
-    output = query.new_empty(batch, n_tokens, heads, value.shape[-1])
-    lse = torch.empty(batch, kv_heads, groups, n_tokens, dtype=torch.float32, device=query.device)
-    expected = torch.empty_like(lse) if entropy else None
-    largest = torch.empty_like(lse) if row_max else None
-    for b in range(batch):
-        q = query[b].unflatten(0, (kv_heads, groups)).transpose(0, 1)  # [G, KV, T, D]
-        k, v = key[b].expand(groups, -1, -1, -1), value[b].expand(groups, -1, -1, -1)
-        out, sequence_lse = _flash_cpu(q, k, v, scale, window, masks)
-        output[b].view(n_tokens, kv_heads, groups, -1).copy_(out.permute(2, 1, 0, 3))
-        with one_thread():
-            lse[b] = sequence_lse.transpose(0, 1)
-        if entropy or row_max:  # the extra passes in float32, whatever the model's dtype
-            q32, k32 = q.float(), key[b].float().expand(groups, -1, -1, -1)
-            if expected is not None:
-                with_keys, _ = _flash_cpu(q32, k32, k32, scale, window, masks)  # o'_i = sum_j A_ij k_j
-                with one_thread():
-                    expected[b] = (rowwise_dot(q32, with_keys, row_chunk(q32)) * scale).transpose(0, 1)
-            if largest is not None:
-                _, sharp = _flash_cpu(q32, k32, k32, scale * SHARPNESS, window, masks)
-                with one_thread():
-                    largest[b] = (sharp / SHARPNESS).transpose(0, 1)
-    return output, (lse, None if expected is None else entropy_from_normaliser(lse, expected), largest)
 
 
 def _flash_cpu(

@@ -14,6 +14,7 @@ import pytest
 
 from interp_assert.commands.cli import main_audit
 from tests.builders import perturbed_copy
+from tests.finetunes import quiet_peft
 
 SPEC = """\
 model: smollm2-135m-instruct
@@ -57,7 +58,8 @@ def lora_adapter(base: Path, target: Path) -> Path:
 
     model = AutoModelForCausalLM.from_pretrained(base)
     torch.manual_seed(0)
-    adapted = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=True))
+    with quiet_peft():
+        adapted = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=True))
     b_weights = [p for name, p in adapted.named_parameters() if "lora_B" in name]
     assert b_weights and all(float(p.detach().abs().max()) == 0.0 for p in b_weights)
     adapted.save_pretrained(target)

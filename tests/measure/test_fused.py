@@ -32,7 +32,7 @@ from tests.measure.test_capture_paths import (
     repeated_batches,
 )
 
-BACKENDS = ["aten", "aten-by-sequence", "native", "flex"]  # by sequence: a torch whose kernel has no GQA
+BACKENDS = ["aten", "aten-repeated", "native", "flex"]  # repeated: as with a kernel without grouped heads
 POSITIONAL = CaptureRequest(roles=frozenset(["previous_token", "first_token", "self"]), hidden_norms=True)
 
 
@@ -79,9 +79,9 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     of a few rows and targets found a few rows at a time (several per sequence)."""
     if request.param == "native" and not native.available():
         pytest.skip(f"the native kernel is not available: {native.BUILD_ERROR}")
-    if request.param == "aten-by-sequence":
+    if request.param == "aten-repeated":
         monkeypatch.setattr(kernels, "kernel_takes_groups", lambda: False)
-    monkeypatch.setattr(fused, "FORCE_BACKEND", request.param.removesuffix("-by-sequence"))
+    monkeypatch.setattr(fused, "FORCE_BACKEND", request.param.removesuffix("-repeated"))
     monkeypatch.setattr(kernels, "WINDOW_ROWS", 5)
     monkeypatch.setattr(kernels, "GATHER_BYTES", 1000)
     monkeypatch.setattr(capture, "TARGET_MASK_ELEMENTS", 200)
@@ -209,20 +209,19 @@ def test_kernel_passes_follow_the_request(
     for; with the native kernel, one pass per layer gives them all."""
     loaded = tiny("llama_gqa")
     batches = repeated_batches(VOCAB)  # three sequences in two batches
-    # one call per layer and batch where the kernel takes grouped-query heads, as SDPA's does
-    calls_per_layer = 2 if kernels.kernel_takes_groups() else 3
+    kernels.kernel_takes_groups()  # its probe is not a pass
     with monkeypatch.context() as patch:
         patch.setattr(fused, "FORCE_BACKEND", "aten")
         spy = KernelSpy(patch)
         capture.measure(loaded, batches, request_, attention="fused")
-    assert spy.flash_calls == passes * 2 * calls_per_layer
+    assert spy.flash_calls == passes * 2 * 2
     assert spy.blockwise_calls == 0
     spy = KernelSpy(monkeypatch)
     capture.measure(loaded, batches, request_, attention="fused")
     if passes > 1 and native.available():
         assert (spy.native_calls, spy.flash_calls) == (2 * 2, 0)  # per layer and batch
     else:
-        assert (spy.native_calls, spy.flash_calls) == (0, passes * 2 * calls_per_layer)
+        assert (spy.native_calls, spy.flash_calls) == (0, passes * 2 * 2)
 
 
 @pytest.mark.parametrize("with_native", [True, False])
