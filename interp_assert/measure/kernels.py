@@ -100,7 +100,7 @@ def kernel_takes_groups() -> bool:
     query, key = torch.ones(1, 2, 2, 8), torch.ones(1, 1, 2, 8)
     try:
         out, _ = FLASH_CPU(query, key, key, 0.0, True, scale=1.0)
-    except RuntimeError:
+    except (RuntimeError, NotImplementedError, ValueError, IndexError):  # how a kernel refuses the shapes
         return False
     return tuple(out.shape) == (1, 2, 2, 8)
 
