@@ -29,22 +29,25 @@ def word_tokenizer(directory: Path) -> Any:
     return tokenizer
 
 
+# A small grouped-query decoder: the shape the Llama-like test configs share.
+SMALL_DECODER: dict[str, Any] = dict(
+    vocab_size=VOCAB,
+    hidden_size=64,
+    intermediate_size=128,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=128,
+    bos_token_id=0,
+    eos_token_id=1,
+    pad_token_id=2,
+)
+
+
 def llama_config(**overrides: Any) -> Any:
     from transformers import LlamaConfig
 
-    settings: dict[str, Any] = dict(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=2,
-    )
-    return LlamaConfig(**(settings | overrides))
+    return LlamaConfig(**(SMALL_DECODER | overrides))
 
 
 def save_model(config: Any, directory: Path, *, zero_queries: bool = False, seed: int = 0) -> Path:

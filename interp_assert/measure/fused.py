@@ -142,23 +142,19 @@ def fused_attention(
         )
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     layer = blockwise.layer_index(module, capture)
-    batch, heads, n_tokens, _ = query.shape
+    heads, n_tokens = query.shape[1], query.shape[2]
     masks = capture.masks if capture is not None else {}
     if backend == "aten":
         output, (lse, row_entropy, row_max) = kernels.aten(
             query, key, value, scale, sliding_window, entropy, wants_max, masks
         )
+    elif backend == "native":
+        output, *per_head = native.attention(query, key, value, scale, sliding_window)
+        lse, row_entropy, row_max = (x.unflatten(1, (key.shape[1], -1)) for x in per_head)
     else:
-        output = query.new_empty(batch, n_tokens, heads, value.shape[-1])
-        if backend == "native":
-            lse, row_entropy, row_max = (
-                x.unflatten(1, (key.shape[1], -1))
-                for x in native.attention(query, key, value, scale, sliding_window, output)
-            )
-        else:
-            lse, row_entropy, row_max = kernels.flex(
-                query, key, value, scale, sliding_window, softcap, output, entropy, wants_max, masks
-            )
+        output, (lse, row_entropy, row_max) = kernels.flex(
+            query, key, value, scale, sliding_window, softcap, entropy, wants_max, masks
+        )
     if capture is None:
         return output, None
     with one_thread():  # small tensors: see one_thread

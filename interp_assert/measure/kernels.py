@@ -1,7 +1,7 @@
 """The fused attention kernels behind :mod:`interp_assert.measure.fused`: each computes a layer's output
 and, per query row, the softmax normaliser ``lse`` and, where asked for, the entropy and the largest
-logit. All return ``(lse, entropy, row_max)`` as ``[B, KV, G, T]`` float32 (grouped-query heads
-``h = kv * G + g``), ``None`` for what was not asked for, and write the output ``[B, T, H, Dv]``.
+logit. All return the output ``[B, T, H, Dv]`` and ``(lse, entropy, row_max)`` as ``[B, KV, G, T]``
+float32 (grouped-query heads ``h = kv * G + g``), ``None`` for what was not asked for.
 
 - :func:`aten`: the CPU flash kernel behind SDPA (``lse`` at SDPA's cost); the entropy is
   ``lse - scale * q . o'`` with ``o'`` attention with the keys as values (one more pass) and the
@@ -152,11 +152,10 @@ def flex(
     scale: float,
     window: int | None,
     softcap: float | None,
-    output: torch.Tensor,
     entropy: bool,
     row_max: bool,
     masks: dict[tuple[Any, ...], Any],
-) -> Rows:
+) -> tuple[torch.Tensor, Rows]:
     """FlexAttention: one pass gives the output, ``lse``, the row max (CUDA) and, with values
     ``[V | K]``, ``o'`` for the entropy."""
     from torch.nn.attention.flex_attention import AuxRequest
@@ -176,7 +175,6 @@ def flex(
         query, key, values, score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=groups > 1,
         return_aux=AuxRequest(lse=True, max_scores=native_max),
     )  # fmt: skip
-    output.copy_(result[..., :value_dim].transpose(1, 2))
     lse = aux.lse.float().unflatten(1, (kv_heads, groups))
     expected = largest = None
     if mean_key is not None:
@@ -193,7 +191,8 @@ def flex(
             enable_gqa=groups > 1, return_aux=AuxRequest(lse=True),
         )  # fmt: skip
         largest = (sharp.lse.float() / SHARPNESS).unflatten(1, (kv_heads, groups))
-    return lse, None if expected is None else entropy_from_normaliser(lse, expected), largest
+    output = result[..., :value_dim].transpose(1, 2)
+    return output, (lse, None if expected is None else entropy_from_normaliser(lse, expected), largest)
 
 
 def _flex_function(device: torch.device) -> Any:

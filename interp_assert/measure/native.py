@@ -53,10 +53,11 @@ def supports(head_dim: int, value_dim: int) -> bool:
 
 
 def attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, window: int | None, output: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Causal attention of ``query[B, H, T, D]`` over ``key``/``value[B, KV, T, D]`` written into
-    ``output[B, T, H, D]``; returns ``(lse, entropy, row_max)``, each ``[B, H, T]`` float32."""
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, scale: float, window: int | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Causal attention of ``query[B, H, T, D]`` over ``key``/``value[B, KV, T, D]``: returns
+    ``(output, lse, entropy, row_max)``, the output ``[B, T, H, Dv]`` in the query's dtype, the
+    rest ``[B, H, T]`` float32."""
     library = _library()
     if library is None:
         raise RuntimeError(f"the native attention kernel is not available: {BUILD_ERROR}")
@@ -66,8 +67,7 @@ def attention(
     v = _rows_contiguous(value.float())
     keys = key.new_zeros(batch, kv_heads, head_dim, n_tokens + KEY_BLOCK, dtype=torch.float32)
     keys[..., :n_tokens] = key.transpose(-1, -2)
-    direct = output.dtype == torch.float32 and output.is_contiguous()
-    out = output if direct else torch.empty(output.shape, dtype=torch.float32, device=output.device)
+    out = torch.empty(batch, n_tokens, heads, value_dim, dtype=torch.float32, device=query.device)
     lse, entropy, row_max = (torch.empty(batch, heads, n_tokens) for _ in range(3))
     shape = torch.tensor([batch, heads, kv_heads, n_tokens, head_dim, value_dim], dtype=torch.int64)
     strides = torch.tensor([*q.stride()[:3], *keys.stride()[:3], *v.stride()[:3]], dtype=torch.int64)
@@ -83,9 +83,7 @@ def attention(
         status |= helper.result()
     if status:
         raise RuntimeError(f"native attention kernel failed (status {status}) for head size {head_dim}")
-    if not direct:
-        output.copy_(out)
-    return lse, entropy, row_max
+    return out.to(query.dtype), lse, entropy, row_max
 
 
 def _rows_contiguous(tensor: torch.Tensor) -> torch.Tensor:

@@ -21,7 +21,7 @@ from interp_assert.measure.capture import CaptureRequest, Measurements
 from interp_assert.measure.models import LoadedModel, LoadOptions, load_model
 from interp_assert.measure.prompts import PromptBatch
 from interp_assert.vocab import ROLES
-from tests.builders import VOCAB, save_model, tiny_config
+from tests.builders import SMALL_DECODER, VOCAB, save_model, tiny_config
 from tests.measure.test_capture_paths import (
     EVERYTHING,
     INTERFACE_KINDS,
@@ -40,22 +40,7 @@ def gemma2_config(**overrides: Any) -> Any:
     """Soft-capped logits, a scaling that is not 1/sqrt(head_dim), and sliding / full layers in turn."""
     from transformers import Gemma2Config
 
-    settings: dict[str, Any] = dict(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        max_position_embeddings=128,
-        sliding_window=8,
-        attn_logit_softcapping=5.0,
-        query_pre_attn_scalar=24,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=2,
-    )
+    settings = SMALL_DECODER | dict(head_dim=16, sliding_window=8, attn_logit_softcapping=5.0, query_pre_attn_scalar=24)
     return Gemma2Config(**(settings | overrides))
 
 
@@ -353,8 +338,7 @@ def test_native_kernel_matches_the_softmax(
     key = torch.randn(batch, n_tokens, kv_heads, head_dim, generator=generator).transpose(1, 2) * 2
     value = torch.randn(batch, n_tokens, kv_heads, head_dim, generator=generator).transpose(1, 2)
     scale = head_dim**-0.5
-    output = torch.empty(batch, n_tokens, heads, head_dim)
-    lse, entropy, row_max = native.attention(query, key, value, scale, window, output)
+    output, lse, entropy, row_max = native.attention(query, key, value, scale, window)
     groups = heads // kv_heads
     logits = query.double() @ key.double().repeat_interleave(groups, 1).transpose(-1, -2) * scale
     logits = logits.masked_fill(~scores.visible_keys(n_tokens, 0, n_tokens, window), float("-inf"))
