@@ -29,25 +29,19 @@ def word_tokenizer(directory: Path) -> Any:
     return tokenizer
 
 
-# A small grouped-query decoder: the shape the Llama-like test configs share.
+# The shape of the small grouped-query decoders (Llama, Qwen2, Mistral, Gemma2) in ``tiny_config``.
 SMALL_DECODER: dict[str, Any] = dict(
-    vocab_size=VOCAB,
     hidden_size=64,
     intermediate_size=128,
     num_hidden_layers=2,
     num_attention_heads=4,
     num_key_value_heads=2,
     max_position_embeddings=128,
-    bos_token_id=0,
-    eos_token_id=1,
-    pad_token_id=2,
 )
 
 
 def llama_config(**overrides: Any) -> Any:
-    from transformers import LlamaConfig
-
-    return LlamaConfig(**(SMALL_DECODER | overrides))
+    return tiny_config("llama", **overrides)
 
 
 def save_model(config: Any, directory: Path, *, zero_queries: bool = False, seed: int = 0) -> Path:
@@ -131,26 +125,11 @@ def tiny_config(architecture: str, **overrides: Any) -> Any:
                 max_position_embeddings=128,
             ),
         ),
-        "llama": (
-            "LlamaConfig",
-            dict(
-                hidden_size=64,
-                intermediate_size=128,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                max_position_embeddings=128,
-            ),
-        ),
+        "llama": ("LlamaConfig", SMALL_DECODER),
         "qwen2": (
             "Qwen2Config",
-            dict(
-                hidden_size=64,
-                intermediate_size=128,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                max_position_embeddings=128,
+            SMALL_DECODER
+            | dict(
                 use_sliding_window=True,
                 sliding_window=8,
                 max_window_layers=1,
@@ -171,15 +150,11 @@ def tiny_config(architecture: str, **overrides: Any) -> Any:
         ),
         "mistral": (
             "MistralConfig",
-            dict(
-                hidden_size=64,
-                intermediate_size=128,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                max_position_embeddings=128,
-                sliding_window=8,
-            ),
+            SMALL_DECODER | dict(sliding_window=8),
+        ),
+        "gemma2": (  # soft-capped logits, a scaling other than 1/sqrt(head_dim), sliding and full layers in turn
+            "Gemma2Config",
+            SMALL_DECODER | dict(head_dim=16, sliding_window=8, attn_logit_softcapping=5.0, query_pre_attn_scalar=24),
         ),
         "phi": (
             "PhiConfig",

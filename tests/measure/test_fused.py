@@ -21,7 +21,7 @@ from interp_assert.measure.capture import CaptureRequest, Measurements
 from interp_assert.measure.models import LoadedModel, LoadOptions, load_model
 from interp_assert.measure.prompts import PromptBatch
 from interp_assert.vocab import ROLES
-from tests.builders import SMALL_DECODER, VOCAB, save_model, tiny_config
+from tests.builders import VOCAB, save_model, tiny_config
 from tests.measure.test_capture_paths import (
     EVERYTHING,
     INTERFACE_KINDS,
@@ -36,21 +36,13 @@ BACKENDS = ["aten", "aten-repeated", "native", "flex"]  # repeated: as with a ke
 POSITIONAL = CaptureRequest(roles=frozenset(["previous_token", "first_token", "self"]), hidden_norms=True)
 
 
-def gemma2_config(**overrides: Any) -> Any:
-    """Soft-capped logits, a scaling that is not 1/sqrt(head_dim), and sliding / full layers in turn."""
-    from transformers import Gemma2Config
-
-    settings = SMALL_DECODER | dict(head_dim=16, sliding_window=8, attn_logit_softcapping=5.0, query_pre_attn_scalar=24)
-    return Gemma2Config(**(settings | overrides))
-
-
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., LoadedModel]:
     loaded: dict[tuple[str, str], LoadedModel] = {}
 
     def get(kind: str, dtype: str = "float32") -> LoadedModel:
         if (kind, dtype) not in loaded:
-            config = gemma2_config() if kind == "gemma2_softcap" else _config(kind)
+            config = tiny_config("gemma2") if kind == "gemma2_softcap" else _config(kind)
             directory = tmp_path_factory.mktemp(kind)
             loaded[kind, dtype] = load_model(str(save_model(config, directory, seed=3)), LoadOptions(dtype=dtype))  # type: ignore[arg-type]
         return loaded[kind, dtype]
@@ -373,7 +365,7 @@ def test_without_a_compiler_capture_does_without_the_native_kernel(
 def test_cuda_fused_matches_eager(kind: str, dtype: str, tmp_path: Path) -> None:
     """On CUDA: compiled FlexAttention, ``max_scores`` and soft-capping in ``score_mod``, against
     eager attention in the same dtype (1e-5 in float32, 2e-3 in bfloat16)."""
-    config = gemma2_config() if kind == "gemma2_softcap" else _config(kind)
+    config = tiny_config("gemma2") if kind == "gemma2_softcap" else _config(kind)
     directory = save_model(config, tmp_path / kind, seed=3)
     loaded = load_model(str(directory), LoadOptions(device="cuda", dtype=dtype))  # type: ignore[arg-type]
     batches = repeated_batches(VOCAB)
