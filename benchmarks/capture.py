@@ -242,21 +242,23 @@ def runners(path: str, cuda: bool = False) -> dict[str, Any]:
 def plain(loaded: Any, ids: Any) -> None:
     import torch
 
-    from interp_assert.measure import ablation, blockwise
+    from interp_assert.measure import blockwise
+    from interp_assert.measure.architecture import base_model
 
     with torch.inference_mode(), blockwise.attention_implementation(loaded.model, "sdpa"):
-        ablation.base_model(loaded.model)(input_ids=ids, use_cache=False)
+        base_model(loaded.model)(input_ids=ids, use_cache=False)
 
 
 def naive(loaded: Any, ids: Any) -> None:
     import torch
 
-    from interp_assert.measure import ablation, blockwise, capture, scores
+    from interp_assert.measure import blockwise, capture, scores
+    from interp_assert.measure.architecture import base_model
     from interp_assert.vocab import ROLES
 
     windows = capture.describe(loaded).windows
     with torch.inference_mode(), blockwise.attention_implementation(loaded.model, "eager"):
-        out = ablation.base_model(loaded.model)(
+        out = base_model(loaded.model)(
             input_ids=ids, use_cache=False, output_attentions=True, output_hidden_states=True
         )
         for layer, pattern in enumerate(out.attentions):

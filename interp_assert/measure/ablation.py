@@ -1,7 +1,7 @@
 """Head ablation: part of capture (it runs the model; :mod:`interp_assert.measure.capture` calls it).
 
 A head's contribution to its layer's output is its slice of the input of the attention output
-projection (``o_proj``, ``out_proj``, ``c_proj``, ``dense``): heads are concatenated there,
+projection (where :mod:`interp_assert.measure.architecture` says it is): heads are concatenated there,
 head h at features ``h*d .. (h+1)*d``, in every supported architecture (GQA included: those
 are query heads). Ablating a head replaces that slice, by a forward pre-hook on the
 projection, with zeros (``zero``) or with its mean over every position of the prompt set on the
@@ -24,29 +24,12 @@ import torch
 
 from interp_assert.errors import CaptureError
 from interp_assert.measure import blockwise
+from interp_assert.measure.architecture import base_model, model_map
 from interp_assert.measure.measurements import AblatedLosses, AblationRequest, Head
 from interp_assert.measure.models import LoadedModel, input_device
 from interp_assert.measure.prompts import PromptBatch
 
-OUTPUT_PROJECTIONS = ("o_proj", "out_proj", "c_proj", "dense")
 POSITION_CHUNK = 512  # positions unembedded at a time: [B, chunk, vocab] floats, not [B, T, vocab]
-
-
-def base_model(model: Any) -> Any:
-    """The model without its LM head: capture never needs ``[B, T, vocab]`` logits at once."""
-    base = getattr(model, "base_model", None)
-    return base if base is not None and base is not model else model
-
-
-def output_projection(attention: Any, layer: int) -> Any:
-    for name in OUTPUT_PROJECTIONS:
-        found = getattr(attention, name, None)
-        if isinstance(found, torch.nn.Module):
-            return found
-    raise CaptureError(
-        f"layer {layer} attention ({type(attention).__name__}) has no output projection "
-        f"({', '.join(OUTPUT_PROJECTIONS)}): its heads cannot be ablated"
-    )
 
 
 class CleanRecord:
@@ -55,7 +38,8 @@ class CleanRecord:
 
     def __init__(self, loaded: LoadedModel, attention: Sequence[Any], requests: frozenset[AblationRequest]) -> None:
         self.loaded = loaded
-        self.projections = [output_projection(module, i) for i, module in enumerate(attention)]
+        parts = model_map(loaded.model)
+        self.projections = [parts.output_projection(i) for i in range(len(attention))]
         self.mean_layers = sorted({layer for r in requests if r.mode == "mean" for layer, _ in r.heads})
         self.sums: dict[int, torch.Tensor] = {}
         self.count = 0

@@ -1,4 +1,6 @@
-"""The only module that runs a model (with :mod:`interp_assert.measure.blockwise`, its attention function).
+"""Capture: runs the model for a :class:`CaptureRequest` (with :mod:`~interp_assert.measure.blockwise`,
+:mod:`~interp_assert.measure.fused`, :mod:`~interp_assert.measure.ablation` and :mod:`~interp_assert.measure.lens`,
+and the measurements property modules bring, which it calls).
 
 Capture is driven by a :class:`CaptureRequest`: the roles whose scores are
 needed, attention statistics, hidden-state norms, patterns. Only those are
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
@@ -21,6 +23,7 @@ import torch
 
 from interp_assert.errors import CaptureError
 from interp_assert.measure import ablation, blockwise, fused, kernels, lens, native
+from interp_assert.measure.architecture import ModelMap, base_model, model_map
 from interp_assert.measure.measurements import CaptureRequest, Measurements
 from interp_assert.measure.models import LoadedModel, input_device
 from interp_assert.measure.peaks import PeakAccumulator
@@ -43,22 +46,9 @@ AttentionPath = Literal["auto", "fused", "blockwise", "eager"]
 TARGET_MASK_ELEMENTS = 1 << 22
 
 
-@dataclass(frozen=True)
-class Architecture:
-    """Where a model keeps its blocks and the attention module of each."""
-
-    blocks: list[Any]
-    attention: list[Any]
-    windows: list[int | None]
-    n_heads: int
-
-
-def describe(loaded: LoadedModel) -> Architecture:
-    config = loaded.config
-    n_layers = int(config.num_hidden_layers)
-    blocks = _find_blocks(loaded.model, n_layers)
-    attention = [_attention_module(block, index, loaded) for index, block in enumerate(blocks)]
-    return Architecture(blocks, attention, _windows(config, n_layers), int(config.num_attention_heads))
+def describe(loaded: LoadedModel) -> ModelMap:
+    """Where the model keeps its blocks, attention modules and windows (:mod:`interp_assert.measure.architecture`)."""
+    return model_map(loaded.model)
 
 
 def max_positions(loaded: LoadedModel) -> int | None:
@@ -70,11 +60,14 @@ def measure(
     loaded: LoadedModel, batches: list[PromptBatch], request: CaptureRequest, *, attention: AttentionPath = "auto"
 ) -> Measurements:
     """:func:`measure_internals`, plus the logit lens (:mod:`interp_assert.measure.lens`, a pass of its
-    own) when asked."""
+    own) and each :class:`~interp_assert.measure.measurements.MeasureRequest` (their own passes) when asked."""
     result = measure_internals(loaded, batches, request, attention=attention)
     if request.logit_lens:
         with _quiet():
             result = replace(result, logit_lens=lens.measure(loaded, batches))
+    if request.extras:
+        with _quiet():
+            result = replace(result, extras={extra: extra.run(loaded, batches) for extra in request.extras})
     return result
 
 
@@ -113,7 +106,7 @@ def measure_internals(
 
 def _clean_run(
     loaded: LoadedModel,
-    arch: Architecture,
+    arch: ModelMap,
     request: CaptureRequest,
     batches: list[PromptBatch],
     attention: AttentionPath,
@@ -157,7 +150,7 @@ def fused_is_cheaper(request: CaptureRequest, device: torch.device, head_dim: in
 
 def _through_interface(
     loaded: LoadedModel,
-    arch: Architecture,
+    arch: ModelMap,
     request: CaptureRequest,
     batches: list[PromptBatch],
     use_fused: bool,
@@ -195,7 +188,7 @@ class _Run:
     """One measurement: the accumulator, the tokens of the batch being run, and the hooks."""
 
     def __init__(
-        self, loaded: LoadedModel, arch: Architecture, request: CaptureRequest, record: ablation.CleanRecord | None
+        self, loaded: LoadedModel, arch: ModelMap, request: CaptureRequest, record: ablation.CleanRecord | None
     ) -> None:
         self.loaded, self.arch, self.request, self.record = loaded, arch, request, record
         self.accumulator = _Accumulator(len(arch.blocks), arch.n_heads)
@@ -228,7 +221,7 @@ class _Run:
                 self.tokens = batch.tokens.to(input_device(self.loaded))
                 self.first_batch = index == 0
                 self.targets, self.moved = {}, {}
-                output = ablation.base_model(self.loaded.model)(input_ids=self.tokens, use_cache=False)
+                output = base_model(self.loaded.model)(input_ids=self.tokens, use_cache=False)
                 if self.record is not None:
                     self.record.add_batch(output, self.tokens)
                 self.sequences_done += int(self.tokens.shape[0])
@@ -394,39 +387,6 @@ def generate(loaded: LoadedModel, batches: list[PromptBatch], max_new_tokens: in
 
 def _output_only(hook: Any) -> Any:
     return lambda module, args, output: hook(module, args, {}, output)
-
-
-def _find_blocks(model: Any, n_layers: int) -> list[Any]:
-    lists = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList) and len(m) == n_layers]
-    if not lists:
-        raise CaptureError(f"{type(model).__name__}: no list of {n_layers} transformer blocks found")
-    return list(lists[0])
-
-
-def _attention_module(block: Any, index: int, loaded: LoadedModel) -> Any:
-    found = [
-        (name, module)
-        for name, module in block.named_modules()
-        if "Attention" in type(module).__name__ and "Rotary" not in type(module).__name__
-    ]
-    if not found:
-        raise CaptureError(
-            f"{type(loaded.model).__name__}: block {index} has no attention module that interp_assert recognises"
-        )
-    return max(found, key=lambda item: item[0].count("."))[1]  # the innermost one computes the weights
-
-
-def _windows(config: Any, n_layers: int) -> list[int | None]:
-    """Each layer's local-attention window (keys with query - key < window are visible), or None."""
-    attention_layers = getattr(config, "attention_layers", None)  # GPT-Neo
-    if attention_layers is not None:
-        return [config.window_size if kind == "local" else None for kind in attention_layers]
-    layer_types = getattr(config, "layer_types", None)
-    sliding = getattr(config, "sliding_window", None)
-    if layer_types is not None:
-        return [sliding if kind == "sliding_attention" and sliding else None for kind in layer_types]
-    # No per-layer types (Mistral, Mixtral, Phi-3, Starcoder2): a configured window applies to every layer.
-    return [sliding if sliding else None] * n_layers
 
 
 @contextmanager

@@ -16,22 +16,19 @@ import torch
 
 from interp_assert.errors import CaptureError
 from interp_assert.measure import blockwise
+from interp_assert.measure.architecture import model_map
 from interp_assert.measure.measurements import LogitLens
 from interp_assert.measure.models import LoadedModel, input_device
 from interp_assert.measure.prompts import PromptBatch
 
 POSITION_CHUNK = 512  # positions unembedded at a time: [B, chunk, vocab] floats, not [B, T, vocab]
-FINAL_NORMS = ("norm", "ln_f", "final_layer_norm", "final_layernorm")
 
 
 def measure(loaded: LoadedModel, batches: list[PromptBatch]) -> LogitLens:
     model = loaded.model
-    base = model.base_model if getattr(model, "base_model", None) is not None else model
-    norms = [getattr(base, name) for name in FINAL_NORMS if isinstance(getattr(base, name, None), torch.nn.Module)]
-    norm = norms[0] if norms else None
-    head = model.get_output_embeddings()
-    if norm is None or head is None:
-        raise CaptureError(f"{type(model).__name__}: no final norm ({', '.join(FINAL_NORMS)}) or unembedding found")
+    parts = model_map(model)
+    norm, head = parts.norm_and_unembedding()
+    base = parts.base
     n_states = int(loaded.config.num_hidden_layers) + 1
     agree = np.zeros(n_states)
     kl = np.zeros(n_states)

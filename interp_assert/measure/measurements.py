@@ -7,7 +7,7 @@ Properties, checks, fingerprints and reports depend on these two types; only
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -31,6 +31,15 @@ class AblationRequest:
     seed: int = 0
 
 
+class MeasureRequest(Protocol):
+    """A measurement that a property module brings with it (patching, weight scores, SAE features):
+    a frozen dataclass (hashable, so expectations that ask for the same one share it) whose
+    :meth:`run` capture calls once per prompt set, after the clean pass. What it returns is kept
+    in :attr:`Measurements.extras` under the request itself; tensors must not be returned."""
+
+    def run(self, loaded: Any, batches: list[Any]) -> Any: ...
+
+
 @dataclass(frozen=True, kw_only=True)
 class CaptureRequest:
     """What to compute. ``patterns`` asks for the full ``[T, T]`` attention of a few
@@ -45,6 +54,7 @@ class CaptureRequest:
     ablations: frozenset[AblationRequest] = frozenset()  # the clean run also gives the clean losses
     losses: bool = False  # the clean next-token losses
     layer_ablations: bool = False  # per layer: the mean loss with all of that layer's heads zeroed
+    extras: frozenset[MeasureRequest] = frozenset()  # measurements property modules bring (see MeasureRequest)
 
     @property
     def needs_losses(self) -> bool:
@@ -69,6 +79,7 @@ class CaptureRequest:
             ablations=self.ablations | other.ablations,
             losses=self.losses or other.losses,
             layer_ablations=self.layer_ablations or other.layer_ablations,
+            extras=self.extras | other.extras,
         )
 
 
@@ -131,3 +142,5 @@ class Measurements:
     ablations: dict[AblationRequest, AblatedLosses] = field(default_factory=dict)
     # [L]: the mean next-token loss over positions >= 1 with every head of layer l zeroed
     layer_ablation_losses: np.ndarray | None = None
+    # each MeasureRequest of the capture request -> what its run returned
+    extras: dict[Any, Any] = field(default_factory=dict)

@@ -14,6 +14,7 @@ import torch
 
 from interp_assert.errors import CheckInputError
 from interp_assert.measure import ablation
+from interp_assert.measure.architecture import base_model
 from interp_assert.measure.capture import describe, measure
 from interp_assert.measure.measurements import AblationRequest, CaptureRequest, Measurements
 from interp_assert.measure.models import LoadedModel, LoadOptions, load_model
@@ -47,8 +48,8 @@ def projection_means(loaded: LoadedModel, tokens: torch.Tensor) -> dict[int, tor
     arch = describe(loaded)
     found: dict[int, torch.Tensor] = {}
     handles = []
-    for layer, attention in enumerate(arch.attention):
-        projection = ablation.output_projection(attention, layer)
+    for layer in range(arch.n_layers):
+        projection = arch.output_projection(layer)
 
         def keep(module: Any, args: Any, layer: int = layer) -> None:
             found[layer] = args[0].double().reshape(-1, args[0].shape[-1]).mean(dim=0)
@@ -69,7 +70,7 @@ def edited_copy(loaded: LoadedModel, heads: tuple[tuple[int, int], ...], means: 
     arch = describe(copied)
     n_heads = arch.n_heads
     for layer, head in heads:
-        projection = ablation.output_projection(arch.attention[layer], layer)
+        projection = arch.output_projection(layer)
         is_conv1d = type(projection).__name__ == "Conv1D"  # GPT-2: weight is [in, out]
         weight = projection.weight.data.T if is_conv1d else projection.weight.data
         width = weight.shape[1] // n_heads
@@ -127,7 +128,7 @@ def test_zero_and_mean_ablations_of_the_same_heads_in_one_capture(model: LoadedM
 
 def test_the_clean_run_serves_attention_and_ablation(model: LoadedModel) -> None:
     """Attention capture plus one ablation with 2 controls: 1 clean + 1 ablated + 2 control passes."""
-    base = ablation.base_model(model.model)
+    base = base_model(model.model)
     calls = []
     handle = base.register_forward_pre_hook(lambda module, args: calls.append(1))
     try:
