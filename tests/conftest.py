@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
-# pytester points HOME at a temporary folder; keep the converted-GGUF cache where it is for real.
-os.environ.setdefault("INTERP_ASSERT_CACHE", str(Path.home() / ".cache" / "interp_assert"))
+# The tests' caches (converted GGUF, native kernel, its signing key) live in the checkout, never in
+# the user's home; pytester points HOME at a temporary folder, so they are fixed here, once.
+os.environ.setdefault("INTERP_ASSERT_CACHE", str(Path(__file__).resolve().parent.parent / ".test-cache"))
+os.environ.setdefault("XDG_CONFIG_HOME", str(Path(os.environ["INTERP_ASSERT_CACHE"]) / "config"))
 # The tests never reach the network: a hub id is read from the local cache (tests/measure/test_hub.py builds one).
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 

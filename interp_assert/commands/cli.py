@@ -166,6 +166,14 @@ def build_parser() -> argparse.ArgumentParser:
     measure.add_argument("--revision", metavar="REV", help="branch, tag or commit sha of a hub MODEL")
     _model_options(measure)
     measure.set_defaults(handler=_measure)
+
+    doctor = commands.add_parser(
+        "doctor",
+        help="say which attention paths and kernels this machine uses, and where the caches are",
+        description="Print the versions, the cache folder, whether the native attention kernel is built and "
+        "trusted (or why not), and which attention path capture takes on each device.",
+    )
+    doctor.set_defaults(handler=_doctor)
     return parser
 
 
@@ -310,6 +318,14 @@ def _report(args: argparse.Namespace) -> int:
         + f"; {len(summary.images)} figures"
     )
     return 0 if summary.failed == 0 and summary.invalid == 0 else 1
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from interp_assert.commands.doctor import lines
+
+    for line in lines():
+        print(line)
+    return 0
 
 
 def _audit(args: argparse.Namespace) -> int:

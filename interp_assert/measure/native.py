@@ -8,8 +8,10 @@ them as it goes (online softmax over blocks of keys, as flash attention does): t
 when ``m`` grows) gives the entropy ``log l - u / l`` without cancellation.
 
 It is C++ (GCC vector extensions, no torch headers), built on first use with the system compiler
-(``c++ -O3 -march=native``, about 2 s) into the cache (``$INTERP_ASSERT_CACHE`` or
-``~/.cache/interp_assert``, keyed by the source, compiler and CPU), and called through ``ctypes``
+(``c++ -O3 -march=native``, about 2 s) into ``native/`` under the cache (``$INTERP_ASSERT_CACHE`` or
+``~/.cache/interp_assert``, keyed by the source, compiler and CPU). A library there is loaded only
+when that folder is private to this user and the library carries this user's signature (see
+:func:`_trusted_build`): a restored or planted cache is never enough to run code. It is called through ``ctypes``
 from ``torch.get_num_threads()`` threads that take blocks of query rows from a shared counter
 (ctypes releases the GIL). Where there is no compiler, or ``INTERP_ASSERT_NATIVE=0``, it is not
 available and capture does without it. Float32 only (other dtypes are converted), head sizes
@@ -26,11 +28,15 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from interp_assert.measure import trust
+from interp_assert.measure.trust import UnsafePathError
 
 # Keys are passed transposed and padded by this many columns (the kernel's key block).
 KEY_BLOCK = 256
@@ -114,37 +120,92 @@ def _library() -> Any:
     with _LOCK:
         if not _TRIED:
             try:
-                _LIBRARY = _load(_build())
-            except (OSError, RuntimeError, subprocess.SubprocessError) as error:
+                _LIBRARY = _load(_trusted_build())
+            except (OSError, RuntimeError, subprocess.SubprocessError, UnsafePathError) as error:
                 BUILD_ERROR = str(error)
+                if not str(error).startswith("INTERP_ASSERT_NATIVE=0"):
+                    # said once, visibly: the run goes on, a little slower
+                    warnings.warn(
+                        f"interp_assert: the native attention kernel is not used ({error}); capture uses "
+                        "PyTorch's flash kernel, with one more attention pass for breadth and the row maximum",
+                        NativeKernelWarning,
+                        stacklevel=2,
+                    )
             _TRIED = True
     return _LIBRARY
 
 
-def _build() -> Path:
-    if os.environ.get("INTERP_ASSERT_NATIVE", "1") == "0":
-        raise RuntimeError("INTERP_ASSERT_NATIVE=0")
+class NativeKernelWarning(UserWarning):
+    """The native kernel could not be built or loaded; capture goes on without it."""
+
+
+def kernel_folder() -> Path:
+    """Where this user's kernel builds live: ``<cache>/native``."""
+    root = os.environ.get("INTERP_ASSERT_CACHE")
+    return (Path(root) if root else Path.home() / ".cache" / "interp_assert") / "native"
+
+
+def library_path() -> Path:
+    """The kernel library for this source, compiler, flags and CPU (it may not exist yet)."""
+    compiler = _compiler()
+    digest = hashlib.sha256("\n".join([SOURCE, compiler, *FLAGS, _cpu_signature()]).encode()).hexdigest()[:16]
+    return kernel_folder() / f"attention-{digest}.so"
+
+
+FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-fno-exceptions")
+
+
+def _compiler() -> str:
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     if compiler is None:
         raise RuntimeError("no C++ compiler (c++ or g++) on PATH")
-    flags = ["-O3", "-march=native", "-shared", "-fPIC", "-fno-exceptions"]
-    digest = hashlib.sha256("\n".join([SOURCE, compiler, *flags, _cpu_signature()]).encode()).hexdigest()[:16]
-    root = os.environ.get("INTERP_ASSERT_CACHE")
-    target = (Path(root) if root else Path.home() / ".cache" / "interp_assert") / "native" / f"attention-{digest}.so"
+    return compiler
+
+
+def _trusted_build() -> Path:
+    """The kernel library, loaded only if this user built it here: its folder must be private
+    (:func:`~interp_assert.measure.trust.require_private_folder`) and its signature (HMAC-SHA256
+    under a key kept outside the cache, :func:`~interp_assert.measure.trust.user_key`) must
+    match. A library that fails either check, e.g. one restored with a CI cache or planted by
+    someone else, is never loaded: it is rebuilt in its place."""
+    if os.environ.get("INTERP_ASSERT_NATIVE", "1") == "0":
+        raise RuntimeError("INTERP_ASSERT_NATIVE=0")
+    target = library_path()
+    trust.require_private_folder(target.parent, "the native kernel's folder")
+    key = trust.user_key()
+    signature = target.with_name(target.name + ".sig")
     if target.exists():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+        if trust.signed_by(key, target, signature):
+            return target
+        warnings.warn(
+            f"interp_assert: {target} was not built by this user here (no valid signature): not loaded, rebuilt",
+            NativeKernelWarning,
+            stacklevel=3,
+        )
+    _build_into(target)
+    trust.sign(key, target, signature)
+    return target
+
+
+def _build_into(target: Path) -> None:
+    compiler = _compiler()
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         source = Path(scratch) / "attention.cpp"
         source.write_text(SOURCE)
         built = Path(scratch) / target.name
         done = subprocess.run(
-            [compiler, *flags, "-o", str(built), str(source)], capture_output=True, text=True, timeout=300, check=False
+            [compiler, *FLAGS, "-o", str(built), str(source)], capture_output=True, text=True, timeout=300, check=False
         )
         if done.returncode != 0:
             raise RuntimeError(f"{compiler} failed: {done.stderr.strip()[-2000:]}")
         os.replace(built, target)  # atomic: concurrent builders each write a complete file
-    return target
+
+
+def status() -> str:
+    """One line for ``interp-assert doctor``: where the kernel is, or why it is not used."""
+    if available():
+        return f"native attention kernel: built and signed by this user, {library_path()}"
+    return f"native attention kernel: not used ({BUILD_ERROR})"
 
 
 def _load(path: Path) -> Any:
