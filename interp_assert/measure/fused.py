@@ -81,16 +81,28 @@ class FusedCapture:
 _ACTIVE: ContextVar[FusedCapture | None] = ContextVar("interp_assert_fused", default=None)
 
 
-# Tests set this to run a given kernel (FlexAttention's maths on CPU: uncompiled, it materialises the logits).
-FORCE_BACKEND: Backend | None = None
+_FORCED: ContextVar[Backend | None] = ContextVar("interp_assert_kernel", default=None)
+
+
+@contextmanager
+def forcing(backend: Backend | None) -> Iterator[None]:
+    """Run captures inside with ``backend`` for every fused layer (``None``: as chosen); for
+    comparisons of the kernels, e.g. FlexAttention's maths on the CPU (uncompiled, it
+    materialises the logits)."""
+    token = _FORCED.set(backend)
+    try:
+        yield
+    finally:
+        _FORCED.reset(token)
 
 
 def backend_for(device: torch.device, statistics: bool, head_dim: int, value_dim: int) -> Backend:
     """The kernel for a layer: FlexAttention off the CPU; on the CPU the flash kernel, unless
     ``statistics`` (breadth, focus or ``max``) are wanted and :mod:`interp_assert.measure.native` (one pass
     for all of them) takes this head size."""
-    if FORCE_BACKEND is not None:
-        return FORCE_BACKEND
+    forced = _FORCED.get()
+    if forced is not None:
+        return forced
     if device.type != "cpu":
         return "flex"
     return "native" if statistics and native.supports(head_dim, value_dim) else "aten"

@@ -27,9 +27,9 @@ import platform
 import shutil
 import subprocess
 import tempfile
-import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -41,11 +41,7 @@ from interp_assert.measure.trust import UnsafePathError
 # Keys are passed transposed and padded by this many columns (the kernel's key block).
 KEY_BLOCK = 256
 
-_LOCK = threading.Lock()
-_LIBRARY: Any = None
-_TRIED = False
 _POOL: ThreadPoolExecutor | None = None
-BUILD_ERROR: str | None = None  # why the kernel is not available, for messages
 
 
 def available() -> bool:
@@ -66,7 +62,7 @@ def attention(
     rest ``[B, H, T]`` float32."""
     library = _library()
     if library is None:
-        raise RuntimeError(f"the native attention kernel is not available: {BUILD_ERROR}")
+        raise RuntimeError(f"the native attention kernel is not available: {build_error()}")
     batch, heads, n_tokens, head_dim = query.shape
     kv_heads, value_dim = key.shape[1], value.shape[-1]
     q = _rows_contiguous(query.float())
@@ -114,25 +110,33 @@ if hasattr(os, "register_at_fork"):
 
 
 def _library() -> Any:
-    global _LIBRARY, _TRIED, BUILD_ERROR
-    if _TRIED:
-        return _LIBRARY
-    with _LOCK:
-        if not _TRIED:
-            try:
-                _LIBRARY = _load(_trusted_build())
-            except (OSError, RuntimeError, subprocess.SubprocessError, UnsafePathError) as error:
-                BUILD_ERROR = str(error)
-                if not str(error).startswith("INTERP_ASSERT_NATIVE=0"):
-                    # said once, visibly: the run goes on, a little slower
-                    warnings.warn(
-                        f"interp_assert: the native attention kernel is not used ({error}); capture uses "
-                        "PyTorch's flash kernel, with one more attention pass for breadth and the row maximum",
-                        NativeKernelWarning,
-                        stacklevel=2,
-                    )
-            _TRIED = True
-    return _LIBRARY
+    return _state()[0]
+
+
+def build_error() -> str | None:
+    """Why the kernel is not available (``None`` when it is)."""
+    return _state()[1]
+
+
+def forget() -> None:
+    """Try again at the next use (after ``INTERP_ASSERT_NATIVE``, ``CXX`` or the cache folder changed)."""
+    _state.cache_clear()
+
+
+@cache  # once per process (functools.cache is thread-safe: concurrent first calls may both build, atomically)
+def _state() -> tuple[Any, str | None]:
+    try:
+        return _load(_trusted_build()), None
+    except (OSError, RuntimeError, subprocess.SubprocessError, UnsafePathError) as error:
+        if not str(error).startswith("INTERP_ASSERT_NATIVE=0"):
+            # said once, visibly: the run goes on, a little slower
+            warnings.warn(
+                f"interp_assert: the native attention kernel is not used ({error}); capture uses "
+                "PyTorch's flash kernel, with one more attention pass for breadth and the row maximum",
+                NativeKernelWarning,
+                stacklevel=4,
+            )
+        return None, str(error)
 
 
 class NativeKernelWarning(UserWarning):
@@ -205,7 +209,7 @@ def status() -> str:
     """One line for ``interp-assert doctor``: where the kernel is, or why it is not used."""
     if available():
         return f"native attention kernel: built and signed by this user, {library_path()}"
-    return f"native attention kernel: not used ({BUILD_ERROR})"
+    return f"native attention kernel: not used ({build_error()})"
 
 
 def _load(path: Path) -> Any:

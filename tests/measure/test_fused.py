@@ -55,14 +55,14 @@ def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> 
     """Each kernel, with sliding-window layers computed in bands of 5 rows, dot products in chunks
     of a few rows and targets found a few rows at a time (several per sequence)."""
     if request.param == "native" and not native.available():
-        pytest.skip(f"the native kernel is not available: {native.BUILD_ERROR}")
+        pytest.skip(f"the native kernel is not available: {native.build_error()}")
     if request.param == "aten-repeated":
         monkeypatch.setattr(kernels, "kernel_takes_groups", lambda: False)
-    monkeypatch.setattr(fused, "FORCE_BACKEND", request.param.removesuffix("-repeated"))
     monkeypatch.setattr(kernels, "WINDOW_ROWS", 5)
     monkeypatch.setattr(kernels, "GATHER_BYTES", 1000)
     monkeypatch.setattr(capture, "TARGET_MASK_ELEMENTS", 200)
-    yield request.param
+    with fused.forcing(request.param.removesuffix("-repeated")):  # type: ignore[arg-type]
+        yield request.param
 
 
 class KernelSpy:
@@ -133,8 +133,7 @@ def test_soft_capping_fuses_with_flex_and_falls_back_on_cpu_kernel(
         ("aten", without_breadth, 0),
         (None, EVERYTHING, 0),
     ]:
-        with monkeypatch.context() as patch:
-            patch.setattr(fused, "FORCE_BACKEND", backend)  # None: as chosen (native on CPU, if built)
+        with monkeypatch.context() as patch, fused.forcing(backend):  # None: as chosen (native on CPU, if built)
             spy = KernelSpy(patch)
             ours = capture.measure(loaded, batches, request, attention="fused")
         assert spy.blockwise_calls == 2 * (2 - fused_layers), (backend, request)  # two batches
@@ -187,8 +186,7 @@ def test_kernel_passes_follow_the_request(
     loaded = tiny("llama_gqa")
     batches = repeated_batches(VOCAB)  # three sequences in two batches
     kernels.kernel_takes_groups()  # its probe is not a pass
-    with monkeypatch.context() as patch:
-        patch.setattr(fused, "FORCE_BACKEND", "aten")
+    with monkeypatch.context() as patch, fused.forcing("aten"):
         spy = KernelSpy(patch)
         capture.measure(loaded, batches, request_, attention="fused")
     assert spy.flash_calls == passes * 2 * 2
@@ -208,7 +206,7 @@ def test_auto_chooses_the_cheaper_path_on_cpu(
     """Fused, except for breadth and the row maximum together without the native kernel (three
     flash passes): then one blockwise pass is cheaper."""
     if with_native and not native.available():
-        pytest.skip(f"the native kernel is not available: {native.BUILD_ERROR}")
+        pytest.skip(f"the native kernel is not available: {native.build_error()}")
     if not with_native:
         monkeypatch.setattr(native, "supports", lambda head_dim, value_dim: False)
     loaded = tiny("llama_gqa")
@@ -324,7 +322,7 @@ def test_native_kernel_matches_the_softmax(
     """Output, lse, entropy and row maximum against float64 softmax attention: several blocks of
     rows and keys, ragged edges, windows narrower and wider than a block, grouped-query heads."""
     if not native.available():
-        pytest.skip(f"the native kernel is not available: {native.BUILD_ERROR}")
+        pytest.skip(f"the native kernel is not available: {native.build_error()}")
     generator = torch.Generator().manual_seed(n_tokens)
     query = torch.randn(batch, n_tokens, heads, head_dim, generator=generator).transpose(1, 2) * 2
     key = torch.randn(batch, n_tokens, kv_heads, head_dim, generator=generator).transpose(1, 2) * 2
@@ -343,13 +341,12 @@ def test_native_kernel_matches_the_softmax(
 
 
 def test_without_a_compiler_capture_does_without_the_native_kernel(
-    tiny: Callable[..., LoadedModel], monkeypatch: pytest.MonkeyPatch
+    tiny: Callable[..., LoadedModel], monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
-    monkeypatch.setattr(native, "_TRIED", False)
-    monkeypatch.setattr(native, "_LIBRARY", None)
-    monkeypatch.setattr(native, "BUILD_ERROR", None)
     monkeypatch.setenv("INTERP_ASSERT_NATIVE", "0")
-    assert not native.available() and "INTERP_ASSERT_NATIVE=0" in str(native.BUILD_ERROR)
+    native.forget()
+    request.addfinalizer(native.forget)  # the next test builds (or finds) the kernel again
+    assert not native.available() and "INTERP_ASSERT_NATIVE=0" in str(native.build_error())
     loaded = tiny("llama_gqa")
     batches = repeated_batches(VOCAB)
     with ImplementationSpy(loaded) as spy:

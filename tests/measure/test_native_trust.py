@@ -64,7 +64,7 @@ def env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-CHECK = "from interp_assert.measure import native; print(native.available(), native.BUILD_ERROR)"
+CHECK = "from interp_assert.measure import native; print(native.available(), native.build_error())"
 
 
 def test_a_planted_library_is_not_loaded_but_rebuilt(tmp_path: Path, env: dict[str, str]) -> None:
