@@ -226,10 +226,20 @@ def _run_options(args: argparse.Namespace) -> Any:
         device_map=args.device_map,
         max_memory=args.max_memory,
         offload_folder=str(args.offload_folder) if args.offload_folder is not None else None,
-        trust_remote_code=args.trust_remote_code,
-        allow_pickle=args.allow_pickle,
+        # the flag, or the environment variable (never a file: see interp_assert/trust.py)
+        trust_remote_code=args.trust_remote_code or _from_environment("interp_trust_remote_code"),
+        allow_pickle=args.allow_pickle or _from_environment("interp_allow_pickle"),
     )
     return from_flags(flags, here=Path.cwd())
+
+
+def _from_environment(setting: str) -> bool:
+    from interp_assert.trust import from_environment
+
+    try:
+        return from_environment(setting)
+    except ValueError as exc:
+        raise InterpAssertError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
