@@ -1504,6 +1504,80 @@ PLACEMENT: list[Case] = [
     ),
 ]
 
+# ---- third trust round (issue 25): settings, caches, outputs and checks that pass on nothing ----
+
+INI = "model_specs/pytest.ini"
+TRUST_ONLY_TYPED = r"come only from the person running the command.*give --interp-{flag} on the command line or set INTERP_ASSERT_{var}=1"
+
+TRUST3: list[Case] = [
+    Case(
+        "ini-in-specs-trusts-remote-code",
+        "cli",
+        RUN,
+        USAGE,
+        r"model_specs/pytest\.ini: ini key interp_trust_remote_code is not read: .*"
+        + TRUST_ONLY_TYPED.format(flag="trust-remote-code", var="TRUST_REMOTE_CODE"),
+        {INI: "[pytest]\ninterp_trust_remote_code = true\n", **TINY},
+    ),
+    Case(
+        "ini-in-specs-allows-pickle",
+        "cli",
+        RUN,
+        USAGE,
+        r"model_specs/pytest\.ini: ini key interp_allow_pickle is not read: .*"
+        + TRUST_ONLY_TYPED.format(flag="allow-pickle", var="ALLOW_PICKLE"),
+        {INI: "[pytest]\ninterp_allow_pickle = 1\n", **TINY},
+    ),
+    Case(
+        "ini-addopts-trusts-remote-code",
+        "cli",
+        RUN,
+        USAGE,
+        r"model_specs/pytest\.ini: addopts passes --interp-trust-remote-code, which is not read from ini files",
+        {INI: "[pytest]\naddopts = --interp-trust-remote-code\n", **TINY},
+    ),
+    Case(
+        "pyproject-allows-pickle",
+        "cli",
+        RUN,
+        USAGE,
+        r"pyproject\.toml: ini key interp_allow_pickle is not read: .*INTERP_ASSERT_ALLOW_PICKLE=1",
+        {"pyproject.toml": "[tool.pytest.ini_options]\ninterp_allow_pickle = true\n", **TINY},
+    ),
+    Case(
+        "ini-trust-false-is-harmless",
+        "cli",
+        RUN,
+        OK,
+        r"1 passed",
+        {INI: "[pytest]\ninterp_allow_pickle = false\ninterp_trust_remote_code = no\n", **TINY},
+    ),
+    Case(
+        "max-memory-huge-gb",
+        "cli",
+        ("interp-assert", "measure", "tiny-neo", "--device-map", "auto", "--max-memory", "cpu=" + "9" * 30 + "GB"),
+        CLI_ERROR,
+        r"--interp-max-memory cpu=9+GB: max_memory 'cpu': size '9+GB' is more than any machine holds \(at most 1 PiB\)"
+        r"; give a size such as 20GiB",
+    ),
+    Case(
+        "max-memory-plain-bytes",
+        "cli",
+        (*RUN, "--interp-device-map", "auto", "--interp-max-memory", "cpu=1000000000"),
+        OK,
+        r"1 passed",
+        TINY,
+    ),
+    Case(
+        "ini-boolean-maybe",
+        "cli",
+        RUN,
+        USAGE,
+        r"model_specs/pytest\.ini: ini key interp_debug = 'maybe' is not a boolean; write true or false",
+        {INI: "[pytest]\ninterp_debug = maybe\n", **TINY},
+    ),
+]
+
 CASES: list[Case] = [
     *YAML,
     *SCHEMA,
@@ -1516,4 +1590,5 @@ CASES: list[Case] = [
     *DEVICES,
     *REVISIONS,
     *PLACEMENT,
+    *TRUST3,
 ]

@@ -185,12 +185,18 @@ def _ini_text(config: pytest.Config, name: str) -> str:
 
 
 def _ini_bool(config: pytest.Config, name: str) -> bool:
-    text = _ini_text(config, name).lower()
-    if text in TRUE_WORDS:
+    return ini_bool(_ini_text(config, name), name, _where(config))
+
+
+def ini_bool(text: str, name: str, where: str) -> bool:
+    """An ini boolean as written; anything but true/false (1/0, yes/no, on/off) is a usage error
+    naming the file and the key."""
+    if text.strip().lower() in TRUE_WORDS:
         return True
-    if text in FALSE_WORDS:
+    if text.strip().lower() in FALSE_WORDS:
         return False
-    raise pytest.UsageError(f"{_where(config)}: ini key {name} = {text!r} is not a boolean; write true or false")
+    shown = text if len(text) <= 40 else text[:40] + "..."
+    raise pytest.UsageError(f"{where}: ini key {name} = {shown!r} is not a boolean; write true or false")
 
 
 def trusted(config: pytest.Config, name: str) -> bool:
@@ -203,7 +209,7 @@ def trusted(config: pytest.Config, name: str) -> bool:
     if _ini_text(config, name).lower() not in FALSE_WORDS:
         raise pytest.UsageError(
             f"{_where(config)}: ini key {name} is not read: settings that let a model's code or pickles run "
-            f"come only from the person running the command, never from a file beside the specs; remove the "
+            f"come only from the person running the command, never from an ini file, which can arrive with the specs; remove the "
             f"key and {instead}"
         )
     typed = [*config.invocation_params.args, *shlex.split(os.environ.get("PYTEST_ADDOPTS", ""))]

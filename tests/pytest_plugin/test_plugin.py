@@ -184,6 +184,14 @@ def test_pickled_weights_refused(pytester: pytest.Pytester, uniform_llama: Path,
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*has only pickled weights (pytorch_model.bin)*--interp-allow-pickle*"])
     pytester.runpytest("model_specs", "--interp-allow-pickle").assert_outcomes(passed=1)
+    # the environment of the run may allow them too; an ini file beside the specs may not
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("INTERP_ASSERT_ALLOW_PICKLE", "1")
+        pytester.runpytest("model_specs").assert_outcomes(passed=1)
+    (pytester.path / "model_specs" / "pytest.ini").write_text("[pytest]\ninterp_allow_pickle = true\n")
+    planted = pytester.runpytest("model_specs")
+    assert planted.ret == pytest.ExitCode.USAGE_ERROR
+    planted.stderr.fnmatch_lines(["*model_specs/pytest.ini: ini key interp_allow_pickle is not read*"])
 
 
 def test_each_model_loads_once(pytester: pytest.Pytester, uniform_llama: Path, random_llama: Path) -> None:
