@@ -1507,7 +1507,10 @@ PLACEMENT: list[Case] = [
 # ---- third trust round (issue 25): settings, caches, outputs and checks that pass on nothing ----
 
 INI = "model_specs/pytest.ini"
-TRUST_ONLY_TYPED = r"come only from the person running the command.*give --interp-{flag} on the command line or set INTERP_ASSERT_{var}=1"
+TRUST_ONLY_TYPED = (
+    r"come only from the person running the command.*give --interp-{flag} on the command line "
+    r"or set INTERP_ASSERT_{var}=1"
+)
 
 TRUST3: list[Case] = [
     Case(

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-from fractions import Fraction
 from collections.abc import Mapping
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 

@@ -127,7 +127,6 @@ OPTIONS: tuple[Option, ...] = (
 BY_NAME = {option.name: option for option in OPTIONS}
 
 
-
 def add_options(parser: pytest.Parser) -> None:
     group = parser.getgroup("interp_assert", "model-internals specs (interp_assert)")
     for option in OPTIONS:
@@ -209,8 +208,8 @@ def trusted(config: pytest.Config, name: str) -> bool:
     if _ini_text(config, name).lower() not in FALSE_WORDS:
         raise pytest.UsageError(
             f"{_where(config)}: ini key {name} is not read: settings that let a model's code or pickles run "
-            f"come only from the person running the command, never from an ini file, which can arrive with the specs; remove the "
-            f"key and {instead}"
+            "come only from the person running the command, never from an ini file, which can arrive with the "
+            f"specs; remove the key and {instead}"
         )
     typed = [*config.invocation_params.args, *shlex.split(os.environ.get("PYTEST_ADDOPTS", ""))]
     typed_flag = any(str(arg) == flag or str(arg).startswith(flag + "=") for arg in typed)
