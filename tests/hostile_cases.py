@@ -47,6 +47,7 @@ class Case:
     matches: int | None = None  # how many output lines must match ``expect`` (None: at least one)
     needs: str | None = None  # a condition under which the case means something (see test_hostile)
     lead: bool = False  # part of the snapshot/CLI work: xfail(strict) while it is not done
+    env: dict[str, str] = field(default_factory=dict)  # environment of the run; "{root}" is the case's folder
 
 
 # ---- spec text builders ----

@@ -7,20 +7,21 @@ pickled weights; remote code is never trusted unless the user says so.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import os
-import shutil
 import sys
-import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from interp_assert.errors import ModelLoadError
 from interp_assert.measure import hub, placement
+from interp_assert.measure.gguf_cache import cached_conversion, file_sha256
 from interp_assert.measure.placement import DeviceMap, MaxMemory
 from interp_assert.vocab import DType
 
@@ -132,9 +133,6 @@ def input_device(loaded: LoadedModel) -> Any:
     return torch.device("cpu") if device.type == "meta" else device
 
 
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
 def content_hash(source: str) -> str:
     """sha256 (first 16 hex digits) of a model directory's weight files; ``unknown`` for hub ids."""
     directory = Path(source)
@@ -144,15 +142,7 @@ def content_hash(source: str) -> str:
         return "unknown"
     digest = hashlib.sha256()
     for file in files:
-        stat = file.stat()
-        key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
-        if key not in _HASHES:
-            file_digest = hashlib.sha256()
-            with file.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 24), b""):
-                    file_digest.update(block)
-            _HASHES[key] = file_digest.hexdigest()
-        digest.update(_HASHES[key].encode())
+        digest.update(file_sha256(file).encode())
     return digest.hexdigest()[:16]
 
 
@@ -393,22 +383,21 @@ def _refuse_pickles(reference: str, directory: Path, options: LoadOptions) -> No
 
 
 def gguf_as_safetensors(gguf: Path, options: LoadOptions) -> Path:
-    """Dequantise a .gguf once into a cached safetensors directory (reloads in well under a second)."""
+    """Dequantise a .gguf once into a cached safetensors directory (reloads in well under a second);
+    :mod:`~interp_assert.measure.gguf_cache` checks what it finds there before it is used."""
     import transformers
 
-    stat = gguf.stat()
-    key = hashlib.sha256(
-        f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}".encode()
-    ).hexdigest()[:16]
-    target = cache_root(options) / "gguf" / f"{gguf.stem}-{key}"
-    if (target / "config.json").exists():
-        return target
+    return cached_conversion(gguf, cache_root(options), transformers.__version__, lambda folder: _convert(gguf, folder))
+
+
+def _convert(gguf: Path, folder: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_progress()
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        with _gguf_progress():
+            quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     except Exception as exc:  # truncated or corrupt files fail anywhere in the reader (struct.error, ...)
         raise ModelLoadError(
             f"could not read GGUF file {gguf}: {_first_line(exc).rstrip('.')}; is it a complete .gguf file?"
@@ -419,15 +408,23 @@ def gguf_as_safetensors(gguf: Path, options: LoadOptions) -> Path:
     # The GGUF-loaded model refuses save_pretrained; a fresh model with its weights does not.
     fresh = AutoModelForCausalLM.from_config(config)
     fresh.load_state_dict(quantised.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
-    fresh.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
+    fresh.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+@contextmanager
+def _gguf_progress() -> Iterator[None]:
+    """transformers' GGUF reader draws its own tqdm bar, which its progress-bar switch does not
+    reach: keep it to an interactive terminal."""
+    import transformers.modeling_gguf_pytorch_utils as reader
+
+    drawn = reader.tqdm
+    if not show_progress():
+        reader.tqdm = functools.partial(drawn, disable=True)
     try:
-        staging.rename(target)  # atomic: a concurrent worker either wins or finds it done
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+        yield
+    finally:
+        reader.tqdm = drawn
 
 
 MODEL_FOLDER = (
