@@ -1513,6 +1513,23 @@ TRUST_ONLY_TYPED = (
     r"or set INTERP_ASSERT_{var}=1"
 )
 
+
+def _gguf_cache(root: Path, *, mode: int = 0o700, plant: bool = False) -> None:
+    """A tiny .gguf at ``root/tiny.gguf`` and a cache folder for it: group-writable (``mode``), or
+    holding its conversion with another model's weights planted in it."""
+    from interp_assert.measure.models import LoadOptions, gguf_as_safetensors
+    from tests.builders import tiny_gguf
+
+    gguf = tiny_gguf(root / "tiny.gguf")
+    (root / "cache" / "gguf").mkdir(parents=True, mode=0o700)
+    (root / "cache" / "gguf").chmod(mode)
+    if plant:
+        entry = gguf_as_safetensors(gguf, LoadOptions(cache_dir=root / "cache"))
+        (root / "other").mkdir()
+        other = gguf_as_safetensors(tiny_gguf(root / "other" / "tiny.gguf", seed=1), LoadOptions(cache_dir=root / "o"))
+        shutil.copyfile(other / "model.safetensors", entry / "model.safetensors")
+
+
 TRUST3: list[Case] = [
     Case(
         "ini-in-specs-trusts-remote-code",
@@ -1571,6 +1588,27 @@ TRUST3: list[Case] = [
         OK,
         r"1 passed",
         TINY,
+    ),
+    Case(
+        "gguf-cache-group-writable",
+        "filesystem",
+        ("interp-assert", "measure", "./tiny.gguf"),
+        CLI_ERROR,
+        r"converted-model cache \S*cache/gguf is refused: \S*cache/gguf is writable by other users \(mode drwxrwx---\)"
+        r", so a model found there could have been swapped; point INTERP_ASSERT_CACHE at a folder only you can write",
+        setup=lambda root: _gguf_cache(root, mode=0o770),
+        env={"INTERP_ASSERT_CACHE": "{root}/cache"},
+    ),
+    Case(
+        "gguf-cache-planted-entry",
+        "filesystem",
+        ("interp-assert", "measure", "./tiny.gguf", "--top", "1"),
+        OK,
+        r"converted-model cache entry \S*cache/gguf/tiny-\w+-\w+ is rebuilt: model\.safetensors changed since it "
+        r"was written",
+        setup=lambda root: _gguf_cache(root, plant=True),
+        env={"INTERP_ASSERT_CACHE": "{root}/cache"},
+        outputs=("cache",),
     ),
     Case(
         "ini-boolean-maybe",

@@ -3,7 +3,7 @@
 An entry is named by the source file's content hash (sha256, computed once per file version in a
 process) and holds a record of what it was made from and the sha256 of every file written. On each
 use, the record must match the source's hash and the files' hashes; an entry that does not (planted,
-edited, half-written by an older version) is set aside and rebuilt, with a warning. The cache folder
+edited, half-written by an older version) is set aside and rebuilt, and the run says so. The cache folder
 itself must be writable by this user alone: a folder another user owns or could write (group- or
 world-writable, or under a parent they could rename it in) is refused, since anything found there
 would be measured under the alias's name.
@@ -17,7 +17,6 @@ import os
 import shutil
 import stat
 import tempfile
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -97,8 +96,9 @@ def entry_problem(entry: Path, source_sha256: str) -> str | None:
     return None
 
 
-def cached_conversion(gguf: Path, root: Path, version: str, convert: Callable[[Path], None]) -> Path:
-    """The cache entry for ``gguf`` under ``root``: checked and returned, or built by ``convert(folder)``.
+def cached_conversion(gguf: Path, root: Path, version: str, convert: Callable[[Path], None]) -> tuple[Path, str | None]:
+    """The cache entry for ``gguf`` under ``root``: checked and returned, or built by ``convert(folder)``;
+    with a note to say when an entry was found wrong and rebuilt.
 
     ``version`` names what the conversion depends on besides the file (the transformers version)."""
     cache = root / "gguf"
@@ -115,13 +115,12 @@ def cached_conversion(gguf: Path, root: Path, version: str, convert: Callable[[P
     source_sha256 = file_sha256(gguf)
     tag = hashlib.sha256(f"{version}|{FORMAT}".encode()).hexdigest()[:8]
     entry = cache / f"{gguf.stem}-{source_sha256[:16]}-{tag}"
+    rebuilt = None
     if entry.is_symlink() or entry.exists():
         problem = entry_problem(entry, source_sha256) if entry.is_dir() and not entry.is_symlink() else "not a folder"
         if problem is None:
-            return entry
-        # said where pytest's warning summary and a verb's stderr both show it, without a source line
-        message = f"converted-model cache entry {entry} is rebuilt: {problem}"
-        warnings.warn_explicit(message, UserWarning, filename="interp_assert", lineno=0)
+            return entry, None
+        rebuilt = f"converted-model cache entry {entry} is rebuilt: {problem}"
         _set_aside(entry, cache)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=cache))
     try:
@@ -135,7 +134,7 @@ def cached_conversion(gguf: Path, root: Path, version: str, convert: Callable[[P
             raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    return entry
+    return entry, rebuilt
 
 
 def _set_aside(entry: Path, cache: Path) -> None:

@@ -181,8 +181,10 @@ def load_model(reference: str, options: LoadOptions, base_dir: Path | None = Non
             f"model {reference!r} is {what}, so revision {options.revision!r} cannot apply; "
             "a revision selects a version of a Hugging Face hub id (org/name)"
         )
+    notes: tuple[str, ...] = ()
     if isinstance(source, Path) and source.suffix == ".gguf":
-        source = gguf_as_safetensors(source, options)
+        source, rebuilt = gguf_conversion(source, options)
+        notes = (rebuilt,) if rebuilt else ()
     if isinstance(source, Path) and not source.is_dir():
         raise ModelLoadError(f"model {reference!r}: {source} is neither a directory nor a .gguf file")
     if isinstance(source, Path):
@@ -197,7 +199,7 @@ def load_model(reference: str, options: LoadOptions, base_dir: Path | None = Non
     if isinstance(source, str):  # a hub id: record the snapshot it resolved to, and hash its weights as a folder's
         folder, commit = hub.resolved(source, options.revision)
         source = folder if folder is not None else source
-    return LoadedModel(reference, str(source), model, tokenizer, options, commit=commit)
+    return LoadedModel(reference, str(source), model, tokenizer, options, notes, commit=commit)
 
 
 def show_progress() -> bool:
@@ -385,6 +387,11 @@ def _refuse_pickles(reference: str, directory: Path, options: LoadOptions) -> No
 def gguf_as_safetensors(gguf: Path, options: LoadOptions) -> Path:
     """Dequantise a .gguf once into a cached safetensors directory (reloads in well under a second);
     :mod:`~interp_assert.measure.gguf_cache` checks what it finds there before it is used."""
+    return gguf_conversion(gguf, options)[0]
+
+
+def gguf_conversion(gguf: Path, options: LoadOptions) -> tuple[Path, str | None]:
+    """:func:`gguf_as_safetensors`, with a note when a cached entry was found wrong and rebuilt."""
     import transformers
 
     return cached_conversion(gguf, cache_root(options), transformers.__version__, lambda folder: _convert(gguf, folder))
@@ -394,10 +401,13 @@ def _convert(gguf: Path, folder: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_progress()
+    # the file's absolute path: transformers looks for a bare gguf_file name in the working directory
+    # first, so a same-named .gguf there would be read instead
+    path = str(gguf.resolve())
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=path)
         with _gguf_progress():
-            quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=path)
     except Exception as exc:  # truncated or corrupt files fail anywhere in the reader (struct.error, ...)
         raise ModelLoadError(
             f"could not read GGUF file {gguf}: {_first_line(exc).rstrip('.')}; is it a complete .gguf file?"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,7 @@ import pytest
 
 from interp_assert.errors import ModelLoadError
 from interp_assert.measure.gguf_cache import RECORD
-from interp_assert.measure.models import LoadOptions, gguf_as_safetensors
+from interp_assert.measure.models import LoadOptions, gguf_as_safetensors, gguf_conversion
 from tests.builders import tiny_gguf
 
 
@@ -55,8 +56,8 @@ def test_planted_entry_is_rebuilt_not_used(tmp_path: Path, cache: Path) -> None:
     for files in (["model.safetensors"], ["model.safetensors", RECORD]):
         for name in files:
             shutil.copyfile(planted / name, entry / name)
-        with pytest.warns(UserWarning, match=r"converted-model cache entry .* is rebuilt: "):
-            again = gguf_as_safetensors(mine, LoadOptions(cache_dir=cache))
+        again, note = gguf_conversion(mine, LoadOptions(cache_dir=cache))
+        assert note is not None and re.match(r"converted-model cache entry .* is rebuilt: ", note)
         assert again == entry and sha256(entry / "model.safetensors") == good
 
 
@@ -95,3 +96,18 @@ def test_cache_of_another_user_is_refused(tmp_path: Path, cache: Path) -> None:
     os.chown(cache, 65534, 65534)
     with pytest.raises(ModelLoadError, match=r"cache .* is refused: .*cache belongs to user id 65534, not to you"):
         gguf_as_safetensors(gguf, LoadOptions(cache_dir=cache))
+
+
+def test_same_named_gguf_in_working_directory_is_not_read_instead(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """transformers reads a bare ``gguf_file`` name from the working directory first."""
+    decoy = tiny_gguf(tmp_path / "tiny.gguf", seed=0)
+    (tmp_path / "named").mkdir()
+    named = tiny_gguf(tmp_path / "named" / "tiny.gguf", seed=1)
+    monkeypatch.chdir(tmp_path)
+    from safetensors.torch import load_file
+
+    measured = load_file(gguf_as_safetensors(named, LoadOptions(cache_dir=cache)) / "model.safetensors")
+    other = load_file(gguf_as_safetensors(decoy, LoadOptions(cache_dir=tmp_path / "c2")) / "model.safetensors")
+    assert not (measured["model.embed_tokens.weight"] == other["model.embed_tokens.weight"]).all()
