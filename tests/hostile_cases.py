@@ -1530,6 +1530,8 @@ def _gguf_cache(root: Path, *, mode: int = 0o700, plant: bool = False) -> None:
         shutil.copyfile(other / "model.safetensors", entry / "model.safetensors")
 
 
+FAILING_HEAD = {"name": "sink", "property": "head_score", "head": "L0H0", "role": "first_token", "at_least": "0.99"}
+
 TRUST3: list[Case] = [
     Case(
         "ini-in-specs-trusts-remote-code",
@@ -1609,6 +1611,50 @@ TRUST3: list[Case] = [
         setup=lambda root: _gguf_cache(root, plant=True),
         env={"INTERP_ASSERT_CACHE": "{root}/cache"},
         outputs=("cache",),
+    ),
+    Case(
+        "report-folder-with-user-pictures",
+        "filesystem",
+        ("interp-assert", "report", SPEC, "-o", "out"),
+        CLI_ERROR,
+        r"interp-assert: error: out is not empty \(it holds my-heatmap\.png, notes\.txt\), and the report's files "
+        r"could replace them; give a new or empty folder, or pass --force",
+        {SPEC: spec(good()), "out/my-heatmap.png": b"\x89PNG mine", "out/notes.txt": "mine\n"},
+    ),
+    Case(
+        "audit-report-folder-with-user-pictures",
+        "filesystem",
+        ("interp-assert", "audit", SPEC, "--checkpoint", "tiny-neo", "--report", "rep"),
+        CLI_ERROR,
+        r"interp-assert: error: rep is not empty \(it holds L0H0\.png\).*pass --force",
+        {SPEC: spec(good()), "rep/L0H0.png": b"\x89PNG mine"},
+    ),
+    Case(
+        "track-report-folder-with-user-pictures",
+        "filesystem",
+        (*TRACK_CMD, "--checkpoints", "run/checkpoint-*", "--report", "rep"),
+        CLI_ERROR,
+        r"interp-assert: error: rep is not empty \(it holds track-norms_grow\.png\).*pass --force",
+        {SPEC: spec(good()), "rep/track-norms_grow.png": b"\x89PNG mine"},
+        copy_model("run/checkpoint-0"),
+    ),
+    Case(
+        "artifacts-folder-with-user-files",
+        "filesystem",
+        (*RUN, "--interp-artifacts", "pics"),
+        USAGE,
+        r"--interp-artifacts pics: \S*pics is not empty \(it holds holiday\.png\) and was not made by "
+        r"--interp-artifacts.*give a new or empty folder",
+        {SPEC: spec(FAILING_HEAD), "pics/holiday.png": b"\x89PNG mine"},
+    ),
+    Case(
+        "artifacts-spec-stem-dotdot",
+        "filesystem",
+        (*RUN, "--interp-artifacts", "pics"),
+        FAILED,
+        r"heatmap: pics/_-[0-9a-f]{8}/sink-L0H0-pattern\.png",
+        {"model_specs/...yaml": spec(FAILING_HEAD), "sink-L0H0-pattern.png": b"\x89PNG mine"},
+        outputs=("pics",),
     ),
     Case(
         "ini-boolean-maybe",

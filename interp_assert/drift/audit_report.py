@@ -40,11 +40,20 @@ class _Picture:
 
 
 def refuse_overwrite(directory: Path, *, force: bool) -> None:
-    index = directory / "index.html"
-    if index.exists() and not force:
-        raise InterpAssertError(f"{index} exists; pass --force to overwrite it (or choose another folder)")
+    """A report (report -o, audit --report, track --report) goes only into a new or empty folder, or
+    anywhere with ``force``: its files (index.html, figures named by expectation) could otherwise
+    replace the user's own. The error names what the folder holds."""
     if directory.exists() and not directory.is_dir():
         raise InterpAssertError(f"{directory} exists and is not a folder; give a folder for the report")
+    if force or not directory.exists():
+        return
+    held = sorted(path.name for path in directory.iterdir())
+    if held:
+        shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+        raise InterpAssertError(
+            f"{directory} is not empty (it holds {shown}), and the report's files could replace them; "
+            "give a new or empty folder, or pass --force to write the report there anyway"
+        )
 
 
 def write_audit_report(audit: Audit, spec: SpecFile, directory: Path) -> Path:
