@@ -61,6 +61,24 @@ def snapshot_file(spec_path: str | Path) -> Path:
     return Path(AmberSnapshotExtension.get_location(test_location=location(spec_path, "_"), index=0))
 
 
+def sharing_problem(spec_path: str | Path) -> str | None:
+    """Why ``spec_path`` cannot have snapshots of its own: another spec file beside it (``tiny.yml``
+    beside ``tiny.yaml``) maps to the same ``__snapshots__/<stem>.ambr``, where each would record,
+    and delete as stale, the other's entries."""
+    path = Path(spec_path)
+    others = [
+        other.name
+        for suffix in (".yaml", ".yml")
+        if (other := path.with_suffix(suffix)) != path and other.is_file()
+    ]
+    if not others:
+        return None
+    return (
+        f"{path.name} and {', '.join(others)} would share one snapshot file, "
+        f"{describe(snapshot_file(path))}, and overwrite each other's snapshots; rename one of them"
+    )
+
+
 def read_text(spec_path: str | Path, name: str) -> str | None:
     """The stored text of snapshot ``name``, or ``None`` when there is none."""
     extension = AmberSnapshotExtension()

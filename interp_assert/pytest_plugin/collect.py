@@ -85,6 +85,12 @@ class SpecCollector(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
         shown = os.path.relpath(self.path, self.config.invocation_params.dir)
         spec = load_spec(self.path, shown=shown)  # malformed YAML: a collection error naming file:line
+        from interp_assert.drift.snapshot_store import sharing_problem
+        from interp_assert.errors import SnapshotFileError
+
+        shared = sharing_problem(self.path)
+        if shared:  # refused even without snapshot expectations: a stale-entry sweep would delete the other's
+            raise SnapshotFileError(f"{shown}: {shared}")
         if spec.header is None:
             yield SpecItem.from_parent(self, name="spec", spec=spec, entry=None)
             return
