@@ -1532,6 +1532,20 @@ def _gguf_cache(root: Path, *, mode: int = 0o700, plant: bool = False) -> None:
 
 FAILING_HEAD = {"name": "sink", "property": "head_score", "head": "L0H0", "role": "first_token", "at_least": "0.99"}
 
+
+def _edit_config(name: str, changes: dict[str, object]) -> Setup:
+    """A copy of tiny-neo at ``name`` whose config.json has ``changes``."""
+
+    def setup(root: Path) -> None:
+        import json
+
+        folder = copy_model(name)(root)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps(config | changes))
+
+    return setup
+
+
 TRUST3: list[Case] = [
     Case(
         "ini-in-specs-trusts-remote-code",
@@ -1655,6 +1669,75 @@ TRUST3: list[Case] = [
         r"heatmap: pics/_-[0-9a-f]{8}/sink-L0H0-pattern\.png",
         {"model_specs/...yaml": spec(FAILING_HEAD), "sink-L0H0-pattern.png": b"\x89PNG mine"},
         outputs=("pics",),
+    ),
+    Case(
+        "snapshot-file-shared-yaml-yml",
+        "snapshots",
+        (*RUN, "--snapshot-update"),
+        INTERRUPTED,
+        r"model_specs/tiny\.yaml: tiny\.yaml and tiny\.yml would share one snapshot file, "
+        r"model_specs/__snapshots__/tiny\.ambr, and overwrite each other's snapshots; rename one of them",
+        {"model_specs/tiny.yaml": SNAPSHOT_SPEC, "model_specs/tiny.yml": SNAPSHOT_SPEC},
+    ),
+    Case(
+        "audit-checkpoint-other-shape",
+        "models",
+        ("interp-assert", "audit", SPEC, "--checkpoint", "smollm2-135m-instruct"),
+        CLI_ERROR,
+        r"interp-assert: error: checkpoint 'smollm2-135m-instruct' has 30 layers x 9 heads, but the spec's model "
+        r"'tiny-neo' has 2 layers x 4 heads, so the spec's heads and layers would name other things; audit a "
+        r"checkpoint of the same model",
+        TINY,
+        seconds=20,
+    ),
+    Case(
+        "track-one-checkpoint-other-shape",
+        "models",
+        (*TRACK_CMD, "--checkpoint", "smollm2-135m-instruct"),
+        CLI_ERROR,
+        r"interp-assert: error: checkpoint 'smollm2-135m-instruct' has 30 layers x 9 heads, but the spec's model "
+        r"'tiny-neo' has 2 layers x 4 heads.*track checkpoints of the spec's model",
+        TINY,
+        seconds=20,
+    ),
+    Case(
+        "override-other-shape",
+        "models",
+        (*RUN, "--interp-model", "tiny-neo=smollm2-135m-instruct"),
+        USAGE,
+        r"--interp-model: tiny-neo=smollm2-135m-instruct has 30 layers x 9 heads, but the spec's model 'tiny-neo' "
+        r"has 2 layers x 4 heads, so the spec's heads and layers would name other things",
+        TINY,
+        seconds=20,
+    ),
+    Case(
+        "checkpoints-other-shape",
+        "models",
+        (*RUN, "--interp-checkpoints", "run/checkpoint-*"),
+        USAGE,
+        r"--interp-checkpoints: checkpoint 'run/checkpoint-10' has 1 layers x 4 heads, but the spec's model "
+        r"'tiny-neo' has 2 layers x 4 heads",
+        TINY,
+        _edit_config("run/checkpoint-10", {"num_layers": 1, "attention_types": [[["global"], 1]]}),
+    ),
+    Case(
+        "config-architectures-number",
+        "models",
+        (*RUN, "--interp-checkpoints", "run/checkpoint-*"),
+        USAGE,
+        r"--interp-checkpoints: checkpoint 'run/checkpoint-10' is gpt_neo \(5\), 2 layers x 4 heads, 64 wide, not "
+        r"gpt_neo \(GPTNeoForCausalLM\).*like checkpoint 'run/checkpoint-0'; track compares checkpoints of one model",
+        TINY,
+        chain(copy_model("run/checkpoint-0"), _edit_config("run/checkpoint-10", {"architectures": 5})),
+    ),
+    Case(
+        "config-nested-deeply",
+        "models",
+        (*RUN, "--interp-model", "tiny-neo=../model"),
+        FAILED,
+        r"model '\.\./model' at \S*model could not be loaded: RecursionError: maximum recursion depth exceeded",
+        TINY,
+        weights_broken(lambda b: b'{"a":' * 100000 + b"1" + b"}" * 100000, "config.json"),
     ),
     Case(
         "ini-boolean-maybe",

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 from interp_assert.drift import fingerprint as fp
+from interp_assert.drift.checkpoints import check_against_spec
 from interp_assert.errors import InterpAssertError, SpecError
 from interp_assert.outcome import Outcome
 from interp_assert.run_options import RunOptions
@@ -95,6 +97,15 @@ def run_audit(
     if spec.problems() or spec.header is None:
         raise SpecError(spec.problems())
     model = spec.header.model
+    # a checkpoint of another shape is refused in one line, before hours of measuring the wrong thing
+    check_against_spec(
+        options.overrides.get(model, model),
+        Path(spec.path).parent,
+        options.revisions.get(model, spec.header.revision),
+        [(checkpoint, checkpoint_revision, f"checkpoint {checkpoint!r}")],
+        "audit a checkpoint of the same model",
+        base=base,
+    )
     base_options = options.replacing(model, base) if base else options
     base_runner = Runner(base_options)
     checkpoint_runner = Runner(base_options.replacing(model, checkpoint).revising(model, checkpoint_revision))

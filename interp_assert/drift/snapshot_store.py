@@ -67,9 +67,7 @@ def sharing_problem(spec_path: str | Path) -> str | None:
     and delete as stale, the other's entries."""
     path = Path(spec_path)
     others = [
-        other.name
-        for suffix in (".yaml", ".yml")
-        if (other := path.with_suffix(suffix)) != path and other.is_file()
+        other.name for suffix in (".yaml", ".yml") if (other := path.with_suffix(suffix)) != path and other.is_file()
     ]
     if not others:
         return None
