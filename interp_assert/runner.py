@@ -116,8 +116,7 @@ class Runner:
         """A line when ``head``'s ``role`` score comes mostly from one frequent query token, else ''.
         Costs one capture of the head's pattern (first sequence), so it is asked on failures only."""
         layer, index = parse_head(head)
-        self.also_capture(spec, prompt_name, CaptureRequest(patterns=frozenset({(layer, index)})))
-        measured = self.measurements(spec, prompt_name)
+        measured = self.measure_only(spec, prompt_name, CaptureRequest(patterns=frozenset({(layer, index)})))
         pattern = measured.patterns.get((layer, index))
         if pattern is None:
             return ""
@@ -138,6 +137,17 @@ class Runner:
         so evaluation and figures share one pass."""
         key = (spec.path, prompt_name)
         self._extra[key] = self._extra.get(key, CaptureRequest()) | request
+
+    def measure_only(self, spec: SpecFile, prompt_name: str, request: CaptureRequest) -> Measurements:
+        """``request`` alone on ``prompt_name`` (kept for the session): a failure's diagnostics must not
+        repeat the spec's whole capture (its ablations, lens, ...) for one head's pattern."""
+        assert spec.header is not None
+        loaded = self.model_for(spec)
+        prompt_set = spec.header.prompts[prompt_name]
+        key = (model_key(spec, self.options), prompt_set.model_dump_json(), request)
+        if key not in self._measurements:
+            self._measurements[key] = measure_prompt_set(loaded, prompt_set, request)
+        return self._measurements[key]
 
     def measurements(self, spec: SpecFile, prompt_name: str) -> Measurements:
         assert spec.header is not None
