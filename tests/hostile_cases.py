@@ -1546,6 +1546,37 @@ def _edit_config(name: str, changes: dict[str, object]) -> Setup:
     return setup
 
 
+def _adapter(breakage: str) -> Setup:
+    """A real LoRA adapter on tiny-neo (peft's save_pretrained, with the tokenizer), then broken:
+    ``weights`` truncated, ``tokenizer`` (a tokenizer.json that is not JSON), or ``custom-code``
+    (a tokenizer config that asks for the adapter's own code)."""
+
+    def setup(root: Path) -> None:
+        import json
+
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        folder = root / "adapter"
+        base = AutoModelForCausalLM.from_pretrained(BUILTIN)
+        lora = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+        lora.peft_config["default"].base_model_name_or_path = "tiny-neo"
+        lora.save_pretrained(folder)
+        AutoTokenizer.from_pretrained(BUILTIN).save_pretrained(folder)
+        if breakage == "weights":
+            weights = folder / "adapter_model.safetensors"
+            weights.write_bytes(weights.read_bytes()[:100])
+        elif breakage == "tokenizer":
+            (folder / "tokenizer.json").write_text('{"version": "1.0", "model": ')
+        elif breakage == "custom-code":
+            config = json.loads((folder / "tokenizer_config.json").read_text())
+            config["auto_map"] = {"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}
+            (folder / "tokenizer_config.json").write_text(json.dumps(config))
+            (folder / "tokenization_evil.py").write_text("raise SystemExit('custom code ran')\n")
+
+    return setup
+
+
 TRUST3: list[Case] = [
     Case(
         "ini-in-specs-trusts-remote-code",
@@ -1738,6 +1769,25 @@ TRUST3: list[Case] = [
         r"model '\.\./model' at \S*model could not be loaded: RecursionError: maximum recursion depth exceeded",
         TINY,
         weights_broken(lambda b: b'{"a":' * 100000 + b"1" + b"}" * 100000, "config.json"),
+    ),
+    model_case(
+        "adapter-weights-truncated",
+        "../adapter",
+        r"adapter \S*adapter: its weights could not be read: SafetensorError: ",
+        _adapter("weights"),
+    ),
+    model_case(
+        "adapter-tokenizer-broken",
+        "../adapter",
+        r"adapter \S*adapter: its tokenizer could not be loaded: ",
+        _adapter("tokenizer"),
+    ),
+    model_case(  # the tokenizer's own code is never run (it would exit the run): the adapter measures as usual
+        "adapter-tokenizer-custom-code",
+        "../adapter",
+        r"1 passed",
+        _adapter("custom-code"),
+        exit=OK,
     ),
     Case(
         "ini-boolean-maybe",

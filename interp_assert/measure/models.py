@@ -317,10 +317,21 @@ def _load_adapter(reference: str, directory: Path, options: LoadOptions) -> Load
     except (OSError, ValueError, KeyError) as exc:
         problem = _first_line(exc)
         raise ModelLoadError(f"adapter {directory} does not fit its base {base_reference!r}: {problem}") from None
+    except Exception as exc:  # a truncated or corrupt weights file fails in its reader (SafetensorError, ...)
+        problem = f"{type(exc).__name__}: {_first_line(exc)}"
+        raise ModelLoadError(f"adapter {directory}: its weights could not be read: {problem}") from exc
     merged.eval()
     merged.requires_grad_(False)
     has_tokenizer = any((directory / name).exists() for name in ("tokenizer.json", "tokenizer_config.json"))
-    tokenizer = _from_pretrained_tokenizer(directory, options) if has_tokenizer else base.tokenizer
+    try:
+        tokenizer = _from_pretrained_tokenizer(directory, options) if has_tokenizer else base.tokenizer
+    except Exception as exc:  # broken tokenizer.json, custom code not allowed, ...: one line, not a traceback
+        problem = (
+            f"{type(exc).__name__}: {_first_line(exc)}"
+            if not isinstance(exc, OSError | ValueError)
+            else _first_line(exc)
+        )
+        raise ModelLoadError(f"adapter {directory}: its tokenizer could not be loaded: {problem}") from exc
     return LoadedModel(
         reference, str(directory), merged, tokenizer, options, (*base.notes, note), base_source=base.source
     )
