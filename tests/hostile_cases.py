@@ -1790,6 +1790,25 @@ TRUST3: list[Case] = [
         exit=OK,
     ),
     Case(
+        "discover-output-under-a-file",
+        "filesystem",
+        ("interp-assert", "discover", "tiny-neo", "-o", "afile/spec.yaml"),
+        CLI_ERROR,
+        r"interp-assert: error: -o afile/spec\.yaml: afile, on the way to afile/spec\.yaml, is a file, not a folder",
+        {"afile": "mine\n"},
+        seconds=10,  # refused before the model loads
+    ),
+    Case(
+        "discover-output-folder-read-only",
+        "filesystem",
+        ("interp-assert", "discover", "tiny-neo", "-o", "locked/spec.yaml"),
+        CLI_ERROR,
+        r"interp-assert: error: -o locked/spec\.yaml: locked cannot be written \(Permission denied\)",
+        setup=lambda root: ((root / "locked").mkdir(), (root / "locked").chmod(0o555)) and None,
+        needs="not-root",
+        seconds=10,
+    ),
+    Case(
         "ini-boolean-maybe",
         "cli",
         RUN,

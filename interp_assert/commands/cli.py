@@ -286,6 +286,9 @@ def _discover(args: argparse.Namespace) -> int:
     output: Path = args.output
     if output.exists() and not args.force:
         raise InterpAssertError(f"{output} exists; pass --force to overwrite it")
+    problem = atomic.write_problem(output)  # found now, not after minutes of measuring
+    if problem:
+        raise InterpAssertError(f"-o {output}: {problem}")
     prompt_sets = discover.read_prompt_sets(args.prompts) if args.prompts else None
     settings = discover.DiscoverSettings(threshold=args.threshold, max_heads=args.max_heads, keep=args.keep)
     with _progress(3 if prompt_sets is None else 1 + len(prompt_sets)) as step:
@@ -299,8 +302,11 @@ def _discover(args: argparse.Namespace) -> int:
             settings=settings,
             progress=step,
         )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(output, result.text)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(output, result.text)
+    except OSError as exc:  # named by the user's path, not the temporary file beside it
+        raise InterpAssertError(f"-o {output}: cannot be written ({exc.strerror or exc})") from None
     print(f"wrote {output}: {result.n_expectations} expectations")
     return 0
 
