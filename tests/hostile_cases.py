@@ -1804,7 +1804,7 @@ TRUST3: list[Case] = [
         ("interp-assert", "discover", "tiny-neo", "-o", "locked/spec.yaml"),
         CLI_ERROR,
         r"interp-assert: error: -o locked/spec\.yaml: locked cannot be written \(Permission denied\)",
-        setup=lambda root: ((root / "locked").mkdir(), (root / "locked").chmod(0o555)) and None,
+        setup=lambda root: (root / "locked").mkdir(mode=0o555),
         needs="not-root",
         seconds=10,
     ),

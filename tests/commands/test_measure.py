@@ -118,7 +118,8 @@ def test_failure_diagnostics_capture_only_the_head_pattern(tmp_path: Path) -> No
     )
     spec_path = tmp_path / "spec.yaml"
     spec_path.write_text(
-        "model: tiny-neo\nprompts:\n  rep:\n    bos: prepend\n    random_tokens: {length: 8, repeats: 2, count: 2, seed: 1}\n"
+        "model: tiny-neo\nprompts:\n  rep:\n    bos: prepend\n"
+        "    random_tokens: {length: 8, repeats: 2, count: 2, seed: 1}\n"
         "expectations:\n  - name: fingerprint\n    property: snapshot\n    prompts: rep\n"
         "    covers: [hidden_norms, layer_ablation]\n" + heads
     )
