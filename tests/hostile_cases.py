@@ -1808,6 +1808,18 @@ TRUST3: list[Case] = [
         needs="not-root",
         seconds=10,
     ),
+    schema_case(
+        "logit-lens-kl-single-index",
+        {"property": "logit_lens", "kl_non_increasing": "[1, 1]"},
+        at(10, 24) + r"kl_non_increasing: \[1, 1\] is a single index: kl_non_increasing needs at least one step, "
+        r"so give two different indices",
+    ),
+    schema_case(
+        "logit-lens-kl-one-index-on-this-model",
+        {"property": "logit_lens", "kl_non_increasing": "[-1, 2]"},
+        at(7, 5) + r"e0: hidden-state index range \[-1, 2\] is the single index 2 on this model: kl_non_increasing "
+        r"needs at least one step \(indices run 0 to 2\)",
+    ),
     Case(
         "ini-boolean-maybe",
         "cli",

@@ -17,12 +17,20 @@ import re
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from interp_assert.errors import CheckInputError
 from interp_assert.measure.measurements import CaptureRequest, LogitLens
 from interp_assert.outcome import Outcome
-from interp_assert.properties.base import CheckContext, Expectation, LayerRange, resolve_index, resolve_range
+from interp_assert.properties.base import (
+    CheckContext,
+    Expectation,
+    LayerRange,
+    resolve_index,
+    resolve_range,
+    resolve_steps,
+    single_index_problem,
+)
 from interp_assert.properties.findings import DiscoverSettings, Section, unique_name
 
 AGREEMENT_LAYER_LEVEL = 0.5  # what discover calls the agreement layer
@@ -64,6 +72,14 @@ class LogitLensExpectation(Expectation):
             )
         return self
 
+    @field_validator("kl_non_increasing")
+    @classmethod
+    def _a_step(cls, bounds: list[int] | None) -> list[int] | None:
+        problem = single_index_problem(bounds, "kl_non_increasing")
+        if problem:
+            raise ValueError(problem)
+        return bounds
+
     def requirements(self) -> CaptureRequest:
         return CaptureRequest(logit_lens=True)
 
@@ -89,7 +105,7 @@ class LogitLensExpectation(Expectation):
                 failures.append(f"{line}, expected within [{low}, {high}]")
             said.append(line)
         if self.kl_non_increasing is not None:
-            first, last = resolve_range(self.kl_non_increasing, count, "hidden-state index")
+            first, last = resolve_steps(self.kl_non_increasing, count, "hidden-state index", "kl_non_increasing")
             rises = [
                 f"{k}->{k + 1}: {lens.kl[k]:.4g} -> {lens.kl[k + 1]:.4g}"
                 for k in range(first, last)
@@ -125,7 +141,7 @@ class LogitLensExpectation(Expectation):
         within = resolve_range(self.within, count, "hidden-state index") if self.within is not None else None
         kl_span = None
         if self.kl_non_increasing is not None:
-            kl_span = resolve_range(self.kl_non_increasing, count, "hidden-state index")
+            kl_span = resolve_steps(self.kl_non_increasing, count, "hidden-state index", "kl_non_increasing")
         level = self.first_reaching if self.first_reaching is not None else self.agreement_at_least
         if self.by_index is not None:
             at = resolve_index(self.by_index, count, "hidden-state index")
