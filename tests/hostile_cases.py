@@ -1821,6 +1821,15 @@ TRUST3: list[Case] = [
         r"needs at least one step \(indices run 0 to 2\)",
     ),
     Case(
+        "bos-none-text-spells-bos",
+        "schema",
+        RUN,
+        FAILED,
+        AT + r":3:3: prompt set 'rep': text 0 \('<bos>t5 t6 t7'\) spells the tokenizer's BOS token '<bos>', which "
+        r"would put a real BOS in a set that says bos: none; remove it from the text, or use bos: prepend",
+        {SPEC: spec(good(), prompts='prompts:\n  rep:\n    bos: none\n    texts: ["<bos>t5 t6 t7"]\n')},
+    ),
+    Case(
         "ini-boolean-maybe",
         "cli",
         RUN,
