@@ -1829,6 +1829,12 @@ TRUST3: list[Case] = [
         r"would put a real BOS in a set that says bos: none; remove it from the text, or use bos: prepend",
         {SPEC: spec(good(), prompts='prompts:\n  rep:\n    bos: none\n    texts: ["<bos>t5 t6 t7"]\n')},
     ),
+    schema_case(
+        "massive-activation-position-beyond-prompt",
+        {"property": "massive_activation", "position": "99"},
+        at(7, 5) + r"e0: position 99 is beyond the prompts: the longest prompt of 'rep' is 17 tokens "
+        r"\(positions 0 to 16\)",
+    ),
     Case(
         "ini-boolean-maybe",
         "cli",
