@@ -1336,7 +1336,7 @@ REVISIONS: list[Case] = [
         "hub-revision-offline",
         "someorg/some-model",
         r"model 'someorg/some-model' at revision 'v2' is not a known alias .*cannot be downloaded offline: "
-        r"pre-fetch it with `huggingface-cli download someorg/some-model --revision v2`",
+        r"pre-fetch it with `hf download someorg/some-model --revision v2`",
         None,
         "--interp-revision",
         "someorg/some-model=v2",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.util
+import logging
 import os
 import sys
 import warnings
@@ -26,6 +27,16 @@ from interp_assert.measure.placement import DeviceMap, MaxMemory
 from interp_assert.vocab import DType
 
 BUILTIN_MODELS = Path(__file__).parent.parent / "builtin_models"
+
+
+def _not_publisher_trust_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Skipping publisher trust check for ")
+
+
+# transformers registers hub attention kernels (kernels-community/flash-attn...) at load time, and
+# offline the kernels package says for each that it skips their publisher check: none is used here
+# (capture runs eager attention or its own kernels), so the three lines only confuse.
+logging.getLogger("kernels._internals.hf_hub").addFilter(_not_publisher_trust_notice)
 
 
 def _smollm2_gguf() -> Path:

@@ -170,3 +170,19 @@ def test_discover_smollm2(pytester: pytest.Pytester, capsys: pytest.CaptureFixtu
     assert "property: ablation_effect\n    heads: [L17H3, L17H4, L18H6]" in text
     assert "property: logit_lens" in text and "first_reaching: 0.5" in text
     assert "name: norm_ratio_last_to_first" in text and "layers: [12, 30]\n    direction: increasing" in text
+
+
+def test_offline_load_says_nothing_of_hub_kernels(tmp_path: Path) -> None:
+    """transformers registers hub attention kernels that are never used here; offline, the kernels
+    package would print a 'Skipping publisher trust check' line for each. A fresh process, as a
+    user's, so the notice cannot have been said (and swallowed) earlier in this session."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from interp_assert.commands.cli import main; raise SystemExit(main(['measure', 'tiny-neo', '--top', '1']))"
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "tiny-neo (GPTNeoForCausalLM" in done.stdout
+    assert "publisher trust" not in done.stderr + done.stdout
