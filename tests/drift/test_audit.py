@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,34 @@ def test_audit_json_writes_nan_as_null(tmp_path: Path, uniform_llama: Path, rand
     row = document["expectations"][0]
     assert row["base"]["value"] is None and row["checkpoint"]["value"] is None and row["change"] is None
     assert "NaN" not in out.getvalue()
+
+
+def test_report_outlines_only_moves_beyond_tolerance(tmp_path: Path, random_llama: Path) -> None:
+    """Noise far below the tolerance is not drawn as a move, nor as heads that changed label;
+    large changes are."""
+    from tests.builders import perturbed_copy
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        f"model: {random_llama}\nprompts:\n  words:\n    bos: prepend\n    texts: ['t5 t6 t7 t8 t9 t10 t11 t12']\n"
+        "expectations:\n  - name: sink\n    property: head_score\n    head: L0H0\n    role: first_token\n"
+        "    prompts: words\n    at_least: 0.0\n  - name: fingerprint\n    property: snapshot\n    prompts: words\n"
+    )
+    noisy = perturbed_copy(random_llama, tmp_path / "noisy", noise=1e-5)
+    assert main_audit(str(spec), str(noisy), out=io.StringIO(), report_dir=tmp_path / "quiet") == 0
+    page = (tmp_path / "quiet" / "index.html").read_text()
+    assert "no head moved by more than the tolerance" in page and "largest moves" not in page
+    assert "0 heads changed label" in page
+    shaken = perturbed_copy(random_llama, tmp_path / "shaken", noise=30.0)  # sharper attention: scores move
+    assert main_audit(str(spec), str(shaken), out=io.StringIO(), report_dir=tmp_path / "moved") == 1
+    assert re.search(r"largest moves: L\dH\d [+-]0\.\d{3}", (tmp_path / "moved" / "index.html").read_text())
+
+
+def test_delta_title_states_the_largest_change_measured() -> None:
+    import numpy as np
+
+    from interp_assert.figures.diff_figures import delta_title
+
+    base = np.zeros((2, 3))
+    assert delta_title("t", base, base + 0.001) == "t\nlargest |change| 0.001 (colour scale to 0.05)"
+    assert delta_title("t", base, base - 0.25) == "t\nlargest |change| 0.25"
