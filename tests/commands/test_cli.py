@@ -101,6 +101,16 @@ def test_bounds_round_outward() -> None:
     assert round_outward(0.84999, "down") == 0.84
 
 
+def test_score_bounds_say_near_certain_heads_are_near_certain() -> None:
+    """A score falls by at most 15% of itself or 0.05, whichever is less (the README's rule)."""
+    from interp_assert.properties.findings import score_lower_bound
+
+    assert score_lower_bound(0.99999, 0.85) == 0.94  # not 0.84: a sink head must stay nearly certain
+    assert score_lower_bound(0.74, 0.85) == 0.69
+    assert score_lower_bound(0.5, 0.85) == 0.45
+    assert score_lower_bound(0.2, 0.85) == 0.17  # low scores keep the fraction
+
+
 def test_top_set_avoids_near_ties() -> None:
     clear = [("L1H0", 0.9), ("L2H0", 0.8), ("L3H0", 0.5), ("L4H0", 0.4)]
     assert robust_top_set(clear, 2, 0.02) == (["L1H0", "L2H0"], 2)
