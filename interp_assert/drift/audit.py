@@ -108,8 +108,15 @@ def run_audit(
     )
     base_options = options.replacing(model, base) if base else options
     base_runner = Runner(base_options)
-    checkpoint_runner = Runner(base_options.replacing(model, checkpoint).revising(model, checkpoint_revision))
-    notes = []
+    checkpoint_runner = Runner(
+        base_options.replacing(model, checkpoint).revising(model, checkpoint_revision), teacher=base_runner
+    )
+    notes = [
+        f"prompt set {name!r} generates: the checkpoint is measured on the base's continuation (teacher-forced), "
+        "so both models are compared on the same tokens; generated_text compares each model's own continuation"
+        for name, prompt_set in spec.header.prompts.items()
+        if prompt_set.generate
+    ]
     for runner in (base_runner, checkpoint_runner):
         notes += [n for n in runner.model_for(spec).notes if n not in notes]
     rows, drifts = [], []

@@ -177,3 +177,36 @@ def test_delta_title_states_the_largest_change_measured() -> None:
     base = np.zeros((2, 3))
     assert delta_title("t", base, base + 0.001) == "t\nlargest |change| 0.001 (colour scale to 0.05)"
     assert delta_title("t", base, base - 0.25) == "t\nlargest |change| 0.25"
+
+
+def test_generated_prompts_compare_the_same_tokens(tmp_path: Path, random_llama: Path) -> None:
+    """A checkpoint that differs only in its unembedding continues the prompt differently, yet no
+    attention weight changed: teacher-forced on the base's continuation, every role score is equal."""
+    import shutil
+
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from interp_assert.drift.audit import run_audit
+    from interp_assert.spec import load_spec
+
+    other = tmp_path / "other_head"
+    shutil.copytree(random_llama, other)
+    weights = load_file(other / "model.safetensors")
+    weights["lm_head.weight"] = torch.roll(weights["lm_head.weight"], shifts=7, dims=0)  # other next tokens
+    save_file(weights, other / "model.safetensors", metadata={"format": "pt"})
+    spec_path = tmp_path / "gen.yaml"
+    spec_path.write_text(
+        f"model: {random_llama}\nprompts:\n  gen:\n    bos: prepend\n    texts: ['t5 t6 t7 t8']\n    generate: 8\n"
+        "expectations:\n  - name: prev\n    property: head_score\n    head: L0H0\n    role: previous_token\n"
+        "    prompts: gen\n    at_least: 0.0\n  - name: says\n    property: generated_text\n    prompts: gen\n"
+        "    contains: t\n"
+    )
+    audit = run_audit(str(spec_path), str(other))
+    spec = load_spec(spec_path)
+    base, checkpoint = (audit.runners[side].measurements(spec, "gen") for side in ("base", "checkpoint"))
+    assert base.generated_texts != checkpoint.generated_texts  # the continuations diverge
+    for role, table in base.role_scores.items():
+        np.testing.assert_array_equal(table, checkpoint.role_scores[role], err_msg=role)
+    assert any("teacher-forced" in note for note in audit.notes)
