@@ -13,7 +13,9 @@ or ``{"random_tokens": {...}}``).
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from interp_assert.errors import CheckInputError, InterpAssertError
@@ -49,16 +51,19 @@ class Interp:
         load = self.options.load_options(reference, device=device, dtype=dtype, revision=revision)
         key = (target, load)
         if key not in self._models:
-            self._models[key] = Model(reference, load_model(target, load))
+            self._models[key] = Model(
+                reference, load_model(target, load), update_snapshots=self.options.update_snapshots
+            )
         return self._models[key]
 
 
 class Model:
     """One loaded model: measure prompt sets and state expectations about them."""
 
-    def __init__(self, name: str, loaded: LoadedModel) -> None:
+    def __init__(self, name: str, loaded: LoadedModel, *, update_snapshots: bool = False) -> None:
         self.name = name
         self.loaded = loaded
+        self.update_snapshots = update_snapshots  # pytest's --snapshot-update
         self._measured: dict[tuple[str, CaptureRequest], Measurements] = {}
 
     def measure(self, prompts: Prompts, request: CaptureRequest) -> Measurements:
@@ -80,10 +85,28 @@ class Model:
         """``[layers, heads]`` array of one role's scores."""
         return self.measure(prompts, CaptureRequest(roles=frozenset([role]))).role_scores[role].copy()
 
-    def expect(self, property: str, *, prompts: Prompts, name: str = "python", **keys: Any) -> Outcome:
+    def expect(
+        self,
+        property: str,
+        *,
+        prompts: Prompts,
+        name: str = "python",
+        snapshot_owner: str | Path | None = None,
+        **keys: Any,
+    ) -> Outcome:
         """Check one expectation, written as a spec would (``property`` and its keys). Raises
-        :class:`ExpectationFailed` with the measured numbers when it does not hold."""
+        :class:`ExpectationFailed` with the measured numbers when it does not hold.
+
+        A ``snapshot`` is stored under ``name`` in ``__interp_snapshots__/<module>.ambr`` beside the
+        calling test module (or ``snapshot_owner``, a ``.py`` path), and recorded with pytest's
+        ``--snapshot-update`` as a spec's is."""
         __tracebackhide__ = True  # pytest shows the caller's line and the message, not this frame
+        owner = Path(snapshot_owner) if snapshot_owner is not None else Path(sys._getframe(1).f_code.co_filename)
+        if property == "snapshot" and owner.suffix != ".py":
+            raise InterpAssertError(
+                f"expect('snapshot', name={name!r}) needs a .py test module to store it beside; "
+                f"{owner} is not one: pass snapshot_owner=__file__"
+            )
         try:
             expectation = expectation_adapter().validate_python(
                 {"property": property, "name": name, "prompts": "prompts", **keys}
@@ -91,7 +114,12 @@ class Model:
         except Exception as exc:  # pydantic's ValidationError: say it in the spec's words
             raise InterpAssertError(f"expectation {property!r} {keys}: {exc}") from None
         measured = self.measure(prompts, expectation.requirements())
-        context = CheckContext(measured, environment=environment(self.loaded) | {"model": self.name})
+        context = CheckContext(
+            measured,
+            spec_path=str(owner),
+            environment=environment(self.loaded) | {"model": self.name},
+            update_snapshots=self.update_snapshots,
+        )
         outcome = expectation.evaluate(context)
         if not outcome.passed:
             lines = [

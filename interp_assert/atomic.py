@@ -3,6 +3,7 @@ write (killed, disk full) leaves the previous file whole, and a reader never see
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
@@ -28,3 +29,27 @@ def replacing(path: Path) -> Iterator[Path]:
 def write_text(path: Path, text: str) -> None:
     with replacing(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
+
+
+def write_problem(path: Path) -> str | None:
+    """Why ``path`` could not be written by :func:`replacing`, found before any long work: a file on
+    the way to it, a folder in its place, a folder or file that refuses writes (permissions, an
+    immutable file). ``None`` when it can be written. Nothing is left behind."""
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{ancestor}, on the way to {path}, is a file, not a folder"
+    if path.is_dir():
+        return f"{path} is a folder; give a file name"
+    try:
+        handle, probe = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".probe", dir=ancestor)
+        os.close(handle)
+        os.unlink(probe)
+        if path.exists():  # replacing it needs it writable too: an immutable file refuses the rename
+            os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        where = path if exc.errno in (errno.EPERM, errno.EACCES) and path.exists() else ancestor
+        return f"{where} cannot be written ({reason})"
+    return None

@@ -16,7 +16,7 @@ from interp_assert.measure.capture import generate, max_positions, measure
 from interp_assert.measure.measurements import CaptureRequest, Measurements
 from interp_assert.measure.models import LoadedModel, LoadOptions, environment, load_model
 from interp_assert.measure.placement import check_device_map, check_max_memory
-from interp_assert.measure.prompts import build_batches
+from interp_assert.measure.prompts import PromptBatch, build_batches
 from interp_assert.outcome import Outcome
 from interp_assert.properties import CheckContext
 from interp_assert.run_options import RunOptions
@@ -56,8 +56,14 @@ def model_key(spec: SpecFile, options: RunOptions) -> tuple[str, LoadOptions]:
 
 
 class Runner:
-    def __init__(self, options: RunOptions) -> None:
+    def __init__(self, options: RunOptions, *, teacher: Runner | None = None) -> None:
+        """``teacher``: in an audit, the base's runner. A prompt set that generates is then measured
+        here on the teacher's continuation (teacher-forced), so both models are compared on the
+        same tokens; ``generated_text`` still reads this model's own continuation."""
         self.options = options
+        self.teacher = teacher
+        # (model, prompt set) -> the token batches its measurements read
+        self._tokens: dict[tuple[object, ...], list[PromptBatch]] = {}
         self._model: tuple[tuple[str, LoadOptions], LoadedModel] | None = None
         self._measurements: dict[tuple[object, ...], Measurements] = {}
         self._extra: dict[tuple[str, str], CaptureRequest] = {}
@@ -116,8 +122,7 @@ class Runner:
         """A line when ``head``'s ``role`` score comes mostly from one frequent query token, else ''.
         Costs one capture of the head's pattern (first sequence), so it is asked on failures only."""
         layer, index = parse_head(head)
-        self.also_capture(spec, prompt_name, CaptureRequest(patterns=frozenset({(layer, index)})))
-        measured = self.measurements(spec, prompt_name)
+        measured = self.measure_only(spec, prompt_name, CaptureRequest(patterns=frozenset({(layer, index)})))
         pattern = measured.patterns.get((layer, index))
         if pattern is None:
             return ""
@@ -139,6 +144,20 @@ class Runner:
         key = (spec.path, prompt_name)
         self._extra[key] = self._extra.get(key, CaptureRequest()) | request
 
+    def measure_only(self, spec: SpecFile, prompt_name: str, request: CaptureRequest) -> Measurements:
+        """``request`` alone on ``prompt_name`` (kept for the session): a failure's diagnostics must not
+        repeat the spec's whole capture (its ablations, lens, ...) for one head's pattern."""
+        assert spec.header is not None
+        loaded = self.model_for(spec)
+        prompt_set = spec.header.prompts[prompt_name]
+        key = (model_key(spec, self.options), prompt_set.model_dump_json(), request)
+        if key not in self._measurements:
+            if self.teacher is not None and prompt_set.generate:
+                self._measurements[key] = measure(loaded, self.teacher.tokens(spec, prompt_name), request)
+            else:
+                self._measurements[key] = measure_prompt_set(loaded, prompt_set, request)
+        return self._measurements[key]
+
     def measurements(self, spec: SpecFile, prompt_name: str) -> Measurements:
         assert spec.header is not None
         loaded = self.model_for(spec)
@@ -146,17 +165,33 @@ class Runner:
         prompt_set = spec.header.prompts[prompt_name]
         key = (model_key(spec, self.options), prompt_set.model_dump_json(), request)
         if key not in self._measurements:
+            forced = self.teacher.tokens(spec, prompt_name) if self.teacher and prompt_set.generate else None
             try:
-                self._measurements[key] = measure_prompt_set(loaded, prompt_set, request)
+                batches, texts = prompt_batches(loaded, prompt_set)
             except PromptError as exc:
                 where = spec.prompt_locations.get(prompt_name)
                 raise SpecError([(where, f"prompt set {prompt_name!r}: {exc}")]) from None
+            self._tokens[key[:2]] = forced or batches
+            self._measurements[key] = replace(measure(loaded, forced or batches, request), generated_texts=texts)
         return self._measurements[key]
+
+    def tokens(self, spec: SpecFile, prompt_name: str) -> list[PromptBatch]:
+        """The token batches this runner measured ``prompt_name`` on (its own continuation, if it generates)."""
+        assert spec.header is not None
+        self.measurements(spec, prompt_name)
+        return self._tokens[(model_key(spec, self.options), spec.header.prompts[prompt_name].model_dump_json())]
 
 
 def measure_prompt_set(loaded: LoadedModel, prompt_set: PromptSet, request: CaptureRequest) -> Measurements:
     """Tokenise a prompt set, continue it greedily if it asks to ``generate``, and measure it.
     Raises :class:`PromptError` when the set cannot be built for this model."""
+    batches, texts = prompt_batches(loaded, prompt_set)
+    return replace(measure(loaded, batches, request), generated_texts=texts)
+
+
+def prompt_batches(loaded: LoadedModel, prompt_set: PromptSet) -> tuple[list[PromptBatch], tuple[str, ...]]:
+    """The set's token batches (with the model's greedy continuation if it generates) and the
+    continuations decoded. Raises :class:`PromptError` when the set cannot be built for this model."""
     batches = build_batches(
         prompt_set,
         loaded.tokenizer,
@@ -173,7 +208,7 @@ def measure_prompt_set(loaded: LoadedModel, prompt_set: PromptSet, request: Capt
             for batch, start in zip(batches, prompt_lengths, strict=True)
             for row in batch.tokens.tolist()
         )
-    return replace(measure(loaded, batches, request), generated_texts=texts)
+    return batches, texts
 
 
 def measure_named(loaded: LoadedModel, name: str, prompt_set: PromptSet, request: CaptureRequest) -> Measurements:

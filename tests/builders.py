@@ -216,3 +216,60 @@ def json_text(value: Any) -> str:
     import json
 
     return json.dumps(value, sort_keys=True)
+
+
+def tiny_gguf(path: Path, *, seed: int = 0) -> Path:
+    """A 2-layer, 4-head (2 KV heads) Llama written as a float32 .gguf file with a SentencePiece-style
+    vocabulary of letters, as llama.cpp writes one: transformers reads it in about a second."""
+    import gguf
+    import numpy as np
+
+    layers, width, heads, kv_heads, inner, vocab = 2, 32, 4, 2, 64, 64
+    head_size = width // heads
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(layers)
+    writer.add_context_length(512)
+    writer.add_embedding_length(width)
+    writer.add_feed_forward_length(inner)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_rope_freq_base(10000.0)
+    writer.add_rope_dimension_count(head_size)
+    writer.add_vocab_size(vocab)
+    letters = [chr(c) for c in [*range(ord("a"), ord("z") + 1), *range(ord("A"), ord("Z") + 1)]]
+    tokens = ["<unk>", "<s>", "</s>", "\u2581", *letters]
+    tokens += [f"\u2581{i}" for i in range(vocab - len(tokens))]
+    writer.add_tokenizer_model("llama")
+    writer.add_token_list(tokens)
+    writer.add_token_scores([0.0] * 3 + [-float(i) for i in range(vocab - 3)])
+    writer.add_token_types([2, 3, 3] + [1] * (vocab - 3))
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_unk_token_id(0)
+    rng = np.random.default_rng(seed)
+
+    def tensor(name: str, *shape: int) -> None:
+        writer.add_tensor(name, (rng.standard_normal(shape) * 0.1).astype(np.float32))
+
+    tensor("token_embd.weight", vocab, width)
+    tensor("output_norm.weight", width)
+    tensor("output.weight", vocab, width)
+    for i in range(layers):
+        for name, shape in (
+            ("attn_norm", (width,)),
+            ("attn_q", (width, width)),
+            ("attn_k", (kv_heads * head_size, width)),
+            ("attn_v", (kv_heads * head_size, width)),
+            ("attn_output", (width, width)),
+            ("ffn_norm", (width,)),
+            ("ffn_gate", (inner, width)),
+            ("ffn_up", (inner, width)),
+            ("ffn_down", (width, inner)),
+        ):
+            tensor(f"blk.{i}.{name}.weight", *shape)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

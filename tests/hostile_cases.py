@@ -47,6 +47,7 @@ class Case:
     matches: int | None = None  # how many output lines must match ``expect`` (None: at least one)
     needs: str | None = None  # a condition under which the case means something (see test_hostile)
     lead: bool = False  # part of the snapshot/CLI work: xfail(strict) while it is not done
+    env: dict[str, str] = field(default_factory=dict)  # environment of the run; "{root}" is the case's folder
 
 
 # ---- spec text builders ----
@@ -1335,7 +1336,7 @@ REVISIONS: list[Case] = [
         "hub-revision-offline",
         "someorg/some-model",
         r"model 'someorg/some-model' at revision 'v2' is not a known alias .*cannot be downloaded offline: "
-        r"pre-fetch it with `huggingface-cli download someorg/some-model --revision v2`",
+        r"pre-fetch it with `hf download someorg/some-model --revision v2`",
         None,
         "--interp-revision",
         "someorg/some-model=v2",
@@ -1504,6 +1505,346 @@ PLACEMENT: list[Case] = [
     ),
 ]
 
+# ---- third trust round (issue 25): settings, caches, outputs and checks that pass on nothing ----
+
+INI = "model_specs/pytest.ini"
+TRUST_ONLY_TYPED = (
+    r"come only from the person running the command.*give --interp-{flag} on the command line "
+    r"or set INTERP_ASSERT_{var}=1"
+)
+
+
+def _gguf_cache(root: Path, *, mode: int = 0o700, plant: bool = False) -> None:
+    """A tiny .gguf at ``root/tiny.gguf`` and a cache folder for it: group-writable (``mode``), or
+    holding its conversion with another model's weights planted in it."""
+    from interp_assert.measure.models import LoadOptions, gguf_as_safetensors
+    from tests.builders import tiny_gguf
+
+    gguf = tiny_gguf(root / "tiny.gguf")
+    (root / "cache" / "gguf").mkdir(parents=True, mode=0o700)
+    (root / "cache" / "gguf").chmod(mode)
+    if plant:
+        entry = gguf_as_safetensors(gguf, LoadOptions(cache_dir=root / "cache"))
+        (root / "other").mkdir()
+        other = gguf_as_safetensors(tiny_gguf(root / "other" / "tiny.gguf", seed=1), LoadOptions(cache_dir=root / "o"))
+        shutil.copyfile(other / "model.safetensors", entry / "model.safetensors")
+
+
+FAILING_HEAD = {"name": "sink", "property": "head_score", "head": "L0H0", "role": "first_token", "at_least": "0.99"}
+
+
+def _edit_config(name: str, changes: dict[str, object]) -> Setup:
+    """A copy of tiny-neo at ``name`` whose config.json has ``changes``."""
+
+    def setup(root: Path) -> None:
+        import json
+
+        folder = copy_model(name)(root)
+        config = json.loads((folder / "config.json").read_text())
+        (folder / "config.json").write_text(json.dumps(config | changes))
+
+    return setup
+
+
+def _adapter(breakage: str) -> Setup:
+    """A real LoRA adapter on tiny-neo (peft's save_pretrained, with the tokenizer), then broken:
+    ``weights`` truncated, ``tokenizer`` (a tokenizer.json that is not JSON), or ``custom-code``
+    (a tokenizer config that asks for the adapter's own code)."""
+
+    def setup(root: Path) -> None:
+        import json
+
+        from peft import LoraConfig, get_peft_model
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        folder = root / "adapter"
+        base = AutoModelForCausalLM.from_pretrained(BUILTIN)
+        lora = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+        lora.peft_config["default"].base_model_name_or_path = "tiny-neo"
+        lora.save_pretrained(folder)
+        AutoTokenizer.from_pretrained(BUILTIN).save_pretrained(folder)
+        if breakage == "weights":
+            weights = folder / "adapter_model.safetensors"
+            weights.write_bytes(weights.read_bytes()[:100])
+        elif breakage == "tokenizer":
+            (folder / "tokenizer.json").write_text('{"version": "1.0", "model": ')
+        elif breakage == "custom-code":
+            config = json.loads((folder / "tokenizer_config.json").read_text())
+            config["auto_map"] = {"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]}
+            (folder / "tokenizer_config.json").write_text(json.dumps(config))
+            (folder / "tokenization_evil.py").write_text("raise SystemExit('custom code ran')\n")
+
+    return setup
+
+
+TRUST3: list[Case] = [
+    Case(
+        "ini-in-specs-trusts-remote-code",
+        "cli",
+        RUN,
+        USAGE,
+        r"model_specs/pytest\.ini: ini key interp_trust_remote_code is not read: .*"
+        + TRUST_ONLY_TYPED.format(flag="trust-remote-code", var="TRUST_REMOTE_CODE"),
+        {INI: "[pytest]\ninterp_trust_remote_code = true\n", **TINY},
+    ),
+    Case(
+        "ini-in-specs-allows-pickle",
+        "cli",
+        RUN,
+        USAGE,
+        r"model_specs/pytest\.ini: ini key interp_allow_pickle is not read: .*"
+        + TRUST_ONLY_TYPED.format(flag="allow-pickle", var="ALLOW_PICKLE"),
+        {INI: "[pytest]\ninterp_allow_pickle = 1\n", **TINY},
+    ),
+    Case(
+        "ini-addopts-trusts-remote-code",
+        "cli",
+        RUN,
+        USAGE,
+        r"model_specs/pytest\.ini: addopts passes --interp-trust-remote-code, which is not read from ini files",
+        {INI: "[pytest]\naddopts = --interp-trust-remote-code\n", **TINY},
+    ),
+    Case(
+        "pyproject-allows-pickle",
+        "cli",
+        RUN,
+        USAGE,
+        r"pyproject\.toml: ini key interp_allow_pickle is not read: .*INTERP_ASSERT_ALLOW_PICKLE=1",
+        {"pyproject.toml": "[tool.pytest.ini_options]\ninterp_allow_pickle = true\n", **TINY},
+    ),
+    Case(
+        "ini-trust-false-is-harmless",
+        "cli",
+        RUN,
+        OK,
+        r"1 passed",
+        {INI: "[pytest]\ninterp_allow_pickle = false\ninterp_trust_remote_code = no\n", **TINY},
+    ),
+    Case(
+        "max-memory-huge-gb",
+        "cli",
+        ("interp-assert", "measure", "tiny-neo", "--device-map", "auto", "--max-memory", "cpu=" + "9" * 30 + "GB"),
+        CLI_ERROR,
+        r"--interp-max-memory cpu=9+GB: max_memory 'cpu': size '9+GB' is more than any machine holds \(at most 1 PiB\)"
+        r"; give a size such as 20GiB",
+    ),
+    Case(
+        "max-memory-plain-bytes",
+        "cli",
+        (*RUN, "--interp-device-map", "auto", "--interp-max-memory", "cpu=1000000000"),
+        OK,
+        r"1 passed",
+        TINY,
+    ),
+    Case(
+        "gguf-cache-group-writable",
+        "filesystem",
+        ("interp-assert", "measure", "./tiny.gguf"),
+        CLI_ERROR,
+        r"converted-model cache \S*cache/gguf is refused: \S*cache/gguf is writable by other users \(mode drwxrwx---\)"
+        r", so a model found there could have been swapped; point INTERP_ASSERT_CACHE at a folder only you can write",
+        setup=lambda root: _gguf_cache(root, mode=0o770),
+        env={"INTERP_ASSERT_CACHE": "{root}/cache"},
+    ),
+    Case(
+        "gguf-cache-planted-entry",
+        "filesystem",
+        ("interp-assert", "measure", "./tiny.gguf", "--top", "1"),
+        OK,
+        r"converted-model cache entry \S*cache/gguf/tiny-\w+-\w+ is rebuilt: model\.safetensors changed since it "
+        r"was written",
+        setup=lambda root: _gguf_cache(root, plant=True),
+        env={"INTERP_ASSERT_CACHE": "{root}/cache"},
+        outputs=("cache",),
+    ),
+    Case(
+        "report-folder-with-user-pictures",
+        "filesystem",
+        ("interp-assert", "report", SPEC, "-o", "out"),
+        CLI_ERROR,
+        r"interp-assert: error: out is not empty \(it holds my-heatmap\.png, notes\.txt\), and the report's files "
+        r"could replace them; give a new or empty folder, or pass --force",
+        {SPEC: spec(good()), "out/my-heatmap.png": b"\x89PNG mine", "out/notes.txt": "mine\n"},
+    ),
+    Case(
+        "audit-report-folder-with-user-pictures",
+        "filesystem",
+        ("interp-assert", "audit", SPEC, "--checkpoint", "tiny-neo", "--report", "rep"),
+        CLI_ERROR,
+        r"interp-assert: error: rep is not empty \(it holds L0H0\.png\).*pass --force",
+        {SPEC: spec(good()), "rep/L0H0.png": b"\x89PNG mine"},
+    ),
+    Case(
+        "track-report-folder-with-user-pictures",
+        "filesystem",
+        (*TRACK_CMD, "--checkpoints", "run/checkpoint-*", "--report", "rep"),
+        CLI_ERROR,
+        r"interp-assert: error: rep is not empty \(it holds track-norms_grow\.png\).*pass --force",
+        {SPEC: spec(good()), "rep/track-norms_grow.png": b"\x89PNG mine"},
+        copy_model("run/checkpoint-0"),
+    ),
+    Case(
+        "artifacts-folder-with-user-files",
+        "filesystem",
+        (*RUN, "--interp-artifacts", "pics"),
+        USAGE,
+        r"--interp-artifacts pics: \S*pics is not empty \(it holds holiday\.png\) and was not made by "
+        r"--interp-artifacts.*give a new or empty folder",
+        {SPEC: spec(FAILING_HEAD), "pics/holiday.png": b"\x89PNG mine"},
+    ),
+    Case(
+        "artifacts-spec-stem-dotdot",
+        "filesystem",
+        (*RUN, "--interp-artifacts", "pics"),
+        FAILED,
+        r"heatmap: pics/_-[0-9a-f]{8}/sink-L0H0-pattern\.png",
+        {"model_specs/...yaml": spec(FAILING_HEAD), "sink-L0H0-pattern.png": b"\x89PNG mine"},
+        outputs=("pics",),
+    ),
+    Case(
+        "snapshot-file-shared-yaml-yml",
+        "snapshots",
+        (*RUN, "--snapshot-update"),
+        INTERRUPTED,
+        r"model_specs/tiny\.yaml: tiny\.yaml and tiny\.yml would share one snapshot file, "
+        r"model_specs/__snapshots__/tiny\.ambr, and overwrite each other's snapshots; rename one of them",
+        {"model_specs/tiny.yaml": SNAPSHOT_SPEC, "model_specs/tiny.yml": SNAPSHOT_SPEC},
+    ),
+    Case(
+        "audit-checkpoint-other-shape",
+        "models",
+        ("interp-assert", "audit", SPEC, "--checkpoint", "smollm2-135m-instruct"),
+        CLI_ERROR,
+        r"interp-assert: error: checkpoint 'smollm2-135m-instruct' has 30 layers x 9 heads, but the spec's model "
+        r"'tiny-neo' has 2 layers x 4 heads, so the spec's heads and layers would name other things; audit a "
+        r"checkpoint of the same model",
+        TINY,
+        seconds=20,
+    ),
+    Case(
+        "track-one-checkpoint-other-shape",
+        "models",
+        (*TRACK_CMD, "--checkpoint", "smollm2-135m-instruct"),
+        CLI_ERROR,
+        r"interp-assert: error: checkpoint 'smollm2-135m-instruct' has 30 layers x 9 heads, but the spec's model "
+        r"'tiny-neo' has 2 layers x 4 heads.*track checkpoints of the spec's model",
+        TINY,
+        seconds=20,
+    ),
+    Case(
+        "override-other-shape",
+        "models",
+        (*RUN, "--interp-model", "tiny-neo=smollm2-135m-instruct"),
+        USAGE,
+        r"--interp-model: tiny-neo=smollm2-135m-instruct has 30 layers x 9 heads, but the spec's model 'tiny-neo' "
+        r"has 2 layers x 4 heads, so the spec's heads and layers would name other things",
+        TINY,
+        seconds=20,
+    ),
+    Case(
+        "checkpoints-other-shape",
+        "models",
+        (*RUN, "--interp-checkpoints", "run/checkpoint-*"),
+        USAGE,
+        r"--interp-checkpoints: checkpoint 'run/checkpoint-10' has 1 layers x 4 heads, but the spec's model "
+        r"'tiny-neo' has 2 layers x 4 heads",
+        TINY,
+        _edit_config("run/checkpoint-10", {"num_layers": 1, "attention_types": [[["global"], 1]]}),
+    ),
+    Case(
+        "config-architectures-number",
+        "models",
+        (*RUN, "--interp-checkpoints", "run/checkpoint-*"),
+        USAGE,
+        r"--interp-checkpoints: checkpoint 'run/checkpoint-10' is gpt_neo \(5\), 2 layers x 4 heads, 64 wide, not "
+        r"gpt_neo \(GPTNeoForCausalLM\).*like checkpoint 'run/checkpoint-0'; track compares checkpoints of one model",
+        TINY,
+        chain(copy_model("run/checkpoint-0"), _edit_config("run/checkpoint-10", {"architectures": 5})),
+    ),
+    Case(
+        "config-nested-deeply",
+        "models",
+        (*RUN, "--interp-model", "tiny-neo=../model"),
+        FAILED,
+        r"model '\.\./model' at \S*model could not be loaded: RecursionError: maximum recursion depth exceeded",
+        TINY,
+        weights_broken(lambda b: b'{"a":' * 100000 + b"1" + b"}" * 100000, "config.json"),
+    ),
+    model_case(
+        "adapter-weights-truncated",
+        "../adapter",
+        r"adapter \S*adapter: its weights could not be read: SafetensorError: ",
+        _adapter("weights"),
+    ),
+    model_case(
+        "adapter-tokenizer-broken",
+        "../adapter",
+        r"adapter \S*adapter: its tokenizer could not be loaded: ",
+        _adapter("tokenizer"),
+    ),
+    model_case(  # the tokenizer's own code is never run (it would exit the run): the adapter measures as usual
+        "adapter-tokenizer-custom-code",
+        "../adapter",
+        r"1 passed",
+        _adapter("custom-code"),
+        exit=OK,
+    ),
+    Case(
+        "discover-output-under-a-file",
+        "filesystem",
+        ("interp-assert", "discover", "tiny-neo", "-o", "afile/spec.yaml"),
+        CLI_ERROR,
+        r"interp-assert: error: -o afile/spec\.yaml: afile, on the way to afile/spec\.yaml, is a file, not a folder",
+        {"afile": "mine\n"},
+        seconds=10,  # refused before the model loads
+    ),
+    Case(
+        "discover-output-folder-read-only",
+        "filesystem",
+        ("interp-assert", "discover", "tiny-neo", "-o", "locked/spec.yaml"),
+        CLI_ERROR,
+        r"interp-assert: error: -o locked/spec\.yaml: locked cannot be written \(Permission denied\)",
+        setup=lambda root: (root / "locked").mkdir(mode=0o555),
+        needs="not-root",
+        seconds=10,
+    ),
+    schema_case(
+        "logit-lens-kl-single-index",
+        {"property": "logit_lens", "kl_non_increasing": "[1, 1]"},
+        at(10, 24) + r"kl_non_increasing: \[1, 1\] is a single index: kl_non_increasing needs at least one step, "
+        r"so give two different indices",
+    ),
+    schema_case(
+        "logit-lens-kl-one-index-on-this-model",
+        {"property": "logit_lens", "kl_non_increasing": "[-1, 2]"},
+        at(7, 5) + r"e0: hidden-state index range \[-1, 2\] is the single index 2 on this model: kl_non_increasing "
+        r"needs at least one step \(indices run 0 to 2\)",
+    ),
+    Case(
+        "bos-none-text-spells-bos",
+        "schema",
+        RUN,
+        FAILED,
+        AT + r":3:3: prompt set 'rep': text 0 \('<bos>t5 t6 t7'\) spells the tokenizer's BOS token '<bos>', which "
+        r"would put a real BOS in a set that says bos: none; remove it from the text, or use bos: prepend",
+        {SPEC: spec(good(), prompts='prompts:\n  rep:\n    bos: none\n    texts: ["<bos>t5 t6 t7"]\n')},
+    ),
+    schema_case(
+        "massive-activation-position-beyond-prompt",
+        {"property": "massive_activation", "position": "99"},
+        at(7, 5) + r"e0: position 99 is beyond the prompts: the longest prompt of 'rep' is 17 tokens "
+        r"\(positions 0 to 16\)",
+    ),
+    Case(
+        "ini-boolean-maybe",
+        "cli",
+        RUN,
+        USAGE,
+        r"model_specs/pytest\.ini: ini key interp_debug = 'maybe' is not a boolean; write true or false",
+        {INI: "[pytest]\ninterp_debug = maybe\n", **TINY},
+    ),
+]
+
 CASES: list[Case] = [
     *YAML,
     *SCHEMA,
@@ -1516,4 +1857,5 @@ CASES: list[Case] = [
     *DEVICES,
     *REVISIONS,
     *PLACEMENT,
+    *TRUST3,
 ]

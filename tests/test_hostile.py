@@ -61,11 +61,13 @@ def test_catalogue_covers_every_category() -> None:
 
 
 @pytest.mark.parametrize("case", _params())
-def test_hostile_input(case: Case, pytester: pytest.Pytester) -> None:
+def test_hostile_input(case: Case, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
     reason = _needs(case.needs)
     if reason:
         pytest.skip(reason)
     root = pytester.path
+    for variable, value in case.env.items():
+        monkeypatch.setenv(variable, value.format(root=root))
     for name, content in case.files.items():
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -234,10 +234,20 @@ def _run_options(args: argparse.Namespace) -> Any:
         device_map=args.device_map,
         max_memory=args.max_memory,
         offload_folder=str(args.offload_folder) if args.offload_folder is not None else None,
-        trust_remote_code=args.trust_remote_code,
-        allow_pickle=args.allow_pickle,
+        # the flag, or the environment variable (never a file: see interp_assert/trust.py)
+        trust_remote_code=args.trust_remote_code or _from_environment("interp_trust_remote_code"),
+        allow_pickle=args.allow_pickle or _from_environment("interp_allow_pickle"),
     )
     return from_flags(flags, here=Path.cwd())
+
+
+def _from_environment(setting: str) -> bool:
+    from interp_assert.trust import from_environment
+
+    try:
+        return from_environment(setting)
+    except ValueError as exc:
+        raise InterpAssertError(str(exc)) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -284,6 +294,9 @@ def _discover(args: argparse.Namespace) -> int:
     output: Path = args.output
     if output.exists() and not args.force:
         raise InterpAssertError(f"{output} exists; pass --force to overwrite it")
+    problem = atomic.write_problem(output)  # found now, not after minutes of measuring
+    if problem:
+        raise InterpAssertError(f"-o {output}: {problem}")
     prompt_sets = discover.read_prompt_sets(args.prompts) if args.prompts else None
     settings = discover.DiscoverSettings(threshold=args.threshold, max_heads=args.max_heads, keep=args.keep)
     with _progress(3 if prompt_sets is None else 1 + len(prompt_sets)) as step:
@@ -297,8 +310,11 @@ def _discover(args: argparse.Namespace) -> int:
             settings=settings,
             progress=step,
         )
-    output.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(output, result.text)
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(output, result.text)
+    except OSError as exc:  # named by the user's path, not the temporary file beside it
+        raise InterpAssertError(f"-o {output}: cannot be written ({exc.strerror or exc})") from None
     print(f"wrote {output}: {result.n_expectations} expectations")
     return 0
 

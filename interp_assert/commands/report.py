@@ -10,6 +10,7 @@ the numbers on the page are the ones the tests see.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import re
 from collections.abc import Callable
@@ -302,6 +303,33 @@ def _slug(text: str) -> str:
 
 # ---- failure artifacts for pytest (--interp-artifacts) ----
 
+ARTIFACTS_MARK = ".interp_assert_artifacts"  # in a folder --interp-artifacts made, which later runs may reuse
+
+
+def artifacts_folder_problem(directory: Path) -> str | None:
+    """Why ``--interp-artifacts`` may not write into ``directory``: it is a file, or a folder that holds
+    something and was not made by an earlier run (the pictures could replace the user's files)."""
+    if directory.exists() and not directory.is_dir():
+        return f"{directory} exists and is not a folder; give a new or empty folder"
+    if not directory.is_dir() or (directory / ARTIFACTS_MARK).is_file():
+        return None
+    held = sorted(path.name for path in directory.iterdir())
+    if not held:
+        return None
+    shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+    return (
+        f"{directory} is not empty (it holds {shown}) and was not made by --interp-artifacts, so its "
+        "pictures could replace those files; give a new or empty folder"
+    )
+
+
+def spec_folder_name(spec_path: str | Path) -> str:
+    """The artifacts subfolder of one spec file: its stem as a slug (never ``.``, ``..`` or a path),
+    and a hash of its full path, so two specs of the same name in different folders never share one."""
+    resolved = str(Path(spec_path).resolve())
+    stem = re.sub(r"^\.+", "_", _slug(Path(spec_path).stem)) or "_"
+    return f"{stem}-{hashlib.sha256(resolved.encode()).hexdigest()[:8]}"
+
 
 def write_failure_artifacts(runner: Any, spec: SpecFile, entry: Entry, outcome: Any, directory: Path) -> list[Path]:
     """The heatmaps of a failed expectation: the attention pattern of the head concerned
@@ -311,7 +339,12 @@ def write_failure_artifacts(runner: Any, spec: SpecFile, entry: Entry, outcome: 
 
     expectation: Any = entry.expectation
     assert spec.header is not None and expectation is not None
-    folder = directory / _slug(Path(spec.path).stem)
+    problem = artifacts_folder_problem(directory)
+    if problem:
+        raise InterpAssertError(problem)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / ARTIFACTS_MARK).touch()
+    folder = directory / spec_folder_name(spec.path)
     head = outcome.heads[0] if outcome.heads else None
     role = getattr(expectation, "role", None)
     written = []

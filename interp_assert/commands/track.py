@@ -95,6 +95,7 @@ def main_track(
     if report_dir is not None:
         refuse_overwrite(report_dir, force=force)
     check_architectures(found)
+    _check_spec_shape(spec_path, found, options)
     track = run_track(spec_path, found, options, progress=progress)
     print_track(track, out)
     if json_path is not None:
@@ -105,3 +106,21 @@ def main_track(
 
         print(f"wrote {write_track_report(track, report_dir)}", file=out)
     return 0 if track.passed else 1
+
+
+def _check_spec_shape(spec_path: str, found: Sequence[Checkpoint], options: RunOptions | None) -> None:
+    """Checkpoints of another layers x heads shape than the spec's model, refused before any loads."""
+    from interp_assert.drift.checkpoints import check_against_spec
+    from interp_assert.spec import load_spec
+
+    header = load_spec(spec_path).header
+    if header is None:
+        return  # an invalid spec is reported by the run itself
+    overrides = options.overrides if options is not None else {}
+    check_against_spec(
+        overrides.get(header.model, header.model),
+        Path(spec_path).parent,
+        header.revision,
+        [(checkpoint.path, None, f"checkpoint {checkpoint.given!r}") for checkpoint in found],
+        "track checkpoints of the spec's model",
+    )

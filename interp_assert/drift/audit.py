@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TextIO
 
 from interp_assert.drift import fingerprint as fp
+from interp_assert.drift.checkpoints import check_against_spec
 from interp_assert.errors import InterpAssertError, SpecError
 from interp_assert.outcome import Outcome
 from interp_assert.run_options import RunOptions
@@ -95,10 +97,26 @@ def run_audit(
     if spec.problems() or spec.header is None:
         raise SpecError(spec.problems())
     model = spec.header.model
+    # a checkpoint of another shape is refused in one line, before hours of measuring the wrong thing
+    check_against_spec(
+        options.overrides.get(model, model),
+        Path(spec.path).parent,
+        options.revisions.get(model, spec.header.revision),
+        [(checkpoint, checkpoint_revision, f"checkpoint {checkpoint!r}")],
+        "audit a checkpoint of the same model",
+        base=base,
+    )
     base_options = options.replacing(model, base) if base else options
     base_runner = Runner(base_options)
-    checkpoint_runner = Runner(base_options.replacing(model, checkpoint).revising(model, checkpoint_revision))
-    notes = []
+    checkpoint_runner = Runner(
+        base_options.replacing(model, checkpoint).revising(model, checkpoint_revision), teacher=base_runner
+    )
+    notes = [
+        f"prompt set {name!r} generates: the checkpoint is measured on the base's continuation (teacher-forced), "
+        "so both models are compared on the same tokens; generated_text compares each model's own continuation"
+        for name, prompt_set in spec.header.prompts.items()
+        if prompt_set.generate
+    ]
     for runner in (base_runner, checkpoint_runner):
         notes += [n for n in runner.model_for(spec).notes if n not in notes]
     rows, drifts = [], []

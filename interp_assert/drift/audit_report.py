@@ -40,11 +40,20 @@ class _Picture:
 
 
 def refuse_overwrite(directory: Path, *, force: bool) -> None:
-    index = directory / "index.html"
-    if index.exists() and not force:
-        raise InterpAssertError(f"{index} exists; pass --force to overwrite it (or choose another folder)")
+    """A report (report -o, audit --report, track --report) goes only into a new or empty folder, or
+    anywhere with ``force``: its files (index.html, figures named by expectation) could otherwise
+    replace the user's own. The error names what the folder holds."""
     if directory.exists() and not directory.is_dir():
         raise InterpAssertError(f"{directory} exists and is not a folder; give a folder for the report")
+    if force or not directory.exists():
+        return
+    held = sorted(path.name for path in directory.iterdir())
+    if held:
+        shown = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+        raise InterpAssertError(
+            f"{directory} is not empty (it holds {shown}), and the report's files could replace them; "
+            "give a new or empty folder, or pass --force to write the report there anyway"
+        )
 
 
 def write_audit_report(audit: Audit, spec: SpecFile, directory: Path) -> Path:
@@ -80,18 +89,21 @@ def _prompt_sets(spec: SpecFile) -> list[str]:
 
 def _prompt_set_figures(spec: SpecFile, prompt_name: str, base: Any, checkpoint: Any, out: Path) -> list[_Picture]:
     before, after = base.measurements(spec, prompt_name), checkpoint.measurements(spec, prompt_name)
+    atol = DEFAULT_TOLERANCES["role_scores"].atol  # a change below it is noise, never outlined as a move
     pictures = []
     for role in ROLES:
         if role in before.role_scores and role in after.role_scores:
             old, new = before.role_scores[role], after.role_scores[role]
             if old.shape != new.shape:
                 continue
-            moved = [name for name, _ in _largest_moves(old, new)[:3]]
+            moves = [(name, delta) for name, delta in _largest_moves(old, new)[:3] if abs(delta) > atol]
             file = f"delta-{_slug(prompt_name)}-{role}.png"
             title = f"{role}: checkpoint - base, prompts {prompt_name!r}"
-            diff_figures.delta_heatmap(out / file, old, new, title, moved)
-            caption = f"{role} on {prompt_name!r}; largest moves: " + ", ".join(
-                f"{name} {delta:+.3f}" for name, delta in _largest_moves(old, new)[:3]
+            diff_figures.delta_heatmap(out / file, old, new, title, [name for name, _ in moves])
+            caption = f"{role} on {prompt_name!r}; " + (
+                "largest moves: " + ", ".join(f"{name} {delta:+.3f}" for name, delta in moves)
+                if moves
+                else f"no head moved by more than the tolerance {atol:g}"
             )
             pictures.append(_Picture(file, "Role scores: checkpoint - base", caption))
     if before.hidden_norms_without_first is not None and after.hidden_norms_without_first is not None:
@@ -105,6 +117,12 @@ def _prompt_set_figures(spec: SpecFile, prompt_name: str, base: Any, checkpoint:
         old_labels = scores.head_labels(before.role_scores, 0.5)
         new_labels = scores.head_labels(after.role_scores, 0.5)
         if old_labels.shape == new_labels.shape:
+            # a head whose scores all moved less than the tolerance keeps its label: a score at the
+            # labelling threshold flips on noise, and that is not a change to report
+            moved = np.zeros(old_labels.shape, dtype=bool)
+            for label_role in LABEL_ROLES:
+                moved |= np.nan_to_num(np.abs(after.role_scores[label_role] - before.role_scores[label_role])) > atol
+            new_labels = np.where(moved, new_labels, old_labels)
             file = f"labels-{_slug(prompt_name)}.png"
             diff_figures.fractions_side_by_side(
                 out / file, old_labels, new_labels, f"head labels by layer, prompts {prompt_name!r}"
@@ -129,8 +147,10 @@ def _side_by_side_patterns(spec: SpecFile, row: AuditRow, base: Any, checkpoint:
     layer, index = parse_head(head)
     pictures = []
     for side, runner in (("base", base), ("checkpoint", checkpoint)):
-        runner.also_capture(spec, entry.expectation.prompts, CaptureRequest(patterns=frozenset({(layer, index)})))
-        measured = runner.measurements(spec, entry.expectation.prompts)
+        # that head's pattern alone, not the spec's whole capture again
+        measured = runner.measure_only(
+            spec, entry.expectation.prompts, CaptureRequest(patterns=frozenset({(layer, index)}))
+        )
         if (layer, index) not in measured.patterns:
             continue
         file = f"pattern-{_slug(row.name)}-{head}-{side}.png"

@@ -156,19 +156,113 @@ def architecture(config: dict[str, Any]) -> str:
         return next((text[k] for k in keys if k in text), "?")
 
     classes = config.get("architectures") or []
+    classes = classes if isinstance(classes, list) else [classes]  # "architectures": 5 is shown, not a crash
     kind = str(config.get("model_type", "?")) + (f" ({', '.join(map(str, classes))})" if classes else "")
     return f"{kind}, {first(_LAYERS)} layers x {first(_HEADS)} heads, {first(_WIDTH)} wide"
+
+
+def _config_json(path: Path) -> dict[str, Any] | None:
+    """A ``config.json`` as a mapping; ``None`` when missing, unreadable, not JSON, nested too deep
+    for the parser, or not a mapping (loading the model then says what is wrong)."""
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def declared_shape(source: Path) -> tuple[int, int] | None:
+    """(layers, heads) as a model folder's ``config.json`` or a ``.gguf`` file's header states them,
+    read without loading the weights; ``None`` where nothing states them (an adapter, a hub id)."""
+    if source.suffix == ".gguf" and source.is_file():
+        return _gguf_shape(source)
+    config = _config_json(source / "config.json") if source.is_dir() else None
+    if config is None:
+        return None
+    text = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    assert isinstance(text, dict)
+    layers = next((text[k] for k in _LAYERS if k in text), None)
+    heads = next((text[k] for k in _HEADS if k in text), None)
+    if isinstance(layers, int) and isinstance(heads, int) and not isinstance(layers | heads, bool):
+        return layers, heads
+    return None
+
+
+def _gguf_shape(path: Path) -> tuple[int, int] | None:
+    try:
+        from gguf import GGUFReader
+
+        fields = GGUFReader(str(path)).fields
+        arch_field = fields["general.architecture"]
+        arch = bytes(arch_field.parts[arch_field.data[0]]).decode()
+
+        def number(key: str) -> int:
+            field = fields[f"{arch}.{key}"]
+            return int(field.parts[field.data[0]][0])
+
+        return number("block_count"), number("attention.head_count")
+    except Exception:  # any unreadable header: loading the file says what is wrong
+        return None
+
+
+def reference_shape(
+    reference: str, base_dir: Path | None = None, revision: str | None = None
+) -> tuple[int, int] | None:
+    """:func:`declared_shape` of a model as a spec or a flag names it: an alias, a path (relative to
+    ``base_dir`` first) or a hub id found in the local cache."""
+    from interp_assert.measure import hub
+    from interp_assert.measure.models import ALIASES, resolve
+
+    try:
+        source = resolve(reference, base_dir)
+    except Exception:  # an alias whose package is missing: loading it says so
+        return None
+    if isinstance(source, str):
+        if reference in ALIASES or not hub.in_cache(source, revision):
+            return None
+        folder = hub.snapshot_folder(source, revision)
+        source = folder if folder is not None else Path(source)
+    return declared_shape(source)
+
+
+def check_shape(
+    expected: str, expected_shape: tuple[int, int] | None, other: str, other_shape: tuple[int, int] | None, use: str
+) -> None:
+    """Refuse, before anything loads, a model whose layers x heads differ from the spec's model:
+    the spec's heads and layers would name other things there (or nothing)."""
+    if expected_shape is None or other_shape is None or expected_shape == other_shape:
+        return
+    raise CheckpointError(
+        f"{other} has {other_shape[0]} layers x {other_shape[1]} heads, but {expected} has "
+        f"{expected_shape[0]} layers x {expected_shape[1]} heads, so the spec's heads and layers would name "
+        f"other things; {use}"
+    )
+
+
+def check_against_spec(
+    spec_model: str,
+    spec_dir: Path,
+    spec_revision: str | None,
+    targets: Sequence[tuple[str, str | None, str]],
+    use: str,
+    *,
+    base: str | None = None,
+) -> None:
+    """Each target (a model reference, its revision, and how to name it) against the spec's model
+    (or ``base``), both resolved as the loader would (relative to the spec's folder first)."""
+    expected = f"the base {base!r}" if base else f"the spec's model {spec_model!r}"
+    shape = reference_shape(base or spec_model, spec_dir, None if base else spec_revision)
+    if shape is None:
+        return
+    for reference, revision, shown in targets:
+        check_shape(expected, shape, shown, reference_shape(reference, spec_dir, revision), use)
 
 
 def read_architecture(checkpoint: Checkpoint) -> str | None:
     """The architecture a checkpoint folder's ``config.json`` states; ``None`` where there is none
     to read (an adapter, a .gguf file, an alias): loading it says what is wrong, if anything."""
-    config = Path(checkpoint.path) / "config.json"
-    try:
-        loaded = json.loads(config.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return architecture(loaded) if isinstance(loaded, dict) else None
+    loaded = _config_json(Path(checkpoint.path) / "config.json")
+    return architecture(loaded) if loaded is not None else None
 
 
 def same_architecture(first: Checkpoint, first_arch: str, other: Checkpoint, other_arch: str) -> None:

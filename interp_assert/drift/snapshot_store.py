@@ -57,14 +57,41 @@ def location(spec_path: str | Path, name: str) -> SpecLocation:
     return SpecLocation(node)  # type: ignore[arg-type]
 
 
+API_SNAPSHOTS = "__interp_snapshots__"  # beside a Python test module: a folder syrupy never sweeps
+
+
 def snapshot_file(spec_path: str | Path) -> Path:
+    """A spec's ``__snapshots__/<stem>.ambr``; for a Python test module (the ``interp`` fixture's
+    ``expect("snapshot", ...)``), ``__interp_snapshots__/<module>.ambr`` beside it, since syrupy
+    treats every file in a test module's ``__snapshots__`` as its own and deletes what it did not write."""
+    path = Path(spec_path)
+    if path.suffix == ".py":
+        return path.absolute().parent / API_SNAPSHOTS / f"{path.stem}.ambr"
     return Path(AmberSnapshotExtension.get_location(test_location=location(spec_path, "_"), index=0))
+
+
+def sharing_problem(spec_path: str | Path) -> str | None:
+    """Why ``spec_path`` cannot have snapshots of its own: another spec file beside it (``tiny.yml``
+    beside ``tiny.yaml``) maps to the same ``__snapshots__/<stem>.ambr``, where each would record,
+    and delete as stale, the other's entries."""
+    path = Path(spec_path)
+    others = [
+        other.name for suffix in (".yaml", ".yml") if (other := path.with_suffix(suffix)) != path and other.is_file()
+    ]
+    if not others:
+        return None
+    return (
+        f"{path.name} and {', '.join(others)} would share one snapshot file, "
+        f"{describe(snapshot_file(path))}, and overwrite each other's snapshots; rename one of them"
+    )
 
 
 def read_text(spec_path: str | Path, name: str) -> str | None:
     """The stored text of snapshot ``name``, or ``None`` when there is none."""
     extension = AmberSnapshotExtension()
     try:
+        if Path(spec_path).suffix == ".py":
+            return _read_api_snapshot(snapshot_file(spec_path), name)
         text = extension.read_snapshot(test_location=location(spec_path, name), index=0, session_id=uuid.uuid4().hex)
     except SnapshotDoesNotExist:
         return None
@@ -74,6 +101,16 @@ def read_text(spec_path: str | Path, name: str) -> str | None:
             problem = "the file has no current syrupy amber version header; re-record it with --snapshot-update"
         raise SnapshotFileError(f"{snapshot_file(spec_path)}: cannot read snapshot {name!r}: {problem}") from None
     return str(text)
+
+
+def _read_api_snapshot(target: Path, name: str) -> str | None:
+    if not target.exists():
+        return None
+    collection = AmberDataSerializer.read_file(str(target))
+    if collection.tainted:
+        raise TaintedSnapshotError(None)
+    snapshot = collection.get(name)
+    return None if snapshot is None else str(snapshot.data)
 
 
 def stored_names(spec_path: str | Path) -> set[str]:

@@ -18,8 +18,18 @@ from interp_assert.figures.heatmaps import FAILED, LABEL_COLOURS, save
 from interp_assert.vocab import LABELS, parse_head
 
 
-def delta_heatmap(path: Path, base: np.ndarray, checkpoint: np.ndarray, title: str, marked: Sequence[str] = ()) -> Path:
-    """Layers (x) by heads (y): checkpoint - base per head, symmetric colour scale; ``marked`` heads outlined."""
+def delta_heatmap(
+    path: Path,
+    base: np.ndarray,
+    checkpoint: np.ndarray,
+    title: str,
+    marked: Sequence[str] = (),
+    *,
+    difference: str = "checkpoint - base",
+) -> Path:
+    """Layers (x) by heads (y): checkpoint - base per head, symmetric colour scale; ``marked`` heads
+    outlined. ``difference`` names what was subtracted from what (colour bar); the title states the
+    largest change measured, not the colour scale's floor."""
     delta = checkpoint - base
     n_layers, n_heads = delta.shape
     finite = np.abs(delta[np.isfinite(delta)])
@@ -34,13 +44,23 @@ def delta_heatmap(path: Path, base: np.ndarray, checkpoint: np.ndarray, title: s
     axes.set_xticks(range(0, n_layers, 1 if n_layers <= 40 else 2))
     axes.set_yticks(range(n_heads))
     axes.tick_params(labelsize=7)
-    figure.colorbar(image, ax=axes, fraction=0.04, pad=0.02, label="checkpoint - base")
+    figure.colorbar(image, ax=axes, fraction=0.04, pad=0.02, label=difference)
     for name in marked:
         layer, head = parse_head(name)
         if 0 <= layer < n_layers and 0 <= head < n_heads:
             axes.add_patch(Rectangle((layer - 0.5, head - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=2.0))
-    axes.set_title(f"{title}\nlargest |change| {limit:.3f}", fontsize=9)
+    axes.set_title(delta_title(title, base, checkpoint), fontsize=9)
     return save(figure, path)
+
+
+def delta_title(title: str, base: np.ndarray, checkpoint: np.ndarray) -> str:
+    """The title with the largest |checkpoint - base| measured (and the colour scale's floor when
+    the map is paler than its scale)."""
+    delta = np.abs(checkpoint - base)
+    finite = delta[np.isfinite(delta)]
+    largest = float(finite.max()) if finite.size else 0.0
+    floor = "" if largest >= 0.05 else " (colour scale to 0.05)"
+    return f"{title}\nlargest |change| {largest:.3g}{floor}"
 
 
 def norms_overlay(path: Path, base: np.ndarray, checkpoint: np.ndarray, title: str) -> Path:

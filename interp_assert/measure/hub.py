@@ -132,7 +132,7 @@ def load_error(reference: str, revision: str | None, problem: str, aliases: str)
     """One line for a hub id that did not load: offline and not cached (how to pre-fetch it), or a
     download that failed (``problem``: the library's first line). ``aliases``: the built-in names."""
     at = f" at revision {revision!r}" if revision else ""
-    fetch = f"huggingface-cli download {reference}" + (f" --revision {revision}" if revision else "")
+    fetch = f"hf download {reference}" + (f" --revision {revision}" if revision else "")
     folder = snapshot_folder(reference, revision) if "/" in reference else None
     if folder is not None:
         return ModelLoadError(

@@ -104,6 +104,8 @@ class ActivationPeaks:
     sequence: np.ndarray  # [L + 1], ints: index in the prompt set, in batch order
     position: np.ndarray  # [L + 1], ints
     dimension: np.ndarray  # [L + 1], ints
+    longest: int = 0  # token positions of the set's longest sequence (0: not recorded)
+    width: int = 0  # feature dimensions of the hidden state (0: not recorded)
 
 
 @dataclass(frozen=True)

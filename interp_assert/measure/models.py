@@ -7,24 +7,36 @@ pickled weights; remote code is never trusted unless the user says so.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
+import logging
 import os
-import shutil
 import sys
-import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from interp_assert.errors import ModelLoadError
 from interp_assert.measure import hub, placement
+from interp_assert.measure.gguf_cache import cached_conversion, file_sha256
 from interp_assert.measure.placement import DeviceMap, MaxMemory
 from interp_assert.vocab import DType
 
 BUILTIN_MODELS = Path(__file__).parent.parent / "builtin_models"
+
+
+def _not_publisher_trust_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Skipping publisher trust check for ")
+
+
+# transformers registers hub attention kernels (kernels-community/flash-attn...) at load time, and
+# offline the kernels package says for each that it skips their publisher check: none is used here
+# (capture runs eager attention or its own kernels), so the three lines only confuse.
+logging.getLogger("kernels._internals.hf_hub").addFilter(_not_publisher_trust_notice)
 
 
 def _smollm2_gguf() -> Path:
@@ -132,9 +144,6 @@ def input_device(loaded: LoadedModel) -> Any:
     return torch.device("cpu") if device.type == "meta" else device
 
 
-_HASHES: dict[tuple[str, int, int], str] = {}
-
-
 def content_hash(source: str) -> str:
     """sha256 (first 16 hex digits) of a model directory's weight files; ``unknown`` for hub ids."""
     directory = Path(source)
@@ -144,15 +153,7 @@ def content_hash(source: str) -> str:
         return "unknown"
     digest = hashlib.sha256()
     for file in files:
-        stat = file.stat()
-        key = (str(file.resolve()), stat.st_size, stat.st_mtime_ns)
-        if key not in _HASHES:
-            file_digest = hashlib.sha256()
-            with file.open("rb") as handle:
-                for block in iter(lambda: handle.read(1 << 24), b""):
-                    file_digest.update(block)
-            _HASHES[key] = file_digest.hexdigest()
-        digest.update(_HASHES[key].encode())
+        digest.update(file_sha256(file).encode())
     return digest.hexdigest()[:16]
 
 
@@ -191,8 +192,10 @@ def load_model(reference: str, options: LoadOptions, base_dir: Path | None = Non
             f"model {reference!r} is {what}, so revision {options.revision!r} cannot apply; "
             "a revision selects a version of a Hugging Face hub id (org/name)"
         )
+    notes: tuple[str, ...] = ()
     if isinstance(source, Path) and source.suffix == ".gguf":
-        source = gguf_as_safetensors(source, options)
+        source, rebuilt = gguf_conversion(source, options)
+        notes = (rebuilt,) if rebuilt else ()
     if isinstance(source, Path) and not source.is_dir():
         raise ModelLoadError(f"model {reference!r}: {source} is neither a directory nor a .gguf file")
     if isinstance(source, Path):
@@ -207,7 +210,7 @@ def load_model(reference: str, options: LoadOptions, base_dir: Path | None = Non
     if isinstance(source, str):  # a hub id: record the snapshot it resolved to, and hash its weights as a folder's
         folder, commit = hub.resolved(source, options.revision)
         source = folder if folder is not None else source
-    return LoadedModel(reference, str(source), model, tokenizer, options, commit=commit)
+    return LoadedModel(reference, str(source), model, tokenizer, options, notes, commit=commit)
 
 
 def show_progress() -> bool:
@@ -325,10 +328,21 @@ def _load_adapter(reference: str, directory: Path, options: LoadOptions) -> Load
     except (OSError, ValueError, KeyError) as exc:
         problem = _first_line(exc)
         raise ModelLoadError(f"adapter {directory} does not fit its base {base_reference!r}: {problem}") from None
+    except Exception as exc:  # a truncated or corrupt weights file fails in its reader (SafetensorError, ...)
+        problem = f"{type(exc).__name__}: {_first_line(exc)}"
+        raise ModelLoadError(f"adapter {directory}: its weights could not be read: {problem}") from exc
     merged.eval()
     merged.requires_grad_(False)
     has_tokenizer = any((directory / name).exists() for name in ("tokenizer.json", "tokenizer_config.json"))
-    tokenizer = _from_pretrained_tokenizer(directory, options) if has_tokenizer else base.tokenizer
+    try:
+        tokenizer = _from_pretrained_tokenizer(directory, options) if has_tokenizer else base.tokenizer
+    except Exception as exc:  # broken tokenizer.json, custom code not allowed, ...: one line, not a traceback
+        problem = (
+            f"{type(exc).__name__}: {_first_line(exc)}"
+            if not isinstance(exc, OSError | ValueError)
+            else _first_line(exc)
+        )
+        raise ModelLoadError(f"adapter {directory}: its tokenizer could not be loaded: {problem}") from exc
     return LoadedModel(
         reference, str(directory), merged, tokenizer, options, (*base.notes, note), base_source=base.source
     )
@@ -393,22 +407,29 @@ def _refuse_pickles(reference: str, directory: Path, options: LoadOptions) -> No
 
 
 def gguf_as_safetensors(gguf: Path, options: LoadOptions) -> Path:
-    """Dequantise a .gguf once into a cached safetensors directory (reloads in well under a second)."""
+    """Dequantise a .gguf once into a cached safetensors directory (reloads in well under a second);
+    :mod:`~interp_assert.measure.gguf_cache` checks what it finds there before it is used."""
+    return gguf_conversion(gguf, options)[0]
+
+
+def gguf_conversion(gguf: Path, options: LoadOptions) -> tuple[Path, str | None]:
+    """:func:`gguf_as_safetensors`, with a note when a cached entry was found wrong and rebuilt."""
     import transformers
 
-    stat = gguf.stat()
-    key = hashlib.sha256(
-        f"{gguf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers.__version__}".encode()
-    ).hexdigest()[:16]
-    target = cache_root(options) / "gguf" / f"{gguf.stem}-{key}"
-    if (target / "config.json").exists():
-        return target
+    return cached_conversion(gguf, cache_root(options), transformers.__version__, lambda folder: _convert(gguf, folder))
+
+
+def _convert(gguf: Path, folder: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_progress()
+    # the file's absolute path: transformers looks for a bare gguf_file name in the working directory
+    # first, so a same-named .gguf there would be read instead
+    path = str(gguf.resolve())
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=path)
+        with _gguf_progress():
+            quantised = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=path)
     except Exception as exc:  # truncated or corrupt files fail anywhere in the reader (struct.error, ...)
         raise ModelLoadError(
             f"could not read GGUF file {gguf}: {_first_line(exc).rstrip('.')}; is it a complete .gguf file?"
@@ -419,15 +440,23 @@ def gguf_as_safetensors(gguf: Path, options: LoadOptions) -> Path:
     # The GGUF-loaded model refuses save_pretrained; a fresh model with its weights does not.
     fresh = AutoModelForCausalLM.from_config(config)
     fresh.load_state_dict(quantised.state_dict())
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=target.parent))
-    fresh.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
+    fresh.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+
+@contextmanager
+def _gguf_progress() -> Iterator[None]:
+    """transformers' GGUF reader draws its own tqdm bar, which its progress-bar switch does not
+    reach: keep it to an interactive terminal."""
+    import transformers.modeling_gguf_pytorch_utils as reader
+
+    drawn = reader.tqdm
+    if not show_progress():
+        reader.tqdm = functools.partial(drawn, disable=True)
     try:
-        staging.rename(target)  # atomic: a concurrent worker either wins or finds it done
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+        yield
+    finally:
+        reader.tqdm = drawn
 
 
 MODEL_FOLDER = (

@@ -17,10 +17,14 @@ class PeakAccumulator:
         self.value = np.full(n_states, -1.0)
         self.median = np.zeros(n_states)
         self.where = np.zeros((n_states, 3), dtype=np.int64)  # sequence, position, dimension
+        self.longest = 0
+        self.width = 0
 
     def add(self, index: int, hidden: torch.Tensor, first_sequence: int) -> None:
         """``hidden[B, T, D]``: the residual stream at ``index`` for sequences ``first_sequence ..``."""
         magnitude = hidden.detach().float().abs()
+        self.longest = max(self.longest, int(magnitude.shape[1]))
+        self.width = int(magnitude.shape[2])
         flat = int(torch.argmax(magnitude))  # first occurrence on ties: deterministic
         batch, position, dimension = np.unravel_index(flat, tuple(magnitude.shape))
         value = float(magnitude[batch, position, dimension])
@@ -36,4 +40,6 @@ class PeakAccumulator:
             sequence=self.where[:, 0].copy(),
             position=self.where[:, 1].copy(),
             dimension=self.where[:, 2].copy(),
+            longest=self.longest,
+            width=self.width,
         )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +19,14 @@ from interp_assert.vocab import VALID_DEVICES, parse_device
 
 STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 MODULE_PATTERN = re.compile(r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
-SIZE_PATTERN = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$")
+SIZE_PATTERN = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)\s*$")
 UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
 UNITS |= {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30, "TiB": 2**40}
 VALID_MAP = (
     f"use {', '.join(STRATEGIES)}, or a mapping of module name ('' for the whole model) to a device "
     f"({VALID_DEVICES}, a GPU number, or disk)"
 )
+MAX_SIZE = 2**50  # 1 PiB: far beyond any device, far below what accelerate's arithmetic handles
 VALID_SIZE = "a size such as 20GiB, 500MB or 1.5GB, or a whole number of bytes"
 VALID_MEMORY_KEY = "cpu, disk, mps, a GPU number, cuda, cuda:N or xpu:N"
 
@@ -69,17 +71,25 @@ def check_map_device(module: str, device: object) -> str | int:
 
 
 def parse_size(value: object) -> int:
-    """``"20GiB"`` -> bytes. Raises ``ValueError`` naming the value and the valid forms."""
+    """``"20GiB"`` (or ``"1000000000"``, bytes) -> bytes. Raises ``ValueError`` naming the value and the
+    valid forms; exact arithmetic, so no size overflows a float."""
+    if isinstance(value, str) and len(value) > 40:
+        raise ValueError(f"size '{value[:20]}...' ({len(value)} characters) is not valid; give {VALID_SIZE}")
+    if isinstance(value, str) and value.strip().isdigit() and value.strip().isascii():
+        value = int(value.strip())
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 1:
             raise ValueError(f"size {value} is not positive; give {VALID_SIZE}")
-        return value
-    match = SIZE_PATTERN.match(value) if isinstance(value, str) else None
-    if match is None:
-        raise ValueError(f"size {value!r} is not valid; give {VALID_SIZE}")
-    size = int(float(match.group(1)) * UNITS[match.group(2)])
-    if size < 1:
-        raise ValueError(f"size {value!r} is zero; give {VALID_SIZE}")
+        size = value
+    else:
+        match = SIZE_PATTERN.match(value) if isinstance(value, str) else None
+        if match is None:
+            raise ValueError(f"size {value!r} is not valid; give {VALID_SIZE}")
+        size = int(Fraction(match.group(1)) * UNITS[match.group(2)])
+        if size < 1:
+            raise ValueError(f"size {value!r} is zero; give {VALID_SIZE}")
+    if size > MAX_SIZE:
+        raise ValueError(f"size {value!r} is more than any machine holds (at most 1 PiB); give {VALID_SIZE}")
     return size
 
 

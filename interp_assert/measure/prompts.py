@@ -31,6 +31,8 @@ def build_batches(
     prefix = _bos_prefix(prompt_set, tokenizer)
     if prompt_set.texts is not None:
         sequences = [prefix + list(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in prompt_set.texts]
+        if prompt_set.bos == "none":
+            _refuse_written_bos(prompt_set.texts, sequences, tokenizer)
         by_length: dict[int, list[list[int]]] = {}
         for sequence in sequences:
             by_length.setdefault(len(sequence), []).append(sequence)
@@ -64,6 +66,21 @@ def _bos_prefix(prompt_set: PromptSet, tokenizer: Any) -> list[int]:
     if bos is None:
         raise PromptError("bos: prepend, but this model's tokenizer has no BOS token; use bos: none")
     return [int(bos)]
+
+
+def _refuse_written_bos(texts: list[str], sequences: list[list[int]], tokenizer: Any) -> None:
+    """``bos: none`` promises no BOS; a text that spells the BOS token (``<bos>...``) would put the
+    real one in through the tokenizer's special-token parsing, so it is refused by name."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return
+    for number, (text, sequence) in enumerate(zip(texts, sequences, strict=True)):
+        if bos in sequence:
+            shown = text if len(text) <= 40 else text[:40] + "..."
+            raise PromptError(
+                f"text {number} ({shown!r}) spells the tokenizer's BOS token {tokenizer.bos_token!r}, which would "
+                "put a real BOS in a set that says bos: none; remove it from the text, or use bos: prepend"
+            )
 
 
 def _random_repeated(prompt_set: PromptSet, tokenizer: Any, vocab_size: int, prefix: list[int]) -> torch.Tensor:

@@ -202,6 +202,28 @@ def resolve_range(bounds: list[int], count: int, what: str) -> tuple[int, int]:
     return first, last
 
 
+def resolve_steps(bounds: list[int], count: int, what: str, check: str) -> tuple[int, int]:
+    """:func:`resolve_range` for a check over steps k -> k+1: a range that resolves to one index
+    (``[1, 1]``, or ``[-1, 2]`` on a 2-layer model) has no step, so it would check nothing."""
+    first, last = resolve_range(bounds, count, what)
+    if first == last:
+        raise CheckInputError(
+            f"{what} range {bounds} is the single index {first} on this model: {check} needs at least one step "
+            f"(indices run 0 to {count - 1})"
+        )
+    return first, last
+
+
+def single_index_problem(bounds: list[int] | None, check: str) -> str | None:
+    """For a spec's validator: ``[k, k]`` is one index whatever the model, so a check of steps is empty."""
+    if bounds is not None and bounds[0] == bounds[1]:
+        return (
+            f"[{bounds[0]}, {bounds[1]}] is a single index: {check} needs at least one step, "
+            "so give two different indices, e.g. [0, -1]"
+        )
+    return None
+
+
 def head_index(name: str, m: Measurements) -> tuple[int, int]:
     layer, head = parse_head(name)
     if not (0 <= layer < m.n_layers and 0 <= head < m.n_heads):

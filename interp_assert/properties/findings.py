@@ -51,6 +51,16 @@ def lower_bound(value: float, keep: float) -> float:
     return round_outward(value * keep, "down")
 
 
+SCORE_SLACK = 0.05  # the most a score in [0, 1] may fall below its measured value in a discovered bound
+
+
+def score_lower_bound(value: float, keep: float) -> float:
+    """``at_least`` for a score in [0, 1] (head role scores, sink rate, attention statistics): it may
+    fall by ``1 - keep`` of itself or by ``SCORE_SLACK``, whichever is less, so a near-certain head
+    (0.99999) keeps a bound that says so (0.94, not 0.84); rounded down to two significant digits."""
+    return round_outward(max(value * keep, value - SCORE_SLACK), "down")
+
+
 def upper_bound(value: float, keep: float) -> float:
     return round_outward(value / keep, "up")
 
@@ -96,7 +106,7 @@ def head_findings(
                 "head": name,
                 "role": role,
                 "prompts": prompt_name,
-                "at_least": lower_bound(value, settings.keep),
+                "at_least": score_lower_bound(value, settings.keep),
             }
         )
     top = robust_top_set(ranked, len(strong), settings.tie_gap) if strong else None
@@ -218,7 +228,7 @@ def sharpness_findings(
     for stat, values in per_layer.items():
         bands: list[tuple[int, int, float]] = []
         for first, last in depth_bands(len(values)):
-            bound = lower_bound(float(values[first : last + 1].min()), settings.keep)
+            bound = score_lower_bound(float(values[first : last + 1].min()), settings.keep)
             if bands and bands[-1][2] == bound:
                 bands[-1] = (bands[-1][0], last, bound)
             else:

@@ -17,12 +17,20 @@ import re
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from interp_assert.errors import CheckInputError
 from interp_assert.measure.measurements import CaptureRequest, LogitLens
 from interp_assert.outcome import Outcome
-from interp_assert.properties.base import CheckContext, Expectation, LayerRange, resolve_index, resolve_range
+from interp_assert.properties.base import (
+    CheckContext,
+    Expectation,
+    LayerRange,
+    resolve_index,
+    resolve_range,
+    resolve_steps,
+    single_index_problem,
+)
 from interp_assert.properties.findings import DiscoverSettings, Section, unique_name
 
 AGREEMENT_LAYER_LEVEL = 0.5  # what discover calls the agreement layer
@@ -64,6 +72,14 @@ class LogitLensExpectation(Expectation):
             )
         return self
 
+    @field_validator("kl_non_increasing")
+    @classmethod
+    def _a_step(cls, bounds: list[int] | None) -> list[int] | None:
+        problem = single_index_problem(bounds, "kl_non_increasing")
+        if problem:
+            raise ValueError(problem)
+        return bounds
+
     def requirements(self) -> CaptureRequest:
         return CaptureRequest(logit_lens=True)
 
@@ -72,10 +88,11 @@ class LogitLensExpectation(Expectation):
         if lens is None:
             raise CheckInputError("the logit lens was not captured for this prompt set")
         count = len(lens.agreement)
-        failures, said = [], []
+        failures, said, shown = [], [], []  # shown: the numbers each check decided on (an audit row's cell)
         if self.agreement_at_least is not None and self.by_index is not None:
             k = resolve_index(self.by_index, count, "hidden-state index")
             value = float(lens.agreement[k])
+            shown.append(f"agreement {value:.3f} at {k}")
             line = f"agreement at index {k} = {value:.4f}"
             if value < self.agreement_at_least:
                 failures.append(f"{line}, expected at least {self.agreement_at_least:g}: short by "
@@ -84,17 +101,21 @@ class LogitLensExpectation(Expectation):
         if self.first_reaching is not None and self.within is not None:
             low, high = resolve_range(self.within, count, "hidden-state index")
             found = next((k for k in range(count) if lens.agreement[k] >= self.first_reaching), None)
+            shown.append(f"{self.first_reaching:g} at {found}")
             line = f"agreement first reaches {self.first_reaching:g} at index {found}"
             if found is None or not low <= found <= high:
                 failures.append(f"{line}, expected within [{low}, {high}]")
             said.append(line)
         if self.kl_non_increasing is not None:
-            first, last = resolve_range(self.kl_non_increasing, count, "hidden-state index")
+            first, last = resolve_steps(self.kl_non_increasing, count, "hidden-state index", "kl_non_increasing")
             rises = [
                 f"{k}->{k + 1}: {lens.kl[k]:.4g} -> {lens.kl[k + 1]:.4g}"
                 for k in range(first, last)
                 if lens.kl[k + 1] > lens.kl[k] * (1 + self.tolerance)
             ]
+            steps = {k: _relative_step(float(lens.kl[k]), float(lens.kl[k + 1])) for k in range(first, last)}
+            worst = max(steps, key=lambda k: steps[k])
+            shown.append(f"KL {worst}->{worst + 1} {steps[worst]:+.2%}")
             line = f"KL non-increasing over indices {first}-{last} (tolerance {self.tolerance:g})"
             if rises:
                 failures.append(f"KL rises over indices {first}-{last}: " + "; ".join(rises[:5]))
@@ -110,9 +131,12 @@ class LogitLensExpectation(Expectation):
         headline: float | int | None = first_half  # the first index reaching 0.5, unless a depth is named
         if self.by_index is not None:
             headline = float(lens.agreement[resolve_index(self.by_index, count, "hidden-state index")])
+        if self.kl_non_increasing is not None:
+            measured["kl_largest_relative_step"] = steps[worst]
+        cell = "; ".join(shown)
         if failures:
-            return Outcome(False, "; ".join(failures), (by_index,), measured, value=headline)
-        return Outcome(True, "; ".join(said), (by_index,), measured, value=headline)
+            return Outcome(False, "; ".join(failures), (by_index,), measured, value=headline, shown=cell)
+        return Outcome(True, "; ".join(said), (by_index,), measured, value=headline, shown=cell)
 
     def own_figures(self, context: CheckContext, out_dir: Path) -> list[tuple[str, str]]:
         from interp_assert.figures import heatmaps
@@ -125,7 +149,7 @@ class LogitLensExpectation(Expectation):
         within = resolve_range(self.within, count, "hidden-state index") if self.within is not None else None
         kl_span = None
         if self.kl_non_increasing is not None:
-            kl_span = resolve_range(self.kl_non_increasing, count, "hidden-state index")
+            kl_span = resolve_steps(self.kl_non_increasing, count, "hidden-state index", "kl_non_increasing")
         level = self.first_reaching if self.first_reaching is not None else self.agreement_at_least
         if self.by_index is not None:
             at = resolve_index(self.by_index, count, "hidden-state index")
@@ -137,6 +161,11 @@ class LogitLensExpectation(Expectation):
             kl_span=kl_span,
         )  # fmt: skip
         return [(file, f"{self.name}: agreement and KL by depth")]
+
+
+def _relative_step(before: float, after: float) -> float:
+    """KL's change from one index to the next, relative to the first (a rise is positive)."""
+    return (after - before) / before if before > 0 else (0.0 if after <= before else float("inf"))
 
 
 # ---- what discover writes ----

@@ -64,6 +64,17 @@ class MassiveActivation(Bounded):
         if peaks is None:
             raise CheckInputError("activation peaks were not captured for this prompt set")
         first, last = resolve_range(self.layers or [0, -1], len(peaks.value), "hidden-state index")
+        # a position or dimension the model never had would fail without saying why
+        if self.position is not None and peaks.longest and self.position >= peaks.longest:
+            raise CheckInputError(
+                f"position {self.position} is beyond the prompts: the longest prompt of {self.prompts!r} is "
+                f"{peaks.longest} tokens (positions 0 to {peaks.longest - 1})"
+            )
+        if self.dimension is not None and peaks.width and self.dimension >= peaks.width:
+            raise CheckInputError(
+                f"dimension {self.dimension} is beyond the hidden state: this model is {peaks.width} wide "
+                f"(dimensions 0 to {peaks.width - 1})"
+            )
         indices = range(first, last + 1)
         ratios = peaks.value / np.maximum(peaks.median, np.finfo(np.float64).tiny)
         massive = [k for k in indices if peaks.value[k] > self.threshold and ratios[k] >= self.factor]

@@ -16,7 +16,7 @@ from pydantic import Field
 from interp_assert.measure.measurements import CaptureRequest
 from interp_assert.outcome import Outcome
 from interp_assert.properties.base import Bounded, CheckContext, FigureNeeds, LayerRange, resolve_range
-from interp_assert.properties.findings import DiscoverSettings, Section, lower_bound, unique_name
+from interp_assert.properties.findings import DiscoverSettings, Section, score_lower_bound, unique_name
 
 
 class SinkRate(Bounded):
@@ -63,7 +63,7 @@ def findings(prompt_name: str, first_token: np.ndarray, settings: DiscoverSettin
     sinks = first_token > 0.3
     rate = float(sinks.mean())
     per_layer = ", ".join(f"{layer}:{int(n)}" for layer, n in enumerate(sinks.sum(axis=1)))
-    bound = {"at_least": lower_bound(rate, settings.keep)} if rate > 0 else {"at_most": 0.0}
+    bound = {"at_least": score_lower_bound(rate, settings.keep)} if rate > 0 else {"at_most": 0.0}
     section.expectations.append(
         {
             "name": unique_name("sink_rate", prompt_name, used_names),

@@ -170,6 +170,8 @@ class Snapshot(Expectation):
             before, after = tables[role]
             file = f"snapshot-{slug}-{role}-delta.png"
             title = f"{role}: this run - stored snapshot {self.name!r}"
-            diff_figures.delta_heatmap(out_dir / file, np.array(before), np.array(after), title)
+            diff_figures.delta_heatmap(
+                out_dir / file, np.array(before), np.array(after), title, difference="this run - stored"
+            )
             figures.append((file, f"{self.name}: {role} change per head"))
         return figures

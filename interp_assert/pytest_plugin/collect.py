@@ -85,6 +85,12 @@ class SpecCollector(pytest.File):
     def collect(self) -> Iterator[pytest.Item]:
         shown = os.path.relpath(self.path, self.config.invocation_params.dir)
         spec = load_spec(self.path, shown=shown)  # malformed YAML: a collection error naming file:line
+        from interp_assert.drift.snapshot_store import sharing_problem
+        from interp_assert.errors import SnapshotFileError
+
+        shared = sharing_problem(self.path)
+        if shared:  # refused even without snapshot expectations: a stale-entry sweep would delete the other's
+            raise SnapshotFileError(f"{shown}: {shared}")
         if spec.header is None:
             yield SpecItem.from_parent(self, name="spec", spec=spec, entry=None)
             return
@@ -239,6 +245,9 @@ def check_run(session: pytest.Session, items: list[pytest.Item]) -> None:
                         f"{flag} {name}={pairs[name]}: no collected spec uses a model named {name!r}, "
                         f"so the override would change nothing; models the collected specs use: {used}"
                     )
+    checkpoints = config.stash.get(CHECKPOINTS_KEY, ())
+    if (overrides or checkpoints) and specs and not session.testsfailed:
+        check_shapes(specs, overrides, checkpoints)
     device = options.get(config, "interp_device")
     if device is not None and specs:
         from interp_assert.measure.models import device_problem
@@ -246,6 +255,30 @@ def check_run(session: pytest.Session, items: list[pytest.Item]) -> None:
         problem = device_problem(device)
         if problem:
             raise pytest.UsageError(f"--interp-device {device}: {problem}")
+
+
+def check_shapes(specs: list[SpecFile], overrides: dict[str, str], checkpoints: Any) -> None:
+    """An ``--interp-model`` replacement or a checkpoint with another layers x heads shape than the
+    spec's model is a usage error, before anything loads (read from config.json or the GGUF header)."""
+    from pathlib import Path
+
+    from interp_assert.drift.checkpoints import check_against_spec
+
+    for spec in {spec.path: spec for spec in specs}.values():
+        header = spec.header
+        if header is None:
+            continue
+        replacement = overrides.get(header.model)
+        for flag, targets in (
+            ("--interp-model", [(replacement, None, f"{header.model}={replacement}")] if replacement else []),
+            ("--interp-checkpoints", [(c.path, None, f"checkpoint {c.given!r}") for c in checkpoints]),
+        ):
+            try:
+                check_against_spec(
+                    header.model, Path(spec.path).parent, header.revision, targets, f"run {spec.path} on its own model"
+                )
+            except InterpAssertError as exc:
+                raise pytest.UsageError(f"{flag}: {exc}") from None
 
 
 def models_named(specs: list[SpecFile], overrides: dict[str, str]) -> set[str]:

@@ -6,10 +6,15 @@ mean the same; the command line wins. Nothing here imports torch.
 
 from __future__ import annotations
 
+import os
+import shlex
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import pytest
+
+from interp_assert.trust import ENVIRONMENT as TRUST_ENV
+from interp_assert.trust import FALSE_WORDS, TRUE_WORDS, from_environment
 
 Kind = Literal["append", "choice", "text", "flag"]
 
@@ -131,7 +136,10 @@ def add_options(parser: pytest.Parser) -> None:
             parser.addini(option.name, ini_help, type="linelist", default=[])
         elif option.kind == "flag":
             group.addoption(option.flag, action="store_true", default=None, help=option.help)
-            parser.addini(option.name, ini_help, type="bool", default=False)
+            if option.name in TRUST_ENV:
+                ini_help = f"not read from ini files: give {option.flag} or set {TRUST_ENV[option.name]}=1"
+            # read as text, so a bad value is an error that names the key and the file
+            parser.addini(option.name, ini_help, type="string", default="")
         else:
             choices = option.choices or None
             group.addoption(option.flag, default=None, choices=choices, metavar=option.metavar, help=option.help)
@@ -141,6 +149,8 @@ def add_options(parser: pytest.Parser) -> None:
 def get(config: pytest.Config, name: str) -> Any:
     """The option's value: the command line's if given, else the ini key's, else the default."""
     option = BY_NAME[name]
+    if name in TRUST_ENV:
+        return trusted(config, name)
     given = config.getoption(option.flag)
     if given is not None:
         return given
@@ -148,7 +158,7 @@ def get(config: pytest.Config, name: str) -> Any:
     if option.kind == "append":
         return list(value)
     if option.kind == "flag":
-        return bool(value)
+        return _ini_bool(config, name)
     if not value:
         return option.default
     if option.choices and value not in option.choices:
@@ -156,6 +166,62 @@ def get(config: pytest.Config, name: str) -> Any:
             f"ini option {name} = {value!r} is not valid; choose one of {', '.join(option.choices)}"
         )
     return value
+
+
+def _where(config: pytest.Config) -> str:
+    return str(config.inipath) if config.inipath else "the ini file"
+
+
+def _ini_text(config: pytest.Config, name: str) -> str:
+    """The ini key's value as written ('' when unset); a TOML true/false or list is shown as written."""
+    try:
+        value = config.getini(name)
+    except pytest.UsageError:  # a TOML value that is not a string: true, 1, a list
+        raw = config.inicfg.get(name)
+        value = getattr(raw, "value", raw)
+        return str(value).lower() if isinstance(value, bool) else str(value)
+    return str(value).strip()
+
+
+def _ini_bool(config: pytest.Config, name: str) -> bool:
+    return ini_bool(_ini_text(config, name), name, _where(config))
+
+
+def ini_bool(text: str, name: str, where: str) -> bool:
+    """An ini boolean as written; anything but true/false (1/0, yes/no, on/off) is a usage error
+    naming the file and the key."""
+    if text.strip().lower() in TRUE_WORDS:
+        return True
+    if text.strip().lower() in FALSE_WORDS:
+        return False
+    shown = text if len(text) <= 40 else text[:40] + "..."
+    raise pytest.UsageError(f"{where}: ini key {name} = {shown!r} is not a boolean; write true or false")
+
+
+def trusted(config: pytest.Config, name: str) -> bool:
+    """A trust setting: the command-line flag or the environment variable, never an ini file.
+
+    An ini key that asks for it, or an ini file's ``addopts`` that passes the flag, is a usage error
+    naming the file and the key, so a pytest.ini planted beside the specs cannot turn it on."""
+    flag, variable = BY_NAME[name].flag, TRUST_ENV[name]
+    instead = f"give {flag} on the command line or set {variable}=1 in the environment of the run"
+    if _ini_text(config, name).lower() not in FALSE_WORDS:
+        raise pytest.UsageError(
+            f"{_where(config)}: ini key {name} is not read: settings that let a model's code or pickles run "
+            "come only from the person running the command, never from an ini file, which can arrive with the "
+            f"specs; remove the key and {instead}"
+        )
+    typed = [*config.invocation_params.args, *shlex.split(os.environ.get("PYTEST_ADDOPTS", ""))]
+    typed_flag = any(str(arg) == flag or str(arg).startswith(flag + "=") for arg in typed)
+    if config.getoption(flag) and not typed_flag:
+        raise pytest.UsageError(
+            f"{_where(config)}: addopts passes {flag}, which is not read from ini files: settings that let a "
+            f"model's code or pickles run come only from the person running the command; remove it and {instead}"
+        )
+    try:
+        return typed_flag or from_environment(name)
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def configure_checkpoints(config: pytest.Config, *, updating: bool) -> None:

@@ -37,6 +37,13 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     if options.get(config, "interp_checkpoints"):
         options.configure_checkpoints(config, updating=updating)
+    artifacts = options.get(config, "interp_artifacts")
+    if artifacts:  # refused now, not after the first failure: the pictures must not replace the user's files
+        from interp_assert.commands.report import artifacts_folder_problem
+
+        problem = artifacts_folder_problem(config.invocation_params.dir / artifacts)
+        if problem:
+            raise pytest.UsageError(f"--interp-artifacts {artifacts}: {problem}")
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:

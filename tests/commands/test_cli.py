@@ -101,6 +101,16 @@ def test_bounds_round_outward() -> None:
     assert round_outward(0.84999, "down") == 0.84
 
 
+def test_score_bounds_say_near_certain_heads_are_near_certain() -> None:
+    """A score falls by at most 15% of itself or 0.05, whichever is less (the README's rule)."""
+    from interp_assert.properties.findings import score_lower_bound
+
+    assert score_lower_bound(0.99999, 0.85) == 0.94  # not 0.84: a sink head must stay nearly certain
+    assert score_lower_bound(0.74, 0.85) == 0.69
+    assert score_lower_bound(0.5, 0.85) == 0.45
+    assert score_lower_bound(0.2, 0.85) == 0.17  # low scores keep the fraction
+
+
 def test_top_set_avoids_near_ties() -> None:
     clear = [("L1H0", 0.9), ("L2H0", 0.8), ("L3H0", 0.5), ("L4H0", 0.4)]
     assert robust_top_set(clear, 2, 0.02) == (["L1H0", "L2H0"], 2)
@@ -170,3 +180,19 @@ def test_discover_smollm2(pytester: pytest.Pytester, capsys: pytest.CaptureFixtu
     assert "property: ablation_effect\n    heads: [L17H3, L17H4, L18H6]" in text
     assert "property: logit_lens" in text and "first_reaching: 0.5" in text
     assert "name: norm_ratio_last_to_first" in text and "layers: [12, 30]\n    direction: increasing" in text
+
+
+def test_offline_load_says_nothing_of_hub_kernels(tmp_path: Path) -> None:
+    """transformers registers hub attention kernels that are never used here; offline, the kernels
+    package would print a 'Skipping publisher trust check' line for each. A fresh process, as a
+    user's, so the notice cannot have been said (and swallowed) earlier in this session."""
+    import os
+    import subprocess
+    import sys
+
+    code = "from interp_assert.commands.cli import main; raise SystemExit(main(['measure', 'tiny-neo', '--top', '1']))"
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "tiny-neo (GPTNeoForCausalLM" in done.stdout
+    assert "publisher trust" not in done.stderr + done.stdout

@@ -102,3 +102,31 @@ def test_discover_flags_token_driven_heads(tmp_path: Path) -> None:
     assert code == 0, err
     text = (tmp_path / "d.yaml").read_text()
     assert "duplicate_token" in text and "flag: 100% of it comes from the 9 rows whose query is ','" in text
+
+
+def test_failure_diagnostics_capture_only_the_head_pattern(tmp_path: Path) -> None:
+    """Each failing head expectation's token flag needs one head's pattern: it must not repeat the
+    spec's whole capture (here one ablation per layer) once per failure."""
+    from interp_assert.run_options import RunOptions
+    from interp_assert.runner import Runner
+    from interp_assert.spec import load_spec
+
+    heads = "".join(
+        f"  - name: sink_{head}\n    property: head_score\n    head: {head}\n    role: first_token\n"
+        f"    prompts: rep\n    at_least: 0.999\n"
+        for head in ("L0H0", "L0H1", "L1H2")
+    )
+    spec_path = tmp_path / "spec.yaml"
+    spec_path.write_text(
+        "model: tiny-neo\nprompts:\n  rep:\n    bos: prepend\n"
+        "    random_tokens: {length: 8, repeats: 2, count: 2, seed: 1}\n"
+        "expectations:\n  - name: fingerprint\n    property: snapshot\n    prompts: rep\n"
+        "    covers: [hidden_norms, layer_ablation]\n" + heads
+    )
+    spec = load_spec(spec_path)
+    runner = Runner(RunOptions())
+    outcomes = [runner.evaluate(spec, entry) for entry in spec.entries]
+    assert [outcome.passed for outcome in outcomes[1:]] == [False, False, False]
+    requests = [key[2] for key in runner._measurements]
+    assert sum(request.layer_ablations for request in requests) == 1, requests
+    assert sum(bool(request.patterns) for request in requests) == 3  # one pattern capture per failing head

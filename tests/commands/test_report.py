@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from interp_assert.commands.cli import main
+from interp_assert.commands.report import spec_folder_name
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -136,7 +137,7 @@ def test_report_against_another_checkpoint(
     # the page is the user's: a second report into the same folder needs --force
     before = index.read_text()
     assert main(["report", str(spec), "-o", str(tmp_path / "out")]) == 2
-    assert "index.html exists; pass --force to overwrite it" in capsys.readouterr().err
+    assert "out is not empty (it holds " in capsys.readouterr().err
     assert index.read_text() == before
     assert main(["report", str(spec), "-o", str(tmp_path / "out"), "--force"]) == 1
     assert index.read_text() != before
@@ -178,14 +179,33 @@ def test_failure_writes_heatmaps_and_names_them(pytester: pytest.Pytester, unifo
     result = pytester.runpytest("model_specs", "--interp-artifacts", "artifacts")
     result.assert_outcomes(failed=2)
     out = result.stdout.str()
-    pattern = Path("artifacts/claims/sink-L1H3-pattern.png")
-    scores = Path("artifacts/claims/sink-first_token-scores.png")
+    folder = Path("artifacts") / spec_folder_name(spec)
+    assert folder.name.startswith("claims-")
+    pattern = folder / "sink-L1H3-pattern.png"
+    scores = folder / "sink-first_token-scores.png"
     assert f"  heatmap: {scores}" in out and f"  heatmap: {pattern}" in out
     for path in (pattern, scores):
         assert (pytester.path / path).read_bytes().startswith(PNG_SIGNATURE)
-    assert sorted(p.name for p in (pytester.path / "artifacts" / "claims").iterdir()) == sorted(
+    assert sorted(p.name for p in (pytester.path / folder).iterdir()) == sorted(
         [pattern.name, scores.name]
     )  # a failure with no head or role has no heatmap
+    # a later run reuses the folder it made; a folder holding the user's own files is refused
+    pytester.runpytest("model_specs", "--interp-artifacts", "artifacts").assert_outcomes(failed=2)
+    (pytester.path / "mine").mkdir()
+    (pytester.path / "mine" / "notes.png").write_bytes(b"mine")
+    refused = pytester.runpytest("model_specs", "--interp-artifacts", "mine")
+    assert refused.ret == pytest.ExitCode.USAGE_ERROR
+    refused.stderr.fnmatch_lines(["*--interp-artifacts mine: *mine is not empty (it holds notes.png)*"])
+    assert (pytester.path / "mine" / "notes.png").read_bytes() == b"mine"
+
+
+def test_artifact_folders_are_slugs_unique_per_spec_path() -> None:
+    """A stem of ``..`` stays inside the artifacts folder; same-named specs in two folders differ."""
+    for stem in ("..", ".", "/etc/x", "a b"):
+        name = spec_folder_name(Path("model_specs") / f"{stem}.yaml")
+        assert not name.startswith(".") and "/" not in name and " " not in name, name
+    assert spec_folder_name("a/model_specs/tiny.yaml") != spec_folder_name("b/model_specs/tiny.yaml")
+    assert spec_folder_name("a/model_specs/tiny.yaml").startswith("tiny-")
 
 
 def test_no_heatmaps_without_the_option(pytester: pytest.Pytester, uniform_llama: Path) -> None:

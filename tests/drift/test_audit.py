@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -145,3 +146,67 @@ def test_audit_json_writes_nan_as_null(tmp_path: Path, uniform_llama: Path, rand
     row = document["expectations"][0]
     assert row["base"]["value"] is None and row["checkpoint"]["value"] is None and row["change"] is None
     assert "NaN" not in out.getvalue()
+
+
+def test_report_outlines_only_moves_beyond_tolerance(tmp_path: Path, random_llama: Path) -> None:
+    """Noise far below the tolerance is not drawn as a move, nor as heads that changed label;
+    large changes are."""
+    from tests.builders import perturbed_copy
+
+    spec = tmp_path / "s.yaml"
+    spec.write_text(
+        f"model: {random_llama}\nprompts:\n  words:\n    bos: prepend\n    texts: ['t5 t6 t7 t8 t9 t10 t11 t12']\n"
+        "expectations:\n  - name: sink\n    property: head_score\n    head: L0H0\n    role: first_token\n"
+        "    prompts: words\n    at_least: 0.0\n  - name: fingerprint\n    property: snapshot\n    prompts: words\n"
+    )
+    noisy = perturbed_copy(random_llama, tmp_path / "noisy", noise=1e-5)
+    assert main_audit(str(spec), str(noisy), out=io.StringIO(), report_dir=tmp_path / "quiet") == 0
+    page = (tmp_path / "quiet" / "index.html").read_text()
+    assert "no head moved by more than the tolerance" in page and "largest moves" not in page
+    assert "0 heads changed label" in page
+    shaken = perturbed_copy(random_llama, tmp_path / "shaken", noise=30.0)  # sharper attention: scores move
+    assert main_audit(str(spec), str(shaken), out=io.StringIO(), report_dir=tmp_path / "moved") == 1
+    assert re.search(r"largest moves: L\dH\d [+-]0\.\d{3}", (tmp_path / "moved" / "index.html").read_text())
+
+
+def test_delta_title_states_the_largest_change_measured() -> None:
+    import numpy as np
+
+    from interp_assert.figures.diff_figures import delta_title
+
+    base = np.zeros((2, 3))
+    assert delta_title("t", base, base + 0.001) == "t\nlargest |change| 0.001 (colour scale to 0.05)"
+    assert delta_title("t", base, base - 0.25) == "t\nlargest |change| 0.25"
+
+
+def test_generated_prompts_compare_the_same_tokens(tmp_path: Path, random_llama: Path) -> None:
+    """A checkpoint that differs only in its unembedding continues the prompt differently, yet no
+    attention weight changed: teacher-forced on the base's continuation, every role score is equal."""
+    import shutil
+
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from interp_assert.drift.audit import run_audit
+    from interp_assert.spec import load_spec
+
+    other = tmp_path / "other_head"
+    shutil.copytree(random_llama, other)
+    weights = load_file(other / "model.safetensors")
+    weights["lm_head.weight"] = torch.roll(weights["lm_head.weight"], shifts=7, dims=0)  # other next tokens
+    save_file(weights, other / "model.safetensors", metadata={"format": "pt"})
+    spec_path = tmp_path / "gen.yaml"
+    spec_path.write_text(
+        f"model: {random_llama}\nprompts:\n  gen:\n    bos: prepend\n    texts: ['t5 t6 t7 t8']\n    generate: 8\n"
+        "expectations:\n  - name: prev\n    property: head_score\n    head: L0H0\n    role: previous_token\n"
+        "    prompts: gen\n    at_least: 0.0\n  - name: says\n    property: generated_text\n    prompts: gen\n"
+        "    contains: t\n"
+    )
+    audit = run_audit(str(spec_path), str(other))
+    spec = load_spec(spec_path)
+    base, checkpoint = (audit.runners[side].measurements(spec, "gen") for side in ("base", "checkpoint"))
+    assert base.generated_texts != checkpoint.generated_texts  # the continuations diverge
+    for role, table in base.role_scores.items():
+        np.testing.assert_array_equal(table, checkpoint.role_scores[role], err_msg=role)
+    assert any("teacher-forced" in note for note in audit.notes)

@@ -3,7 +3,7 @@ with ``refs/`` and ``snapshots/<sha>/``), read offline (``HF_HUB_OFFLINE=1``), b
 and by full commit sha; a revision the cache lacks is one line saying how to pre-fetch it.
 
 No network is used or mocked: the cache is built on disk from real saved models, exactly as
-``huggingface-cli download`` leaves it.
+``hf download`` leaves it.
 """
 
 from __future__ import annotations
@@ -100,8 +100,8 @@ def test_a_revision_the_cache_lacks_says_how_to_fetch_it(cache: dict[str, str]) 
     assert "\n" not in message
     assert f"model '{REPO}' at revision 'v9' is not a known alias" in message
     assert "it holds main, v2" in message and "HF_HUB_OFFLINE is set, so it cannot be downloaded offline" in message
-    assert f"pre-fetch it with `huggingface-cli download {REPO} --revision v9`" in message
-    fetch = r"`huggingface-cli download tiny-org/missing`"
+    assert f"pre-fetch it with `hf download {REPO} --revision v9`" in message
+    fetch = r"`hf download tiny-org/missing`"
     with pytest.raises(ModelLoadError, match=r"'tiny-org/missing' is not .*" + fetch):
         load_model("tiny-org/missing", LoadOptions())
 
@@ -176,7 +176,7 @@ def test_pytest_run_pins_revisions_and_names_them_in_drift(cache: dict[str, str]
 
     missing = pytester.runpytest("model_specs", "--interp-revision", f"{REPO}=v9")
     missing.assert_outcomes(errors=2)
-    fetch = f"huggingface-cli download {REPO} --revision v9"
+    fetch = f"hf download {REPO} --revision v9"
     missing.stdout.fnmatch_lines([f"*at revision 'v9' is not a known alias*{fetch}*"])
 
 

@@ -284,7 +284,10 @@ def test_logit_lens_forms_on_hand_made_numbers() -> None:
     assert not check(first_reaching=0.5, within=[3, -1]).passed
     rises = check(kl_non_increasing=[0, -1])
     assert rises.headline == "KL rises over indices 0-3: 1->2: 4 -> 4.4"
+    assert rises.shown == "KL 1->2 +10.00%"  # an audit row shows the number that failed, not an index
     assert check(kl_non_increasing=[0, -1], tolerance=0.1).passed
+    both = check(first_reaching=0.5, within=[2, 2], kl_non_increasing=[0, -1], tolerance=0.2)
+    assert both.passed and both.shown == "0.5 at 2; KL 1->2 +10.00%"
 
 
 @pytest.mark.slow

@@ -184,6 +184,14 @@ def test_pickled_weights_refused(pytester: pytest.Pytester, uniform_llama: Path,
     result.assert_outcomes(errors=1)
     result.stdout.fnmatch_lines(["*has only pickled weights (pytorch_model.bin)*--interp-allow-pickle*"])
     pytester.runpytest("model_specs", "--interp-allow-pickle").assert_outcomes(passed=1)
+    # the environment of the run may allow them too; an ini file beside the specs may not
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("INTERP_ASSERT_ALLOW_PICKLE", "1")
+        pytester.runpytest("model_specs").assert_outcomes(passed=1)
+    (pytester.path / "model_specs" / "pytest.ini").write_text("[pytest]\ninterp_allow_pickle = true\n")
+    planted = pytester.runpytest("model_specs")
+    assert planted.ret == pytest.ExitCode.USAGE_ERROR
+    planted.stderr.fnmatch_lines(["*model_specs/pytest.ini: ini key interp_allow_pickle is not read*"])
 
 
 def test_each_model_loads_once(pytester: pytest.Pytester, uniform_llama: Path, random_llama: Path) -> None:
@@ -252,3 +260,25 @@ def test_an_invalid_ini_value_is_a_usage_error(pytester: pytest.Pytester) -> Non
     result = pytester.runpytest("model_specs")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*ini option interp_missing = 'sometimes' is not valid; choose one of error, skip"])
+
+
+def test_python_api_records_and_checks_a_snapshot(pytester: pytest.Pytester) -> None:
+    """``expect("snapshot", ...)`` from a Python test: missing, then recorded with --snapshot-update
+    beside the module (where syrupy's own sweep never deletes it), then checked."""
+    pytester.makepyfile(
+        test_fingerprint="""
+        PROMPTS = {"bos": "prepend", "random_tokens": {"length": 8, "repeats": 2, "count": 2, "seed": 1}}
+
+        def test_fingerprint(interp):
+            interp.model("tiny-neo").expect("snapshot", prompts=PROMPTS, name="tiny_fp")
+        """
+    )
+    missing = pytester.runpytest("-p", "no:cacheprovider")
+    missing.assert_outcomes(failed=1)
+    missing.stdout.fnmatch_lines(["*no snapshot 'tiny_fp' in *__interp_snapshots__*test_fingerprint.ambr*"])
+    pytester.runpytest("-p", "no:cacheprovider", "--snapshot-update").assert_outcomes(passed=1)
+    stored = pytester.path / "__interp_snapshots__" / "test_fingerprint.ambr"
+    assert "tiny_fp" in stored.read_text()
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+    pytester.runpytest("-p", "no:cacheprovider", "--snapshot-update").assert_outcomes(passed=1)
+    assert "tiny_fp" in stored.read_text()  # a second update run keeps it

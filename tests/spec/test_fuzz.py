@@ -370,3 +370,49 @@ def test_models_have_no_unvisited_fields() -> None:
     for cls in classes:
         missing = {field.alias or name for name, field in cls.model_fields.items()} - set(KEYS) - {"$schema"}
         assert not missing, (cls.__name__, missing)
+
+
+# ---- the other things a user types: ini values and --interp-max-memory sizes ----
+
+
+@FUZZ
+@given(st.text(max_size=60))
+def test_ini_booleans(text: str) -> None:
+    """Any ini boolean is true, false, or one usage error line naming the file and the key."""
+    from interp_assert.pytest_plugin.options import ini_bool
+
+    try:
+        value = ini_bool(text, "interp_debug", "/x/pytest.ini")
+    except pytest.UsageError as exc:
+        message = str(exc)
+        assert message.startswith("/x/pytest.ini: ini key interp_debug = ") and "write true or false" in message
+        assert "\n" not in message  # the value is shown as repr() writes it
+        return
+    assert isinstance(value, bool)
+
+
+SIZES = st.one_of(
+    st.text(max_size=40),
+    st.integers(min_value=0, max_value=10**400).map(str),
+    st.builds(
+        lambda number, unit: f"{number}{unit}",
+        st.one_of(st.integers(min_value=0, max_value=10**60), st.floats(allow_nan=True, allow_infinity=True)),
+        st.sampled_from(["", "B", "KB", "MB", "GB", "TB", "KiB", "MiB", "GiB", "TiB", "gb", " GB"]),
+    ),
+)
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.sampled_from(["cpu", "0", "cuda:1", "disk", "gpu", ""]), SIZES), max_size=3))
+def test_max_memory_sizes(pairs: list[tuple[str, str]]) -> None:
+    """``--interp-max-memory`` gives whole byte counts a machine could hold, or a ValueError of one
+    line that says what would be valid; never an OverflowError."""
+    from interp_assert.measure.placement import MAX_SIZE, parse_max_memory_flag
+
+    text = ",".join(f"{device}={size}" for device, size in pairs)
+    try:
+        parsed = parse_max_memory_flag(text)
+    except ValueError as exc:
+        assert "give" in str(exc) or "use" in str(exc), str(exc)
+        return
+    assert parsed and all(isinstance(size, int) and 1 <= size <= MAX_SIZE for _, size in parsed)
