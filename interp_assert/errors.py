@@ -77,6 +77,11 @@ class SnapshotFileError(InterpAssertError):
     """A snapshot file exists but cannot be read, or cannot be written."""
 
 
+class UnsafePathError(InterpAssertError):
+    """A folder or file interp_assert would load from (a cache, the native kernel, a signing key)
+    could be written by another user, or does not carry this user's signature."""
+
+
 class InternalError(InterpAssertError):
     """An invariant of interp_assert itself broke: a bug to report, not something the user wrote."""
 

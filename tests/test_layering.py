@@ -67,7 +67,7 @@ def test_properties_and_fingerprints_do_not_import_torch() -> None:
 # Layers, lowest first: a module may import (at its top level) only from its own layer or below.
 # Imports inside functions may reach up (the snapshot property opens its files through drift).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("interp_assert", "errors", "outcome", "vocab", "version", "atomic", "strict", "trust"),
+    ("interp_assert", "errors", "outcome", "vocab", "version", "atomic", "strict", "trust", "private_files"),
     (  # torch-free data and checks
         "measure",
         "measure.measurements",

@@ -21,53 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from interp_assert.errors import ModelLoadError
+from interp_assert.private_files import file_sha256, others_could_write
 
 RECORD = "interp_assert_source.json"
 FORMAT = 1  # of the record; a new format makes new entry names, so old entries are never read
-
-_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
-
-
-def file_sha256(path: Path) -> str:
-    """The file's sha256 (hex), hashed once per version of the file in this process (path, inode,
-    size, mtime and ctime, which no one can set back after a write)."""
-    info = path.stat()
-    key = (str(path.resolve()), info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns)
-    if key not in _DIGESTS:
-        digest = hashlib.sha256()
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 24), b""):
-                digest.update(block)
-        _DIGESTS[key] = digest.hexdigest()
-    return _DIGESTS[key]
-
-
-def others_could_write(folder: Path, root: Path) -> str | None:
-    """Why another user could change what ``folder`` holds, or ``None``.
-
-    ``folder`` and every folder up to ``root`` must be owned by this user and not group- or
-    world-writable; above ``root``, each parent must be owned by this user or root, and writable by
-    others only with the sticky bit (as ``/tmp`` is), so nobody can rename the cache away."""
-    me = os.geteuid()
-    try:
-        real, top = folder.resolve(strict=True), root.resolve(strict=True)
-    except OSError as exc:
-        return f"cannot be checked ({exc.strerror or exc})"
-    chain = [real, *real.parents]
-    inside = chain[: chain.index(top) + 1] if top in chain else [real]
-    for path in chain:
-        info = path.stat()
-        writable_by_others = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
-        if path in inside:
-            if info.st_uid != me:
-                return f"{path} belongs to user id {info.st_uid}, not to you (user id {me})"
-            if writable_by_others:
-                return f"{path} is writable by other users (mode {stat.filemode(info.st_mode)})"
-        elif info.st_uid not in (me, 0) or (writable_by_others and not info.st_mode & stat.S_ISVTX):
-            return f"{path}, above it, can be changed by another user (owner id {info.st_uid}, mode " + (
-                f"{stat.filemode(info.st_mode)})"
-            )
-    return None
 
 
 def entry_problem(entry: Path, source_sha256: str) -> str | None:

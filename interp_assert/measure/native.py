@@ -35,8 +35,8 @@ from typing import Any
 
 import torch
 
-from interp_assert.measure import trust
-from interp_assert.measure.trust import UnsafePathError
+from interp_assert import private_files as trust
+from interp_assert.errors import UnsafePathError
 
 # Keys are passed transposed and padded by this many columns (the kernel's key block).
 KEY_BLOCK = 256
@@ -168,8 +168,8 @@ def _compiler() -> str:
 
 def _trusted_build() -> Path:
     """The kernel library, loaded only if this user built it here: its folder must be private
-    (:func:`~interp_assert.measure.trust.require_private_folder`) and its signature (HMAC-SHA256
-    under a key kept outside the cache, :func:`~interp_assert.measure.trust.user_key`) must
+    (:func:`~interp_assert.private_files.require_private_folder`) and its signature (HMAC-SHA256
+    under a key kept outside the cache, :func:`~interp_assert.private_files.user_key`) must
     match. A library that fails either check, e.g. one restored with a CI cache or planted by
     someone else, is never loaded: it is rebuilt in its place."""
     if os.environ.get("INTERP_ASSERT_NATIVE", "1") == "0":

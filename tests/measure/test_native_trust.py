@@ -84,7 +84,7 @@ def test_a_restored_cache_with_its_signature_is_not_enough(tmp_path: Path, env: 
     target = library_path(env)
     planted_library(tmp_path, target)
     signed = run_python(
-        "from pathlib import Path; from interp_assert.measure import trust; "
+        "from pathlib import Path; from interp_assert import private_files as trust; "
         f"p = Path({str(target)!r}); trust.sign(trust.user_key(), p, p.with_name(p.name + '.sig'))",
         elsewhere,
     )
@@ -111,7 +111,7 @@ def test_a_folder_others_can_write_is_refused_once_and_capture_goes_on(tmp_path:
     assert done.stdout.startswith("False")
     warnings = [line for line in done.stderr.splitlines() if "NativeKernelWarning" in line]
     assert len(warnings) == 1
-    assert f"{native_folder} is owned by you with mode drwxrwxrwx" in warnings[0]
+    assert f"{native_folder} is not private: {native_folder} is writable by other users (mode drwxrwxrwx)" in warnings[0]
     assert "chmod go-w" in warnings[0]
 
 
