@@ -219,6 +219,13 @@ def finish(
         from interp_assert.drift.track_report import write_track_report
 
         print(f"wrote {write_track_report(track, report_dir)}", file=out)
+    if track.unavailable:
+        labels = ", ".join(checkpoint.label for checkpoint, _ in track.unavailable)
+        print(
+            f"interp-assert: error: {len(track.unavailable)} checkpoint(s) could not be loaded ({labels}); "
+            f"the table says why (exit {exit_codes.INFRASTRUCTURE})",
+            file=sys.stderr,
+        )
     verdict = exit_codes.HELD if track.passed else exit_codes.FAILED
     return exit_codes.worst(verdict, exit_codes.INFRASTRUCTURE if track.unavailable else exit_codes.HELD)
 
