@@ -280,7 +280,7 @@ def _fail(exc: BaseException) -> int:
         )
     elif code == exit_codes.INFRASTRUCTURE:
         hint = "; free memory or use a smaller --dtype/--device-map" if exit_codes.is_out_of_memory(exc) else ""
-        print(f"{PROG}: unavailable: {one_line}{hint} (exit {code}: infrastructure, not a verdict)", file=sys.stderr)
+        print(f"{PROG}: error: {one_line}{hint} (exit {code}: infrastructure, not a verdict)", file=sys.stderr)
     else:
         print(f"{PROG}: error: {one_line}", file=sys.stderr)
     return code
