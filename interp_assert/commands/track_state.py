@@ -343,4 +343,3 @@ def merge(directories: Sequence[Path]) -> Track:
     notes = tuple(note for column in ordered for note in column.notes)
     seconds = tuple(column.seconds for column in ordered)
     return Track(first["spec"], first["model"], checkpoints, rows, seconds, notes, first["smoke"])
-

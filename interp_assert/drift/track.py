@@ -227,9 +227,7 @@ def column_blocks(lines: Sequence[Sequence[str]], max_width: int) -> list[list[s
     rendered = []
     for columns in blocks:
         keep = [0, *columns]
-        rendered.append(
-            ["  ".join(line[i].ljust(widths[i]) for i in keep).rstrip() for line in lines]
-        )
+        rendered.append(["  ".join(line[i].ljust(widths[i]) for i in keep).rstrip() for line in lines])
     return rendered
 
 

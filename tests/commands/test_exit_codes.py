@@ -46,6 +46,7 @@ def here(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+TRACK_BOTH = ("track", "holds.yaml", "--checkpoint", TINY, "--checkpoint", "notamodel", "--order", "given")
 CASES = [
     # (id, argv, exit status, a regex stderr must match, or "" for none)
     ("discover-held", ["discover", "tiny-neo", "-o", "d.yaml"], exit_codes.HELD, ""),
@@ -65,8 +66,7 @@ CASES = [
     ("track-held", ["track", "holds.yaml", "--checkpoint", "tiny-neo", "--order", "given"], exit_codes.HELD, ""),
     ("track-failed", ["track", "fails.yaml", "--checkpoint", "tiny-neo", "--order", "given"], exit_codes.FAILED, ""),
     ("track-usage", ["track", "holds.yaml", "--checkpoints", "nothing-*"], exit_codes.USAGE, r"matches nothing"),
-    ("track-infra", ["track", "holds.yaml", "--checkpoint", TINY, "--checkpoint", "notamodel", "--order", "given"],
-     exit_codes.INFRASTRUCTURE, ""),  # fmt: skip
+    ("track-infra", [*TRACK_BOTH], exit_codes.INFRASTRUCTURE, ""),
     ("merge-usage", ["track", "merge", "notamodel"], exit_codes.USAGE, r"no track state"),
 ]
 
@@ -87,7 +87,7 @@ def test_every_verb_exits_by_the_table(
 def test_an_unavailable_checkpoint_is_reported_and_the_others_still_run(
     here: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    status = main(["track", "holds.yaml", "--checkpoint", TINY, "--checkpoint", "notamodel", "--order", "given"])
+    status = main([*TRACK_BOTH])
     out = capsys.readouterr().out
     assert status == exit_codes.INFRASTRUCTURE
     assert re.search(r"^unavailable: notamodel: model '.*notamodel': .* is not a model folder", out, re.M), out
