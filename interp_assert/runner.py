@@ -16,9 +16,11 @@ from interp_assert.measure.capture import generate, max_positions, measure
 from interp_assert.measure.measurements import CaptureRequest, Measurements
 from interp_assert.measure.models import LoadedModel, LoadOptions, environment, load_model
 from interp_assert.measure.placement import check_device_map, check_max_memory
+from interp_assert.measure.prompt_sets import limited
 from interp_assert.measure.prompts import build_batches
 from interp_assert.outcome import Outcome
 from interp_assert.properties import CheckContext
+from interp_assert.result_cache import ResultCache, outcome_key
 from interp_assert.run_options import RunOptions
 from interp_assert.spec import Entry, PromptSet, SpecFile
 from interp_assert.vocab import TARGET_ROLES, TargetRole, parse_head
@@ -62,6 +64,8 @@ class Runner:
         self._measurements: dict[tuple[object, ...], Measurements] = {}
         self._extra: dict[tuple[str, str], CaptureRequest] = {}
         self._unloadable: dict[tuple[str, LoadOptions], ModelLoadError] = {}
+        self._results: ResultCache | None = None  # --interp-cache, opened on first use
+        self.cached: set[tuple[str, str]] = set()  # (spec path, expectation name) answered from the cache
 
     def model_for(self, spec: SpecFile) -> LoadedModel:
         key = model_key(spec, self.options)
@@ -98,6 +102,35 @@ class Runner:
     def evaluate(self, spec: SpecFile, entry: Entry) -> Outcome:
         """Evaluate one valid entry. Raises :class:`SpecError` (with the entry's location) for a
         head, layer or prompt the model cannot have."""
+        assert spec.header is not None and entry.expectation is not None
+        key = self._cache_key(spec, entry)
+        if key is not None:
+            assert self._results is not None
+            found = self._results.get(key)
+            if found is not None:
+                self.cached.add((spec.path, entry.name))
+                return found
+        outcome = self._evaluate(spec, entry)
+        if key is not None:
+            assert self._results is not None
+            self._results.put(key, outcome)
+        return outcome
+
+    def was_cached(self, spec: SpecFile, entry: Entry) -> bool:
+        return (spec.path, entry.name) in self.cached
+
+    def _cache_key(self, spec: SpecFile, entry: Entry) -> str | None:
+        """The result cache's key for ``entry``, or ``None`` when there is no cache (or this is not cached:
+        a snapshot update writes, and a model without a weights hash cannot be told from another)."""
+        if self.options.cache is None or self.options.update_snapshots or entry.expectation is None:
+            return None
+        if self._results is None:
+            self._results = ResultCache(self.options.cache)
+        assert spec.header is not None
+        prompt_set = limited(spec.header.prompts[entry.expectation.prompts], self.options.limit)
+        return outcome_key(self.model_for(spec), spec, entry, prompt_set.model_dump_json())
+
+    def _evaluate(self, spec: SpecFile, entry: Entry) -> Outcome:
         assert spec.header is not None and entry.expectation is not None
         expectation = entry.expectation
         try:
@@ -143,7 +176,7 @@ class Runner:
         assert spec.header is not None
         loaded = self.model_for(spec)
         request = _spec_request(spec, prompt_name) | self._extra.get((spec.path, prompt_name), CaptureRequest())
-        prompt_set = spec.header.prompts[prompt_name]
+        prompt_set = limited(spec.header.prompts[prompt_name], self.options.limit)
         key = (model_key(spec, self.options), prompt_set.model_dump_json(), request)
         if key not in self._measurements:
             try:

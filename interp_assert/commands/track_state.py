@@ -17,11 +17,9 @@ plots and exits as one uninterrupted run does.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +28,12 @@ from interp_assert.drift.checkpoints import Checkpoint, same_architecture
 from interp_assert.drift.track import Cell, Column, Row, Track, assemble, finite, measure_checkpoint, unavailable_column
 from interp_assert.errors import InfrastructureError, InterpAssertError, UsageError
 from interp_assert.output_schema import SCHEMA_VERSION, versioned
+from interp_assert.result_cache import code_digest, file_digest
 from interp_assert.run_options import RunOptions
 from interp_assert.spec import SpecFile
 
 STATE_FILE = "interp-track.json"
 CELLS_DIR = "checkpoints"
-PACKAGE = Path(__file__).resolve().parent.parent
 
 
 @dataclass(frozen=True)
@@ -63,22 +61,6 @@ def parse_shard(text: str) -> Shard:
 
 
 # ---- the key a checkpoint's cells were measured under ----
-
-
-@cache
-def code_digest() -> str:
-    """sha256 of the package's own Python files: an edited checkout never reuses old numbers."""
-    digest = hashlib.sha256()
-    for file in sorted(PACKAGE.rglob("*.py")):
-        digest.update(str(file.relative_to(PACKAGE)).encode() + b"\0" + file.read_bytes() + b"\0")
-    return digest.hexdigest()[:16]
-
-
-def file_digest(path: Path) -> str | None:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-    except OSError:
-        return None
 
 
 def spec_digest(spec: SpecFile) -> dict[str, str | None]:

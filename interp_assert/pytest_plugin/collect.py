@@ -66,6 +66,8 @@ def run_options(config: pytest.Config) -> Any:
         trust_remote_code=options.get(config, "interp_trust_remote_code"),
         allow_pickle=options.get(config, "interp_allow_pickle"),
         update_snapshots=bool(getattr(config.option, "update_snapshots", False)),
+        limit=options.get(config, "interp_limit"),
+        cache=options.get(config, "interp_cache"),
     )
     try:
         return from_flags(flags, here=config.invocation_params.dir)
@@ -157,8 +159,18 @@ class SpecItem(pytest.Item):
         assert self.entry is not None
         self.config.stash.setdefault(RAN_SPECS_KEY, {})[self.spec.path] = self.spec
         runner = self.runner()
+        expectation = self.entry.expectation
+        if runner.options.limit is not None and expectation is not None and expectation.property == "snapshot":
+            raise pytest.skip.Exception(
+                f"{runner.options.smoke}: a snapshot compares whole prompt sets; not compared, not written",
+                _use_item_location=True,
+            )
         outcome = runner.evaluate(self.spec, self.entry)
         self.user_properties.extend(junit_properties(runner, self.spec, self.entry, outcome, self.checkpoint))
+        if runner.was_cached(self.spec, self.entry):
+            self.user_properties.append(("cached", "true"))
+        if runner.options.limit is not None:
+            self.user_properties.append(("smoke", f"{runner.options.limit} prompts per set"))
         for note in outcome.notes:
             self.config.stash.setdefault(NOTES_KEY, []).append(f"{self.nodeid}: {note}")
         if outcome.written:
@@ -204,6 +216,10 @@ class SpecItem(pytest.Item):
             *(f"  {detail}" for detail in outcome.details),
             f"  prompts: {expectation.prompts!r}; model: {model}",
         ]
+        if runner.options.limit is not None:
+            lines[0] = f"[{runner.options.smoke}] " + lines[0]
+        if runner.was_cached(self.spec, self.entry):
+            lines.append("  (from the result cache: measured earlier under the same key; --interp-cache)")
         lines += getattr(self, "artifact_lines", [])
         if runner.overridden(self.spec):
             lines.append("  the bound describes the spec's own model; a replacement missing it is no reason to edit it")

@@ -114,6 +114,19 @@ OPTIONS: tuple[Option, ...] = (
         help="order of --interp-checkpoints: step (default; the last integer in each folder name) or given",
     ),
     Option(
+        name="interp_limit",
+        kind="text",
+        metavar="N",
+        help="smoke run: measure only the first N prompts of every prompt set; every summary line says so, "
+        "snapshot expectations are skipped and --snapshot-update is refused",
+    ),
+    Option(
+        name="interp_cache",
+        kind="flag",
+        help="reuse results measured before under the same key (weights hash, expectation and prompt set, "
+        "package/torch/transformers versions, device, dtype, attention path); stored under the cache folder",
+    ),
+    Option(
         name="interp_debug",
         kind="flag",
         help="show Python tracebacks for interp_assert's own errors (hidden by default)",
@@ -181,3 +194,31 @@ def configure_checkpoints(config: pytest.Config, *, updating: bool) -> None:
     config.stash[CHECKPOINTS_KEY] = found
     if not config.pluginmanager.hasplugin("xdist"):
         config.addinivalue_line("markers", "xdist_group(name): items of one checkpoint (pytest-xdist's loadgroup)")
+
+
+def configure_ci(config: pytest.Config, *, updating: bool) -> None:
+    """``--interp-limit`` and ``--interp-cache``, checked once before collection: a smoke run never
+    writes snapshots, and a cache folder another user could write is refused."""
+    from interp_assert.errors import UsageError
+
+    limit = get(config, "interp_limit")
+    if limit is not None:
+        from interp_assert.run_options import _limit
+
+        try:
+            _limit(limit)
+        except UsageError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        if updating:
+            raise pytest.UsageError(
+                f"--interp-limit {limit} with --snapshot-update would store a smoke run's numbers as the spec's "
+                "snapshots; a smoke run never writes snapshots (drop one of the two)"
+            )
+    if get(config, "interp_cache"):
+        from interp_assert.result_cache import check_folder
+        from interp_assert.run_options import _cache_folder
+
+        try:
+            check_folder(_cache_folder())
+        except UsageError as exc:
+            raise pytest.UsageError(str(exc)) from None

@@ -1,0 +1,190 @@
+"""``--interp-cache``: an expectation's outcome, reused when nothing that could change it changed.
+
+The key is a sha256 over everything a number depends on (:func:`outcome_key`):
+
+- the model: its weights' hash, the hash of its small files (config, tokenizer), the adapter's
+  base, the hub revision and the commit it resolved to;
+- the expectation (every key of it, its name included) and the whole spec header, prompt sets
+  included, after ``--interp-limit``; the spec's path and its snapshot file's content;
+- the code: interp_assert's version and a hash of its own source files, torch's and
+  transformers' versions;
+- where and how it ran: device, dtype, device map, the attention implementation and whether the
+  native kernel is used, and the ``INTERP_ASSERT_*`` settings in the environment.
+
+A model whose weights cannot be hashed (a hub id not on disk) is never cached, nor is an outcome
+that wrote a snapshot. Entries are JSON (never pickles), written atomically; an entry that is
+missing, cut short, of another version or of another key is a miss. The folder must belong to
+the user running and be writable by no one else: a cache another user can plant entries in could
+make a run pass on numbers it never measured, so such a folder is refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from dataclasses import asdict
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from interp_assert import atomic
+from interp_assert.errors import UsageError
+from interp_assert.outcome import Outcome
+
+ENTRY_VERSION = 1
+PACKAGE = Path(__file__).resolve().parent
+SMALL_FILES = ("*.json", "*.txt", "*.model", "*.tiktoken", "*.py")
+
+
+@cache
+def code_digest() -> str:
+    """sha256 of the package's own Python files: an edited checkout never reuses old numbers."""
+    digest = hashlib.sha256()
+    for file in sorted(PACKAGE.rglob("*.py")):
+        digest.update(str(file.relative_to(PACKAGE)).encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def file_digest(path: Path) -> str | None:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    except OSError:
+        return None
+
+
+def folder_digest(folder: str | None) -> str | None:
+    """The small files beside the weights (config, tokenizer, generation settings)."""
+    if folder is None or not Path(folder).is_dir():
+        return None
+    digest = hashlib.sha256()
+    for file in sorted({f for pattern in SMALL_FILES for f in Path(folder).glob(pattern) if f.is_file()}):
+        if file.stat().st_size <= 64 << 20:
+            digest.update(file.name.encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def attention_path(loaded: Any) -> dict[str, object]:
+    """How attention is computed for this model here (the path can change a number in its last bits)."""
+    from interp_assert.measure import native
+
+    return {
+        "implementation": str(loaded.model.config._attn_implementation),
+        "native_kernel": bool(native.available()),
+        "settings": sorted(
+            (k, v) for k, v in os.environ.items() if k.startswith("INTERP_ASSERT_") and k != "INTERP_ASSERT_CACHE"
+        ),
+    }
+
+
+def model_identity(loaded: Any) -> dict[str, object] | None:
+    """What identifies the measured model's numbers, or ``None`` when its weights cannot be hashed."""
+    from interp_assert.measure.models import environment
+
+    recorded: dict[str, object] = dict(environment(loaded))
+    if recorded.get("content_hash") == "unknown":
+        return None
+    recorded.pop("model", None)  # the name is not the model: the hashes are
+    recorded["files"] = folder_digest(loaded.source)
+    recorded["base"] = folder_digest(loaded.base_source)
+    recorded["attention_path"] = attention_path(loaded)
+    return recorded
+
+
+def outcome_key(loaded: Any, spec: Any, entry: Any, prompt_set_json: str) -> str | None:
+    """The cache key of ``entry`` of ``spec`` measured on ``loaded``; ``None``: do not cache."""
+    from interp_assert.drift.snapshot_store import snapshot_file
+    from interp_assert.version import package_version
+
+    identity = model_identity(loaded)
+    if identity is None:
+        return None
+    parts = {
+        "entry_version": ENTRY_VERSION,
+        "model": identity,
+        "expectation": entry.expectation.model_dump(mode="json"),
+        "name": entry.name,
+        "prompts": prompt_set_json,
+        "header": {k: v for k, v in spec.header.model_dump(mode="json").items() if k != "expectations"},
+        "spec_path": str(Path(spec.path).resolve()),
+        "snapshots": file_digest(snapshot_file(spec.path)),
+        "versions": {"interp_assert": package_version(), "code": code_digest()},
+    }
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_folder(folder: Path) -> None:
+    """Refuse a cache folder (or an existing parent up to the home folder) that another user could write."""
+    for path in (folder, *folder.parents):
+        try:
+            info = path.lstat()
+        except FileNotFoundError:
+            continue
+        if path != folder and stat.S_ISDIR(info.st_mode) and info.st_mode & stat.S_ISVTX:
+            break  # a sticky folder (/tmp): others may write it but not replace what is ours below it
+        writable_by_others = bool(info.st_mode & (stat.S_IWGRP | stat.S_IWOTH))
+        if info.st_uid != os.getuid() or writable_by_others:
+            owner = "another user" if info.st_uid != os.getuid() else "its group or everyone"
+            raise UsageError(
+                f"--interp-cache: {path} can be written by {owner} (mode {stat.S_IMODE(info.st_mode):o}); results "
+                "planted there could be reported as measured. Set INTERP_ASSERT_CACHE to a folder only you can write"
+            )
+        if path == Path.home():
+            break
+
+
+class ResultCache:
+    def __init__(self, folder: Path) -> None:
+        check_folder(folder)
+        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        check_folder(folder)
+        self.folder = folder
+
+    def _path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> Outcome | None:
+        try:
+            data = json.loads(self._path(key).read_text(encoding="utf-8"))
+            if data.get("version") != ENTRY_VERSION or data.get("key") != key:
+                return None
+            fields = data["outcome"]
+            return Outcome(
+                passed=bool(fields["passed"]),
+                headline=str(fields["headline"]),
+                details=tuple(fields["details"]),
+                measured=dict(fields["measured"]),
+                heads=tuple(fields["heads"]),
+                notes=tuple(fields["notes"]),
+                value=_value(fields["value"]),
+                shown=str(fields["shown"]),
+                bound_low=fields["bound_low"],
+                bound_high=fields["bound_high"],
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None  # missing, cut short, hand-edited: measured again
+
+    def put(self, key: str, outcome: Outcome) -> None:
+        if outcome.written is not None:
+            return
+        document = {"version": ENTRY_VERSION, "key": key, "outcome": _plain(asdict(outcome))}
+        path = self._path(key)
+        path.parent.mkdir(exist_ok=True, mode=0o700)
+        atomic.write_text(path, json.dumps(document))
+
+
+def _value(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars to Python numbers, tuples to lists (JSON keeps NaN as ``NaN``, which Python reads back)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, str | bytes):
+        return value.item()
+    return value
