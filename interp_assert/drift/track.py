@@ -206,6 +206,14 @@ def milestones(row: Row, checkpoints: Sequence[Checkpoint]) -> str:
     return text
 
 
+def wrapped(text: str) -> str:
+    """A line of prose as lines of at most :data:`MAX_WIDTH` columns (continuations indented), newline-ended."""
+    import textwrap
+
+    lines = textwrap.wrap(text, MAX_WIDTH, subsequent_indent="    ", break_long_words=False, break_on_hyphens=False)
+    return "\n".join(lines or [""]) + "\n"
+
+
 def _cell_text(cell: Cell) -> str:
     if cell.unavailable:
         return "UNAVAILABLE"
@@ -237,14 +245,16 @@ def _short(text: str) -> str:
 
 def print_track(track: Track, out: TextIO) -> None:
     out.write(
-        (f"{track.smoke}: " if track.smoke else "")
-        + f"track of {track.spec}: {len(track.checkpoints)} checkpoints in place of {track.model!r}, "
-        f"ordered {_order_text(track.checkpoints)}\n"
+        wrapped(
+            (f"{track.smoke}: " if track.smoke else "")
+            + f"track of {track.spec}: {len(track.checkpoints)} checkpoints in place of {track.model!r}, "
+            f"ordered {_order_text(track.checkpoints)}"
+        )
     )
     for note in track.notes:
-        out.write(f"note: {note}\n")
+        out.write(wrapped(f"note: {note}"))
     for checkpoint, reason in track.unavailable:
-        out.write(f"unavailable: {checkpoint.label}: {reason}\n")
+        out.write(wrapped(f"unavailable: {checkpoint.label}: {reason}"))
     out.write("\n")
     header = ("expectation", *(c.label for c in track.checkpoints))
     body = [(row.name, *(_cell_text(cell) for cell in row.cells)) for row in track.rows]
@@ -258,15 +268,17 @@ def print_track(track: Track, out: TextIO) -> None:
     last = track.checkpoints[-1]
     for row in track.rows:
         if not row.cells[-1].passed:
-            out.write(f"\n{row.name} at {last.label}: {row.cells[-1].headline}\n")
+            out.write("\n" + wrapped(f"{row.name} at {last.label}: {row.cells[-1].headline}"))
     held = sum(row.cells[-1].passed for row in track.rows)
     total = sum(track.seconds)
     out.write(
-        f"\n{held} of {len(track.rows)} expectations hold on the last checkpoint ({last.label}); "
-        f"{total:.1f} s, {total / len(track.seconds):.1f} s per checkpoint"
-        + (f"; {len(track.unavailable)} checkpoint(s) unavailable" if track.unavailable else "")
-        + (f" ({track.smoke})" if track.smoke else "")
-        + "\n"
+        "\n"
+        + wrapped(
+            f"{held} of {len(track.rows)} expectations hold on the last checkpoint ({last.label}); "
+            f"{total:.1f} s, {total / len(track.seconds):.1f} s per checkpoint"
+            + (f"; {len(track.unavailable)} checkpoint(s) unavailable" if track.unavailable else "")
+            + (f" ({track.smoke})" if track.smoke else "")
+        )
     )
 
 
