@@ -114,6 +114,15 @@ OPTIONS: tuple[Option, ...] = (
         help="order of --interp-checkpoints: step (default; the last integer in each folder name) or given",
     ),
     Option(
+        name="interp_gate",
+        kind="text",
+        metavar="GATE",
+        default="last",
+        help="with --interp-checkpoints, one item per expectation that passes when: last (default) it holds on "
+        "the last checkpoint; by:STEP it holds on every checkpoint from STEP on; never-breaks it forms and never "
+        "fails later; each: one item per (expectation, checkpoint), each of which must hold",
+    ),
+    Option(
         name="interp_limit",
         kind="text",
         metavar="N",
@@ -200,7 +209,12 @@ def configure_ci(config: pytest.Config, *, updating: bool) -> None:
     """``--interp-limit`` and ``--interp-cache``, checked once before collection: a smoke run never
     writes snapshots, and a cache folder another user could write is refused."""
     from interp_assert.errors import UsageError
+    from interp_assert.pytest_plugin.gates import parse_gate
 
+    try:
+        parse_gate(get(config, "interp_gate"))
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
     limit = get(config, "interp_limit")
     if limit is not None:
         from interp_assert.run_options import _limit

@@ -164,7 +164,9 @@ def test_pytest_items_per_checkpoint_serial_equals_xdist(run: Path, pytester: py
     for step in (0, 20, 30):
         shutil.copytree(run / "run" / f"checkpoint-{step}", pytester.path / "run" / f"checkpoint-{step}")
     # the serial run reads the ini keys, the xdist run the command line
-    pytester.makeini("[pytest]\ninterp_checkpoints = run/checkpoint-*\ninterp_checkpoint_order = step\n")
+    # interp_gate = each: one item per (expectation, checkpoint) (the default gate makes one per expectation)
+    ini = "[pytest]\ninterp_checkpoints = run/checkpoint-*\ninterp_checkpoint_order = step\ninterp_gate = each\n"
+    pytester.makeini(ini)
     args = ("model_specs", "-p", "no:cacheprovider")
 
     serial = pytester.runpytest(*args, "-v", "--junitxml=serial.xml")
@@ -173,7 +175,8 @@ def test_pytest_items_per_checkpoint_serial_equals_xdist(run: Path, pytester: py
     assert [name.split("[")[1].rstrip("]") for name in ran] == [f"checkpoint-{s}" for s in (0, 0, 20, 20, 30, 30)]
     serial.stdout.fnmatch_lines(["*expectation 'l0h0_previous_token' (head_score) failed on checkpoint-20"])
 
-    flags = ("--interp-checkpoints", "run/checkpoint-*", "-n", "2", "--dist", "loadgroup", "--junitxml=xdist.xml")
+    flags = ("--interp-checkpoints", "run/checkpoint-*", "--interp-gate", "each", "-n", "2", "--dist", "loadgroup")
+    flags += ("--junitxml=xdist.xml",)
     spread = pytester.runpytest_subprocess(*args, *flags)
     spread.assert_outcomes(passed=3, failed=3)
     assert _records(pytester.path / "serial.xml") == _records(pytester.path / "xdist.xml")
