@@ -14,7 +14,7 @@ from typing import Any
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).parent / "output.schema.json"
-KINDS = ("audit", "measure", "track", "track-checkpoint", "track-state")
+KINDS = ("audit", "audit-set", "measure", "track", "track-checkpoint", "track-state")
 
 
 def versioned(kind: str, document: dict[str, Any]) -> dict[str, Any]:

@@ -163,7 +163,7 @@ def from_flags(flags: Flags, *, here: Path) -> RunOptions:
         offload_folder=folder,
         update_snapshots=flags.update_snapshots,
         limit=limit,
-        cache=_cache_folder() if flags.cache else None,
+        cache=result_cache_folder() if flags.cache else None,
     )
 
 
@@ -176,7 +176,7 @@ def _limit(given: str | int | None) -> int | None:
     return int(text)
 
 
-def _cache_folder() -> Path:
+def result_cache_folder() -> Path:
     """Where ``--interp-cache`` keeps results: ``results/`` under the cache folder (``INTERP_ASSERT_CACHE``)."""
     from interp_assert.measure.models import cache_root
 

@@ -142,13 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit.add_argument("spec", type=Path, metavar="SPEC.yaml", help="spec file")
     audit.add_argument(
-        "--checkpoint", required=True, metavar="PATH", help="the checkpoint to audit (model folder or PEFT adapter)"
-    )
+        "--checkpoint", required=True, action="append", metavar="PATH",
+        help="the checkpoint to audit (model folder or PEFT adapter); repeatable: each against one measurement "
+        "of the base",
+    )  # fmt: skip
     audit.add_argument("--checkpoint-revision", metavar="REV", help="branch, tag or commit sha of a hub CHECKPOINT")
     audit.add_argument("--base", metavar="PATH", help="compare against this model instead of the spec's own")
     audit.add_argument("--json", action="store_true", help="print the result as JSON (NaN written as null)")
     audit.add_argument("--report", type=Path, metavar="DIR", help="also write DIR/index.html with difference figures")
     audit.add_argument("--force", action="store_true", help="overwrite an existing report in DIR")
+    audit.add_argument("--markdown", type=Path, metavar="FILE", help="also write a summary in Markdown (a PR comment)")
     _model_options(audit)
     audit.set_defaults(handler=_audit)
 
@@ -333,16 +336,24 @@ def _report(args: argparse.Namespace) -> int:
 
 def _audit(args: argparse.Namespace) -> int:
     _readable_spec(args.spec)
-    return main_audit(
-        str(args.spec),
-        args.checkpoint,
-        args.json,
-        options=_run_options(args),
-        base=args.base,
-        report_dir=args.report,
-        force=args.force,
-        checkpoint_revision=args.checkpoint_revision,
-    )
+    checkpoints: list[str] = args.checkpoint
+    if len(checkpoints) == 1 and args.markdown is None:
+        return main_audit(
+            str(args.spec),
+            checkpoints[0],
+            args.json,
+            options=_run_options(args),
+            base=args.base,
+            report_dir=args.report,
+            force=args.force,
+            checkpoint_revision=args.checkpoint_revision,
+        )
+    from interp_assert.commands.audits import main_audits
+
+    return main_audits(
+        str(args.spec), checkpoints, args.json, options=_run_options(args), base=args.base, report_dir=args.report,
+        markdown_path=args.markdown, force=args.force, checkpoint_revision=args.checkpoint_revision,
+    )  # fmt: skip
 
 
 def main_audit(
@@ -384,9 +395,16 @@ def _track(args: argparse.Namespace) -> int:
     # --checkpoint entries are paths, --checkpoints entries globs; under --order given, paths come first
     entries = [(path, False) for path in args.checkpoint] + [(pattern, True) for pattern in args.checkpoints]
     found = checkpoints.resolve(entries, args.order)
+    options = _run_options(args)
+    if not args.no_cache:  # on by default in track (--interp-cache elsewhere): its key cannot go stale
+        from dataclasses import replace
+
+        from interp_assert.run_options import result_cache_folder
+
+        options = replace(options, cache=result_cache_folder())
     with _progress(2 * len(found)) as step:
         return track_command.main_track(
-            str(args.spec), found, options=_run_options(args), json_path=args.json, report_dir=args.report,
+            str(args.spec), found, options=options, json_path=args.json, report_dir=args.report,
             markdown_path=args.markdown, force=args.force, progress=step, state=args.out, shard=args.shard,
             retries=args.retries,
         )  # fmt: skip

@@ -111,6 +111,11 @@ def _state_options(track: argparse.ArgumentParser) -> None:
         help="try a checkpoint that fails to load (or runs out of memory) N more times (default 0)",
     )  # fmt: skip
     group.add_argument("--markdown", type=Path, metavar="FILE", help="also write a summary in Markdown (a PR comment)")
+    group.add_argument(
+        "--no-cache", action="store_true",
+        help="measure every expectation again (by default an outcome measured before under the same key is reused: "
+        "weights hash, spec, snapshots, code and library versions, device, dtype, attention path)",
+    )  # fmt: skip
 
 
 def merge_parser(prog: str, handler: Handler) -> argparse.ArgumentParser:

@@ -230,9 +230,9 @@ def configure_ci(config: pytest.Config, *, updating: bool) -> None:
             )
     if get(config, "interp_cache"):
         from interp_assert.result_cache import check_folder
-        from interp_assert.run_options import _cache_folder
+        from interp_assert.run_options import result_cache_folder
 
         try:
-            check_folder(_cache_folder())
+            check_folder(result_cache_folder())
         except UsageError as exc:
             raise pytest.UsageError(str(exc)) from None

@@ -173,3 +173,48 @@ def _conforms(document: object, schema: dict[str, object], where: str) -> None:
     if isinstance(document, list) and "items" in schema:
         for index, item in enumerate(document):
             _conforms(item, schema["items"], f"{where}[{index}]")  # type: ignore[arg-type]
+
+
+def test_audit_of_several_checkpoints_measures_the_base_once(
+    here: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two checkpoints (a copy of tiny-neo, and one whose L0H0 attends uniformly: its queries zeroed)
+    against one measurement of the base; the Markdown summary says which keeps what."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    import interp_assert.runner as runner_module
+
+    broken = here / "zeroed"
+    shutil.copytree(TINY, broken)
+    shutil.copytree(TINY, here / "same")
+    weights = load_file(broken / "model.safetensors")
+    name = next(k for k in weights if k.endswith("h.0.attn.attention.q_proj.weight"))
+    weights[name] = weights[name].clone()
+    weights[name][:16] = 0.0  # head 0 of 4 (16 of 64 query rows): uniform attention, no previous-token head
+    save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
+
+    measured = []
+    real = runner_module.measure_prompt_set
+
+    def counting(loaded: object, *args: object) -> object:
+        measured.append(getattr(loaded, "source", "?"))
+        return real(loaded, *args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner_module, "measure_prompt_set", counting)
+    argv = ["audit", "holds.yaml", "--checkpoint", "./same", "--checkpoint", "./zeroed", "--markdown", "pr.md"]
+    status = main(argv)
+    out = capsys.readouterr().out
+    assert status == exit_codes.FAILED, out
+    assert measured.count(TINY) == 1, measured  # the base (the built-in tiny-neo), once for both checkpoints
+    assert "1 of 2 checkpoints keep every expectation; failing: ./zeroed" in out
+    markdown = (here / "pr.md").read_text()
+    assert "### ✅ interp_assert audit of `./same`" in markdown
+    assert "### ❌ interp_assert audit of `./zeroed`" in markdown
+    assert re.search(r"^\| ❌ l0h0_previous_token \| head_score \| 1\.0000 \| 0\.\d+ \| -0\.\d+ \|$", markdown, re.M)
+
+    assert main([*argv[:6], "--json"]) == exit_codes.FAILED
+    document = json.loads(capsys.readouterr().out)
+    assert document["kind"] == "audit-set" and [a["checkpoint"] for a in document["audits"]] == ["./same", "./zeroed"]
+    _conforms(document, load_schema()["$defs"]["audit-set"], "audit-set")
