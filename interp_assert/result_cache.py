@@ -65,41 +65,86 @@ def folder_digest(folder: str | None) -> str | None:
     return digest.hexdigest()[:16]
 
 
-def attention_path(loaded: Any) -> dict[str, object]:
-    """How attention is computed for this model here (the path can change a number in its last bits)."""
-    from interp_assert.measure import native
+def native_kernel_setting() -> dict[str, object]:
+    """What decides whether the native attention kernel is used (its source is in :func:`code_digest`),
+    read without importing torch: the switch and the compiler it would be built with."""
+    import shutil
 
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    return {"INTERP_ASSERT_NATIVE": os.environ.get("INTERP_ASSERT_NATIVE", "1"), "compiler": compiler}
+
+
+def library_versions() -> dict[str, str]:
+    """torch's and transformers' versions from their metadata (nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("torch", "transformers", "accelerate", "peft", "safetensors", "tokenizers", "gguf"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = "absent"
+    return found
+
+
+def model_identity(reference: str, load: Any, base_dir: Path | None, hashes: Path) -> dict[str, object] | None:
+    """What identifies the numbers a model gives, found without loading it: its weights' hash and
+    the hash of its small files. ``None`` (never cached) for a hub id, an adapter (its base is found
+    at load time), and a model placed on an accelerator or spread by a device map."""
+    from interp_assert.measure.models import resolve
+
+    if load.device != "cpu" or load.device_map is not None or load.revision is not None:
+        return None
+    source = resolve(reference, base_dir)
+    if not isinstance(source, Path):
+        return None
+    if source.is_file() and source.suffix == ".gguf":
+        weights = [source]
+    elif source.is_dir() and not (source / "adapter_config.json").exists():
+        weights = sorted(f for pattern in ("*.safetensors", "*.bin", "*.pt") for f in source.glob(pattern))
+    else:
+        return None
+    if not weights:
+        return None
     return {
-        "implementation": str(loaded.model.config._attn_implementation),
-        "native_kernel": bool(native.available()),
+        "source": str(source),
+        "weights": [_file_hash(file, hashes) for file in weights],
+        "files": folder_digest(str(source)) if source.is_dir() else None,
+        "load": repr(load),
+        "libraries": library_versions(),
+        "native_kernel": native_kernel_setting(),
         "settings": sorted(
             (k, v) for k, v in os.environ.items() if k.startswith("INTERP_ASSERT_") and k != "INTERP_ASSERT_CACHE"
         ),
     }
 
 
-def model_identity(loaded: Any) -> dict[str, object] | None:
-    """What identifies the measured model's numbers, or ``None`` when its weights cannot be hashed."""
-    from interp_assert.measure.models import environment
+def _file_hash(file: Path, hashes: Path) -> str:
+    """sha256 of a file, remembered across runs under its path, size, mtime, ctime and inode (any write
+    changes the ctime, which no tool can set back), so an unchanged 500 MB file is not read again."""
+    info = file.stat()
+    stamp = f"{file.resolve()}|{info.st_size}|{info.st_mtime_ns}|{info.st_ctime_ns}|{info.st_ino}|{info.st_dev}"
+    memo = hashes / f"{hashlib.sha256(stamp.encode()).hexdigest()}.txt"
+    try:
+        remembered = memo.read_text(encoding="ascii").strip()
+        if len(remembered) == 64 and all(c in "0123456789abcdef" for c in remembered):
+            return remembered
+    except (OSError, UnicodeDecodeError):
+        pass
+    digest = hashlib.sha256()
+    with file.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    hashes.mkdir(parents=True, exist_ok=True, mode=0o700)
+    atomic.write_text(memo, digest.hexdigest())
+    return digest.hexdigest()
 
-    recorded: dict[str, object] = dict(environment(loaded))
-    if recorded.get("content_hash") == "unknown":
-        return None
-    recorded.pop("model", None)  # the name is not the model: the hashes are
-    recorded["files"] = folder_digest(loaded.source)
-    recorded["base"] = folder_digest(loaded.base_source)
-    recorded["attention_path"] = attention_path(loaded)
-    return recorded
 
-
-def outcome_key(loaded: Any, spec: Any, entry: Any, prompt_set_json: str) -> str | None:
-    """The cache key of ``entry`` of ``spec`` measured on ``loaded``; ``None``: do not cache."""
+def outcome_key(identity: dict[str, object], spec: Any, entry: Any, prompt_set_json: str) -> str:
+    """The cache key of ``entry`` of ``spec`` measured on the model ``identity`` describes."""
     from interp_assert.drift.snapshot_store import snapshot_file
     from interp_assert.version import package_version
 
-    identity = model_identity(loaded)
-    if identity is None:
-        return None
     parts = {
         "entry_version": ENTRY_VERSION,
         "model": identity,
@@ -145,12 +190,18 @@ class ResultCache:
     def _path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.json"
 
-    def get(self, key: str) -> Outcome | None:
+    @property
+    def hashes(self) -> Path:
+        return self.folder / "hashes"
+
+    def get(self, key: str) -> tuple[Outcome, dict[str, str]] | None:
+        """The outcome stored under ``key`` and the record of the model it was measured on, or ``None``."""
         try:
             data = json.loads(self._path(key).read_text(encoding="utf-8"))
             if data.get("version") != ENTRY_VERSION or data.get("key") != key:
                 return None
             fields = data["outcome"]
+            model = {str(k): str(v) for k, v in dict(data["model"]).items()}
             return Outcome(
                 passed=bool(fields["passed"]),
                 headline=str(fields["headline"]),
@@ -162,14 +213,14 @@ class ResultCache:
                 shown=str(fields["shown"]),
                 bound_low=fields["bound_low"],
                 bound_high=fields["bound_high"],
-            )
+            ), model
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None  # missing, cut short, hand-edited: measured again
 
-    def put(self, key: str, outcome: Outcome) -> None:
+    def put(self, key: str, outcome: Outcome, model: dict[str, str]) -> None:
         if outcome.written is not None:
             return
-        document = {"version": ENTRY_VERSION, "key": key, "outcome": _plain(asdict(outcome))}
+        document = {"version": ENTRY_VERSION, "key": key, "outcome": _plain(asdict(outcome)), "model": model}
         path = self._path(key)
         path.parent.mkdir(exist_ok=True, mode=0o700)
         atomic.write_text(path, json.dumps(document))

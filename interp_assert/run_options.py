@@ -177,10 +177,14 @@ def _limit(given: str | int | None) -> int | None:
 
 
 def result_cache_folder() -> Path:
-    """Where ``--interp-cache`` keeps results: ``results/`` under the cache folder (``INTERP_ASSERT_CACHE``)."""
+    """Where ``--interp-cache`` keeps results: ``INTERP_ASSERT_RESULT_CACHE`` if set, else ``results/``
+    under the cache folder (``INTERP_ASSERT_CACHE``, default ``~/.cache/interp_assert``)."""
+    import os
+
     from interp_assert.measure.models import cache_root
 
-    return cache_root(LoadOptions()) / "results"
+    given = os.environ.get("INTERP_ASSERT_RESULT_CACHE")
+    return Path(given).expanduser() if given else cache_root(LoadOptions()) / "results"
 
 
 def _pairs(items: Sequence[str], flag: str, form: str, once: str) -> dict[str, str]:

@@ -143,6 +143,8 @@ class SpecItem(pytest.Item):
         if self.problems:
             return
         try:
+            if self.entry is not None and self.runner().cached_outcome(self.spec, self.entry) is not None:
+                return  # --interp-cache holds its outcome: the model need not load
             loaded = self.runner().model_for(self.spec)
             said = self.config.stash.setdefault(NOTES_KEY, [])
             said.extend(note for note in loaded.notes if note not in said)  # once per model, not per item
@@ -511,10 +513,11 @@ def junit_properties(
     ``model_source``, ``weights_sha256``, ``revision`` and ``commit`` (hub models), ``headline``,
     ``checkpoint`` and ``step`` (under ``--interp-checkpoints``), ``generated_text`` (text checks),
     ``note`` (repeatable), then ``measured.<name>`` for every other number."""
-    from interp_assert.measure.models import content_hash
+    from interp_assert.runner import model_record
 
     assert entry.expectation is not None
-    loaded = runner.model_for(spec)
+    # a cached outcome carries the record of the model it was measured on: nothing loads for it
+    record = runner.cached.get((spec.path, entry.name)) or model_record(runner.model_for(spec))
     value = outcome.value
     properties: list[tuple[str, object]] = [
         ("property", entry.expectation.property),
@@ -523,13 +526,10 @@ def junit_properties(
         ("bound_low", "" if outcome.bound_low is None else outcome.bound_low),
         ("bound_high", "" if outcome.bound_high is None else outcome.bound_high),
         ("model", runner.model_named(spec)),
-        ("model_source", loaded.source),
-        ("weights_sha256", content_hash(loaded.source)),
+        ("model_source", record["model_source"]),
+        ("weights_sha256", record["weights_sha256"]),
     ]
-    if loaded.options.revision is not None:
-        properties.append(("revision", loaded.options.revision))
-    if loaded.commit is not None:
-        properties.append(("commit", loaded.commit))
+    properties += [(name, record[name]) for name in ("revision", "commit") if name in record]
     properties.append(("headline", outcome.headline))
     if checkpoint is not None:
         properties += [("checkpoint", checkpoint.label), ("step", "" if checkpoint.step is None else checkpoint.step)]
