@@ -396,6 +396,12 @@ def _track(args: argparse.Namespace) -> int:
     entries = [(path, False) for path in args.checkpoint] + [(pattern, True) for pattern in args.checkpoints]
     found = checkpoints.resolve(entries, args.order)
     options = _run_options(args)
+    if args.limit is not None:
+        from dataclasses import replace
+
+        if args.limit < 1:
+            raise InterpAssertError(f"--interp-limit {args.limit}: give at least 1 prompt per set")
+        options = replace(options, limit=args.limit)
     if not args.no_cache:  # on by default in track (--interp-cache elsewhere): its key cannot go stale
         from dataclasses import replace
 

@@ -112,6 +112,11 @@ def _state_options(track: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     group.add_argument("--markdown", type=Path, metavar="FILE", help="also write a summary in Markdown (a PR comment)")
     group.add_argument(
+        "--interp-limit", type=retries, metavar="N", dest="limit",
+        help="smoke run: the first N prompts of every prompt set; every line and file says so, snapshot "
+        "expectations are left out",
+    )  # fmt: skip
+    group.add_argument(
         "--no-cache", action="store_true",
         help="measure every expectation again (by default an outcome measured before under the same key is reused: "
         "weights hash, spec, snapshots, code and library versions, device, dtype, attention path)",
@@ -159,19 +164,28 @@ def main_track(
     from interp_assert.run_options import RunOptions
 
     out = out or sys.stdout
+    options = options or RunOptions()
     if shard is not None and state is None:
         raise UsageError(f"--shard {shard} needs --out DIR: a shard's results are merged from its folder")
     refuse_outputs(json_path, report_dir, markdown_path, force=force)
     check_architectures(found)
     spec = checked_spec(spec_path)
+    if options.limit is not None:  # a fingerprint of part of a prompt set is not the stored one
+        from dataclasses import replace
+
+        kept = tuple(e for e in spec.entries if e.expectation is None or e.expectation.property != "snapshot")
+        if not kept:
+            raise UsageError(f"--interp-limit {options.limit}: {spec_path} has only snapshot expectations")
+        spec = replace(spec, entries=kept)
     track, reused = run_with_state(
-        spec, found, options or RunOptions(), state=state, shard=shard, retries=retries, progress=progress,
-        said=lambda line: print(f"note: {line}", file=sys.stderr),
+        spec, found, options, state=state, shard=shard, retries=retries, progress=progress, limit=options.limit,
+        smoke=options.smoke, said=lambda line: print(f"note: {line}", file=sys.stderr),
     )  # fmt: skip
     if state is not None:
         measured = len(track.checkpoints) - reused
         shard_text = f"shard {shard}: " if shard is not None else ""
-        print(f"{shard_text}{measured} checkpoint(s) measured, {reused} reused from {state}", file=out)
+        smoke = f"{options.smoke}: " if options.smoke else ""
+        print(f"{smoke}{shard_text}{measured} checkpoint(s) measured, {reused} reused from {state}", file=out)
     code = finish(track, out, json_path=json_path, report_dir=report_dir, markdown_path=markdown_path)
     if shard is not None:  # the verdict on the last checkpoint is the merge's
         return exit_codes_for_shard(code)

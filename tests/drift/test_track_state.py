@@ -178,3 +178,30 @@ def test_retries_are_opt_in_and_said(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert err.getvalue().count("checkpoint-50: model") == 2 and "retry 2 of 2" in err.getvalue()
     assert "unavailable: checkpoint-50: " in out and "(after 2 retries)" in out
     assert "FAIL 0.0592" in out  # checkpoint-0 was measured
+
+
+def test_a_smoke_track_is_marked_everywhere_and_kept_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(REPO)
+    outputs = (
+        "--out",
+        str(tmp_path / "state"),
+        "--json",
+        str(tmp_path / "t.json"),
+        "--markdown",
+        str(tmp_path / "t.md"),
+    )
+    argv = ("track", SPEC, "--checkpoint", "examples/phase-change/checkpoint-0", "--checkpoint",
+            "examples/phase-change/checkpoint-1000", *outputs, "--report", str(tmp_path / "rep"))  # fmt: skip
+    code, full = _cli(*argv)
+    assert code == 0 and "2 checkpoint(s) measured" in full
+    code, out = _cli(*argv, "--interp-limit", "1", "--force")
+    assert code == 0
+    assert out.splitlines()[1].startswith("smoke run: 1 prompts per set: track of ")
+    assert (
+        "smoke run: 1 prompts per set: 2 checkpoint(s) measured, 0 reused" in out
+    )  # a full run's cells are not reused
+    assert "(smoke run: 1 prompts per set)" in " ".join(out.split())  # the summary line, wrapped
+    assert json.loads((tmp_path / "t.json").read_text())["smoke"] == "smoke run: 1 prompts per set"
+    assert "(smoke run: 1 prompts per set)" in (tmp_path / "t.md").read_text().splitlines()[0]
+    assert "SMOKE RUN: 1 PROMPTS PER SET" in (tmp_path / "rep" / "index.html").read_text()
+    assert table(out) != table(full)  # one prompt gives other numbers than eight
