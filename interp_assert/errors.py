@@ -51,8 +51,18 @@ class UsageError(InterpAssertError):
     as a usage error; ``interp-assert`` exits 2)."""
 
 
-class ModelLoadError(InterpAssertError):
+class InfrastructureError(InterpAssertError):
+    """What the run needs is not there: a model, adapter or SAE that cannot be found or loaded, a
+    device this machine lacks, memory that ran out. Not a verdict on the model: ``interp-assert``
+    exits 69 (see :mod:`interp_assert.exit_codes`) and pytest reports a setup error."""
+
+
+class ModelLoadError(InfrastructureError):
     """A model could not be found or loaded (offline, unsafe format, bad path)."""
+
+
+class ResourceError(InfrastructureError):
+    """The machine ran out of something while measuring: memory (CPU or accelerator), disk."""
 
 
 class CheckpointError(InterpAssertError):

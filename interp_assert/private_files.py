@@ -43,19 +43,21 @@ def file_sha256(path: Path) -> str:
     return _DIGESTS[key]
 
 
-def others_could_write(folder: Path, root: Path) -> str | None:
+def others_could_write(folder: Path, root: Path | None) -> str | None:
     """Why another user could change what ``folder`` holds, or ``None``.
 
     ``folder`` and every folder up to ``root`` must be owned by this user and not group- or
-    world-writable; above ``root``, each parent must be owned by this user or root, and writable by
-    others only with the sticky bit (as ``/tmp`` is), so nobody can rename the cache away."""
+    world-writable; above ``root`` (from ``folder`` itself when ``root`` is ``None``), each folder
+    must be owned by this user or root, and writable by others only with the sticky bit (as
+    ``/tmp`` is), so nobody can rename the cache away."""
     me = os.geteuid()
     try:
-        real, top = folder.resolve(strict=True), root.resolve(strict=True)
+        real = folder.resolve(strict=True)
+        top = root.resolve(strict=True) if root is not None else None
     except OSError as exc:
         return f"cannot be checked ({exc.strerror or exc})"
     chain = [real, *real.parents]
-    inside = chain[: chain.index(top) + 1] if top in chain else [real]
+    inside = [] if top is None else chain[: chain.index(top) + 1] if top in chain else [real]
     for path in chain:
         info = path.stat()
         writable_by_others = info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
@@ -76,15 +78,21 @@ KEY_BYTES = 32
 
 def require_private_folder(folder: Path, what: str) -> Path:
     """Create ``folder`` (0700) if missing and check that only this user can change what it holds
-    (:func:`others_could_write`, up to the folder itself); :class:`UnsafePathError` says why not."""
+    (:func:`others_could_write`, up to the folder itself); :class:`UnsafePathError` says why not.
+    Nothing is created under a folder another user could change."""
     folder = Path(os.path.abspath(folder))
+    if hasattr(os, "geteuid"):
+        existing = next(p for p in (folder, *folder.parents) if p.exists())
+        problem = others_could_write(existing, None) if existing != folder else None
+        if problem is None:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            problem = others_could_write(folder, folder)
+        if problem:
+            raise UnsafePathError(
+                f"{what} {folder} is not private: {problem}; use a folder only you can write "
+                f"(chmod go-w, or set INTERP_ASSERT_CACHE)"
+            )
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    problem = others_could_write(folder, folder) if hasattr(os, "geteuid") else None
-    if problem:
-        raise UnsafePathError(
-            f"{what} {folder} is not private: {problem}; use a folder only you can write "
-            f"(chmod go-w, or set INTERP_ASSERT_CACHE)"
-        )
     return folder
 
 
@@ -94,7 +102,12 @@ def key_path() -> Path:
 
 
 def user_key() -> bytes:
-    """This user's signing key, made on first use (0600, in a private folder)."""
+    """This user's signing key: from ``INTERP_ASSERT_SIGNING_KEY`` when set (a CI secret, so that
+    caches restored between trusted jobs stay usable while a fork's job cannot sign), else the key
+    file, made on first use (0600, in a private folder)."""
+    secret = os.environ.get("INTERP_ASSERT_SIGNING_KEY")
+    if secret:
+        return hashlib.sha256(b"interp_assert signing key\n" + secret.encode()).digest()
     path = key_path()
     require_private_folder(path.parent, "the signing key's folder")
     try:
@@ -131,3 +144,21 @@ def signed_by(key: bytes, path: Path, signature: Path) -> bool:
     except (OSError, UnicodeDecodeError):
         return False
     return hmac.compare_digest(stored, _mac(key, path))
+
+
+def write_signed_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` (atomically) and sign it beside it (``<name>.sig``)."""
+    from interp_assert import atomic
+
+    atomic.write_text(path, text)
+    sign(user_key(), path, path.with_name(path.name + ".sig"))
+
+
+def read_signed_text(path: Path) -> str | None:
+    """``path``'s text if this user signed it as it is now, else ``None`` (missing, edited, planted)."""
+    try:
+        if not signed_by(user_key(), path, path.with_name(path.name + ".sig")):
+            return None
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError, UnsafePathError):
+        return None

@@ -32,6 +32,13 @@ class RunOptions:
     max_memory: MaxMemory | None = None
     offload_folder: Path | None = None
     update_snapshots: bool = False
+    limit: int | None = None  # --interp-limit: a smoke run measures the first N prompts of each set
+    cache: Path | None = None  # --interp-cache: the result cache's folder (None: no cache)
+
+    @property
+    def smoke(self) -> str:
+        """``smoke run: N prompts per set`` under ``--interp-limit``, else ``""``: said on every output."""
+        return f"smoke run: {self.limit} prompts per set" if self.limit is not None else ""
 
     @property
     def overrides(self) -> dict[str, str]:
@@ -99,6 +106,8 @@ class Flags:
     trust_remote_code: bool = False
     allow_pickle: bool = False
     update_snapshots: bool = False
+    limit: str | int | None = None  # --interp-limit N
+    cache: bool = False  # --interp-cache
 
 
 def from_flags(flags: Flags, *, here: Path) -> RunOptions:
@@ -133,6 +142,12 @@ def from_flags(flags: Flags, *, here: Path) -> RunOptions:
             folder = placement.check_offload_folder(here / Path(flags.offload_folder).expanduser()).resolve()
         except ValueError as exc:
             raise UsageError(f"--interp-offload-folder {flags.offload_folder}: {exc}") from None
+    limit = _limit(flags.limit)
+    if limit is not None and flags.update_snapshots:
+        raise UsageError(
+            f"--interp-limit {limit} with --snapshot-update would store a smoke run's numbers as the spec's "
+            "snapshots; a smoke run never writes snapshots (drop one of the two)"
+        )
     load = LoadOptions(
         trust_remote_code=flags.trust_remote_code,
         allow_pickle=flags.allow_pickle,
@@ -147,7 +162,29 @@ def from_flags(flags: Flags, *, here: Path) -> RunOptions:
         max_memory=max_memory,
         offload_folder=folder,
         update_snapshots=flags.update_snapshots,
+        limit=limit,
+        cache=result_cache_folder() if flags.cache else None,
     )
+
+
+def _limit(given: str | int | None) -> int | None:
+    if given is None or given == "":
+        return None
+    text = str(given).strip()
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError(f"--interp-limit {given!r}: give a whole number of prompts per set, at least 1 (e.g. 2)")
+    return int(text)
+
+
+def result_cache_folder() -> Path:
+    """Where ``--interp-cache`` keeps results: ``INTERP_ASSERT_RESULT_CACHE`` if set, else ``results/``
+    under the cache folder (``INTERP_ASSERT_CACHE``, default ``~/.cache/interp_assert``)."""
+    import os
+
+    from interp_assert.measure.models import cache_root
+
+    given = os.environ.get("INTERP_ASSERT_RESULT_CACHE")
+    return Path(given).expanduser() if given else cache_root(LoadOptions()) / "results"
 
 
 def _pairs(items: Sequence[str], flag: str, form: str, once: str) -> dict[str, str]:

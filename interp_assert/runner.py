@@ -16,9 +16,11 @@ from interp_assert.measure.capture import generate, max_positions, measure
 from interp_assert.measure.measurements import CaptureRequest, Measurements
 from interp_assert.measure.models import LoadedModel, LoadOptions, environment, load_model
 from interp_assert.measure.placement import check_device_map, check_max_memory
+from interp_assert.measure.prompt_sets import limited
 from interp_assert.measure.prompts import PromptBatch, build_batches
 from interp_assert.outcome import Outcome
 from interp_assert.properties import CheckContext
+from interp_assert.result_cache import ResultCache, model_identity, outcome_key
 from interp_assert.run_options import RunOptions
 from interp_assert.spec import Entry, PromptSet, SpecFile
 from interp_assert.vocab import TARGET_ROLES, TargetRole, parse_head
@@ -68,6 +70,10 @@ class Runner:
         self._measurements: dict[tuple[object, ...], Measurements] = {}
         self._extra: dict[tuple[str, str], CaptureRequest] = {}
         self._unloadable: dict[tuple[str, LoadOptions], ModelLoadError] = {}
+        self._results: ResultCache | None = None  # --interp-cache, opened on first use
+        # (spec path, expectation name) answered from the cache -> the record of the model it was measured on
+        self.cached: dict[tuple[str, str], dict[str, str]] = {}
+        self._keys: dict[tuple[str, str], str | None] = {}
 
     def model_for(self, spec: SpecFile) -> LoadedModel:
         key = model_key(spec, self.options)
@@ -104,6 +110,50 @@ class Runner:
     def evaluate(self, spec: SpecFile, entry: Entry) -> Outcome:
         """Evaluate one valid entry. Raises :class:`SpecError` (with the entry's location) for a
         head, layer or prompt the model cannot have."""
+        assert spec.header is not None and entry.expectation is not None
+        hit = self.cached_outcome(spec, entry)
+        if hit is not None:
+            return hit
+        outcome = self._evaluate(spec, entry)
+        key = self._cache_key(spec, entry)
+        if key is not None and self._results is not None:
+            loaded = self.model_for(spec)
+            self._results.put(key, outcome, model_record(loaded))
+        return outcome
+
+    def cached_outcome(self, spec: SpecFile, entry: Entry) -> Outcome | None:
+        """The outcome ``--interp-cache`` holds for ``entry``, found without loading the model, or ``None``."""
+        key = self._cache_key(spec, entry)
+        if key is None or self._results is None:
+            return None
+        found = self._results.get(key)
+        if found is None:
+            return None
+        outcome, model = found
+        self.cached[(spec.path, entry.name)] = model
+        return outcome
+
+    def was_cached(self, spec: SpecFile, entry: Entry) -> bool:
+        return (spec.path, entry.name) in self.cached
+
+    def _cache_key(self, spec: SpecFile, entry: Entry) -> str | None:
+        """The result cache's key for ``entry``, or ``None`` when there is no cache (or this is not cached:
+        a snapshot update writes, and a model without a hash of its own cannot be told from another)."""
+        if self.options.cache is None or self.options.update_snapshots or entry.expectation is None:
+            return None
+        memo = (spec.path, entry.name)
+        if memo not in self._keys:
+            if self._results is None:
+                self._results = ResultCache(self.options.cache)
+            assert spec.header is not None
+            reference, load = model_key(spec, self.options)
+            identity = model_identity(reference, load, Path(spec.path).parent, self._results.hashes)
+            prompt_set = limited(spec.header.prompts[entry.expectation.prompts], self.options.limit)
+            key = None if identity is None else outcome_key(identity, spec, entry, prompt_set.model_dump_json())
+            self._keys[memo] = key
+        return self._keys[memo]
+
+    def _evaluate(self, spec: SpecFile, entry: Entry) -> Outcome:
         assert spec.header is not None and entry.expectation is not None
         expectation = entry.expectation
         try:
@@ -162,7 +212,7 @@ class Runner:
         assert spec.header is not None
         loaded = self.model_for(spec)
         request = _spec_request(spec, prompt_name) | self._extra.get((spec.path, prompt_name), CaptureRequest())
-        prompt_set = spec.header.prompts[prompt_name]
+        prompt_set = limited(spec.header.prompts[prompt_name], self.options.limit)
         key = (model_key(spec, self.options), prompt_set.model_dump_json(), request)
         if key not in self._measurements:
             forced = self.teacher.tokens(spec, prompt_name) if self.teacher and prompt_set.generate else None
@@ -180,6 +230,18 @@ class Runner:
         assert spec.header is not None
         self.measurements(spec, prompt_name)
         return self._tokens[(model_key(spec, self.options), spec.header.prompts[prompt_name].model_dump_json())]
+
+
+def model_record(loaded: LoadedModel) -> dict[str, str]:
+    """Where a model came from, as the JUnit record names it (kept beside a cached outcome)."""
+    from interp_assert.measure.models import content_hash
+
+    record = {"model_source": loaded.source, "weights_sha256": content_hash(loaded.source)}
+    if loaded.options.revision is not None:
+        record["revision"] = loaded.options.revision
+    if loaded.commit is not None:
+        record["commit"] = loaded.commit
+    return record
 
 
 def measure_prompt_set(loaded: LoadedModel, prompt_set: PromptSet, request: CaptureRequest) -> Measurements:

@@ -46,8 +46,27 @@ def smollm2_dir() -> Path:
     return gguf_as_safetensors(ALIASES["smollm2-135m-instruct"](), LoadOptions())
 
 
+# ``pytest -m quick``: a subset that runs in about a minute on 2 cores (README, "Development") and
+# still crosses every layer: the spec and its schema, the scores, the import layers, every verb's
+# exit status on the built-in tiny-neo, a track killed and resumed, the result cache, hook hygiene.
+QUICK = (
+    "tests/spec/test_spec.py",
+    "tests/measure/test_scores.py",
+    "tests/drift/test_drift_summary.py",
+    "tests/test_layering.py",
+    "tests/commands/test_exit_codes.py",
+    "tests/drift/test_track_state.py",
+    "tests/test_result_cache.py",
+    "tests/measure/test_hygiene.py",
+    "tests/pytest_plugin/test_gates.py::test_gate_rules",
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A test that loads SmolLM2 (through the fixture, or a spec naming it) is ``slow``: derived, not hand-marked."""
+    """A test that loads SmolLM2 (through the fixture, or a spec naming it) is ``slow``: derived, not hand-marked.
+    A test in :data:`QUICK` is ``quick``."""
     for item in items:
         if "smollm2_dir" in getattr(item, "fixturenames", ()) or "smollm2" in item.nodeid:
             item.add_marker(pytest.mark.slow)
+        if item.nodeid.startswith(QUICK):
+            item.add_marker(pytest.mark.quick)

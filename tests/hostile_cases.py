@@ -27,6 +27,7 @@ AT = r"model_specs/spec\.yaml"  # how pytest runs name the spec file
 # exit statuses
 OK, FAILED, INTERRUPTED, USAGE = 0, 1, 2, 4  # pytest's
 CLI_ERROR = 2  # interp-assert's for every user error
+CLI_INFRA = 69  # interp-assert's for a model that cannot load, a missing device (interp_assert/exit_codes.py)
 
 Setup = Callable[[Path], None]
 
@@ -817,7 +818,7 @@ CLI: list[Case] = [
         "cli-discover-empty-folder",
         "cli",
         ("interp-assert", "discover", "./empty", "-o", "out.yaml"),
-        CLI_ERROR,
+        CLI_INFRA,
         r"interp-assert: error: model '\./empty': .*empty is not a model folder \(no config\.json\); " + MISSING_MODEL,
         setup=lambda root: (root / "empty").mkdir(),
     ),
@@ -849,7 +850,7 @@ CLI: list[Case] = [
         "cli-audit-checkpoint-etc",
         "cli",
         ("interp-assert", "audit", SPEC, "--checkpoint", "/etc"),
-        CLI_ERROR,
+        CLI_INFRA,
         r"interp-assert: error: .*/etc is not a model folder \(no config\.json\); " + MISSING_MODEL,
         TINY,
     ),
@@ -867,7 +868,7 @@ CLI: list[Case] = [
         "cli-report-truncated",
         "cli",
         ("interp-assert", "report", SPEC, "-o", "out"),
-        CLI_ERROR,
+        CLI_INFRA,
         r"interp-assert: error: .*" + CORRUPT,
         {SPEC: spec(good(), model="../model")},
         weights_broken(lambda b: b[:100]),

@@ -67,7 +67,19 @@ def test_properties_and_fingerprints_do_not_import_torch() -> None:
 # Layers, lowest first: a module may import (at its top level) only from its own layer or below.
 # Imports inside functions may reach up (the snapshot property opens its files through drift).
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("interp_assert", "errors", "outcome", "vocab", "version", "atomic", "strict", "trust", "private_files"),
+    (
+        "interp_assert",
+        "errors",
+        "outcome",
+        "vocab",
+        "version",
+        "atomic",
+        "strict",
+        "trust",
+        "private_files",
+        "exit_codes",
+        "output_schema",
+    ),
     (  # torch-free data and checks
         "measure",
         "measure.measurements",
@@ -79,7 +91,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("measure.*",),  # models, prompts, capture and what it runs
     ("properties",),
     ("spec",),
-    ("run_options", "runner", "api"),
+    ("run_options", "runner", "api", "result_cache"),
     ("figures",),
     ("drift",),
     ("pytest_plugin", "commands"),

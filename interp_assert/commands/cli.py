@@ -1,8 +1,9 @@
 """The ``interp-assert`` command: discover, report, audit.
 
 Heavy imports (torch, transformers, matplotlib) happen inside the handlers, so
-``interp-assert --help`` answers at once. Every error a user can cause is one
-line on stderr, ``interp-assert: error: ...``, with exit status 2.
+``interp-assert --help`` answers at once. Every error is one line on stderr; its exit
+status comes from the one table in :mod:`interp_assert.exit_codes` (2 for what the user
+wrote, 69 for a model or device that is not there, 3 for a bug of ours).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from interp_assert import atomic
+from interp_assert import atomic, exit_codes
 from interp_assert.commands import track as track_command
 from interp_assert.errors import InterpAssertError
+from interp_assert.output_schema import versioned
 from interp_assert.version import package_version
 from interp_assert.vocab import ROLES
 
@@ -27,8 +29,8 @@ if TYPE_CHECKING:
 ROLE_CHOICES = tuple(ROLES)
 
 PROG = "interp-assert"
-USAGE_ERROR = 2
-INTERNAL_ERROR = 3
+USAGE_ERROR = exit_codes.USAGE
+INTERNAL_ERROR = exit_codes.INTERNAL
 
 DESCRIPTION = """\
 Put a language model's internals under test. Specs (YAML) list interpretability
@@ -49,6 +51,14 @@ MODEL (and --checkpoint) is a built-in alias (smollm2-135m-instruct, tiny-neo), 
 model directory, a .gguf file, or a Hugging Face hub id (downloaded into the hub cache,
 HF_HOME, unless HF_HUB_OFFLINE is set; HF_TOKEN for gated models). Progress bars appear
 on a terminal only, never when CI is set.
+
+exit status (every verb; interp_assert/exit_codes.py):
+  0   every expectation held (track: on the last checkpoint)
+  1   an expectation was measured and did not hold: the model changed
+  2   usage or spec error: a flag, an invalid spec, a missing file, an output that exists without --force
+  3   internal error: a bug (run again with --debug for the traceback)
+  69  infrastructure: a model, adapter or checkpoint cannot be loaded, a device is missing, out of memory
+  130 interrupted
 """
 
 
@@ -132,13 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     audit.add_argument("spec", type=Path, metavar="SPEC.yaml", help="spec file")
     audit.add_argument(
-        "--checkpoint", required=True, metavar="PATH", help="the checkpoint to audit (model folder or PEFT adapter)"
-    )
+        "--checkpoint", required=True, action="append", metavar="PATH",
+        help="the checkpoint to audit (model folder or PEFT adapter); repeatable: each against one measurement "
+        "of the base",
+    )  # fmt: skip
     audit.add_argument("--checkpoint-revision", metavar="REV", help="branch, tag or commit sha of a hub CHECKPOINT")
     audit.add_argument("--base", metavar="PATH", help="compare against this model instead of the spec's own")
     audit.add_argument("--json", action="store_true", help="print the result as JSON (NaN written as null)")
     audit.add_argument("--report", type=Path, metavar="DIR", help="also write DIR/index.html with difference figures")
     audit.add_argument("--force", action="store_true", help="overwrite an existing report in DIR")
+    audit.add_argument("--markdown", type=Path, metavar="FILE", help="also write a summary in Markdown (a PR comment)")
     _model_options(audit)
     audit.set_defaults(handler=_audit)
 
@@ -251,38 +264,47 @@ def _from_environment(setting: str) -> bool:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:2] == ["track", "merge"]:
+        parser = track_command.merge_parser(PROG, _track_merge)
+        argv = argv[2:]
+    else:
+        parser = build_parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     try:
         return handler(args)
-    except InterpAssertError as exc:
-        if getattr(args, "debug", False):
-            raise
-        return _fail(str(exc))
-    except OSError as exc:
-        if getattr(args, "debug", False):
-            raise
-        where = f"{exc.filename}: " if exc.filename else ""
-        return _fail(f"{where}{exc.strerror or exc}")
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:  # a bug of ours, not the user's: one line, the traceback behind --debug
+        return exit_codes.INTERRUPTED
+    except Exception as exc:
         if getattr(args, "debug", False):
             raise
+        return _fail(exc)
+
+
+def _fail(exc: BaseException) -> int:
+    """One line on stderr for any error that ends a verb; its status from :mod:`interp_assert.exit_codes`."""
+    code = exit_codes.code_for(exc)
+    if isinstance(exc, InterpAssertError):
+        message = str(exc)
+    elif isinstance(exc, OSError) and not exit_codes.is_out_of_memory(exc):
+        where = f"{exc.filename}: " if exc.filename else ""
+        message = f"{where}{exc.strerror or exc}"
+    else:
+        message = f"{type(exc).__name__}: {exc}"
+    one_line = "; ".join(line.strip() for line in message.splitlines() if line.strip())
+    if code == exit_codes.INTERNAL:
         print(
-            f"{PROG}: internal error: {type(exc).__name__}: {exc}; run again with --debug for the traceback "
-            "and report it",
+            f"{PROG}: internal error: {one_line}; run again with --debug for the traceback and report it",
             file=sys.stderr,
         )
-        return INTERNAL_ERROR
-
-
-def _fail(message: str) -> int:
-    one_line = "; ".join(line.strip() for line in message.splitlines() if line.strip())
-    print(f"{PROG}: error: {one_line}", file=sys.stderr)
-    return USAGE_ERROR
+    elif code == exit_codes.INFRASTRUCTURE:
+        hint = "; free memory or use a smaller --dtype/--device-map" if exit_codes.is_out_of_memory(exc) else ""
+        print(f"{PROG}: error: {one_line}{hint} (exit {code}: infrastructure, not a verdict)", file=sys.stderr)
+    else:
+        print(f"{PROG}: error: {one_line}", file=sys.stderr)
+    return code
 
 
 # ---- handlers ----
@@ -346,16 +368,24 @@ def _doctor(args: argparse.Namespace) -> int:
 
 def _audit(args: argparse.Namespace) -> int:
     _readable_spec(args.spec)
-    return main_audit(
-        str(args.spec),
-        args.checkpoint,
-        args.json,
-        options=_run_options(args),
-        base=args.base,
-        report_dir=args.report,
-        force=args.force,
-        checkpoint_revision=args.checkpoint_revision,
-    )
+    checkpoints: list[str] = args.checkpoint
+    if len(checkpoints) == 1 and args.markdown is None:
+        return main_audit(
+            str(args.spec),
+            checkpoints[0],
+            args.json,
+            options=_run_options(args),
+            base=args.base,
+            report_dir=args.report,
+            force=args.force,
+            checkpoint_revision=args.checkpoint_revision,
+        )
+    from interp_assert.commands.audits import main_audits
+
+    return main_audits(
+        str(args.spec), checkpoints, args.json, options=_run_options(args), base=args.base, report_dir=args.report,
+        markdown_path=args.markdown, force=args.force, checkpoint_revision=args.checkpoint_revision,
+    )  # fmt: skip
 
 
 def main_audit(
@@ -380,7 +410,7 @@ def main_audit(
         refuse_overwrite(report_dir, force=force)
     audit = run_audit(spec_path, checkpoint, options, base=base, checkpoint_revision=checkpoint_revision)
     if as_json:
-        json.dump(to_json(audit), out, indent=2, allow_nan=False)
+        json.dump(versioned("audit", to_json(audit)), out, indent=2, allow_nan=False)
         out.write("\n")
     else:
         print_table(audit, out)
@@ -397,11 +427,31 @@ def _track(args: argparse.Namespace) -> int:
     # --checkpoint entries are paths, --checkpoints entries globs; under --order given, paths come first
     entries = [(path, False) for path in args.checkpoint] + [(pattern, True) for pattern in args.checkpoints]
     found = checkpoints.resolve(entries, args.order)
+    options = _run_options(args)
+    if args.limit is not None:
+        from dataclasses import replace
+
+        if args.limit < 1:
+            raise InterpAssertError(f"--interp-limit {args.limit}: give at least 1 prompt per set")
+        options = replace(options, limit=args.limit)
+    if not args.no_cache:  # on by default in track (--interp-cache elsewhere): its key cannot go stale
+        from dataclasses import replace
+
+        from interp_assert.run_options import result_cache_folder
+
+        options = replace(options, cache=result_cache_folder())
     with _progress(2 * len(found)) as step:
         return track_command.main_track(
-            str(args.spec), found, options=_run_options(args), json_path=args.json, report_dir=args.report,
-            force=args.force, progress=step,
+            str(args.spec), found, options=options, json_path=args.json, report_dir=args.report,
+            markdown_path=args.markdown, force=args.force, progress=step, state=args.out, shard=args.shard,
+            retries=args.retries,
         )  # fmt: skip
+
+
+def _track_merge(args: argparse.Namespace) -> int:
+    return track_command.main_merge(
+        args.directories, json_path=args.json, report_dir=args.report, markdown_path=args.markdown, force=args.force
+    )
 
 
 def _measure(args: argparse.Namespace) -> int:
@@ -422,7 +472,7 @@ def _measure(args: argparse.Namespace) -> int:
             progress=step,
         )
     if args.json:
-        json.dump(measure.to_json(result), sys.stdout, indent=2, allow_nan=False)
+        json.dump(versioned("measure", measure.to_json(result)), sys.stdout, indent=2, allow_nan=False)
         sys.stdout.write("\n")
     else:
         measure.print_measurements(result, sys.stdout)

@@ -88,10 +88,12 @@ def run_audit(
     *,
     base: str | None = None,
     checkpoint_revision: str | None = None,
+    base_runner: Runner | None = None,
 ) -> Audit:
     """Evaluate every expectation of ``spec_path`` on the base (the spec's model, or ``base``) and
     on ``checkpoint`` (a hub id at ``checkpoint_revision`` if given); ``options.overrides`` may
-    also remap the base model an adapter names."""
+    also remap the base model an adapter names. ``base_runner`` (from an earlier audit of the same
+    spec and base) keeps the base's measurements: several checkpoints, one base measurement."""
     options = options or RunOptions()
     spec = load_spec(spec_path)
     if spec.problems() or spec.header is None:
@@ -107,7 +109,7 @@ def run_audit(
         base=base,
     )
     base_options = options.replacing(model, base) if base else options
-    base_runner = Runner(base_options)
+    base_runner = base_runner or Runner(base_options)
     checkpoint_runner = Runner(
         base_options.replacing(model, checkpoint).revising(model, checkpoint_revision), teacher=base_runner
     )

@@ -111,10 +111,13 @@ def write_track_report(track: Track, directory: Path) -> Path:
     verdict = "every expectation holds on the last checkpoint" if track.passed else (
         f"{sum(not r.cells[-1].passed for r in track.rows)} fail on the last checkpoint"
     )  # fmt: skip
+    smoke = f"<p class='failed'><strong>{esc(track.smoke.upper())}</strong>: not a full measurement</p>"
+    smoke = smoke if track.smoke else ""
     page = (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>interp_assert track: {name}</title><style>{STYLE}</style></head><body>"
-        f"<h1>Track of {name}</h1>"
+        + smoke
+        + f"<h1>Track of {name}</h1>"
         f"<p>{len(track.checkpoints)} checkpoints in place of <code>{esc(track.model)}</code>, from "
         f"<code>{esc(track.checkpoints[0].given)}</code> to <code>{esc(track.checkpoints[-1].given)}</code>: "
         f"{esc(verdict)}.</p>"

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from interp_assert.errors import ModelLoadError
+from interp_assert.errors import ModelLoadError, UsageError
 from interp_assert.measure import hub, placement
 from interp_assert.measure.gguf_cache import cached_conversion, file_sha256
 from interp_assert.measure.placement import DeviceMap, MaxMemory
@@ -179,6 +179,12 @@ def resolve(reference: str, base_dir: Path | None = None) -> Path | str:
 
 def load_model(reference: str, options: LoadOptions, base_dir: Path | None = None) -> LoadedModel:
     """Load ``reference`` for capture: eval mode, no gradients, eager attention."""
+    from interp_assert.vocab import parse_device
+
+    try:
+        parse_device(options.device)
+    except ValueError as exc:  # a misspelt device is the user's to fix; a missing one, the machine's
+        raise UsageError(f"model {reference!r}: {exc}") from None
     problem = placement_problem(options.device_map, options.max_memory, options.offload_folder, options.device)
     if problem:
         raise ModelLoadError(f"model {reference!r}: {problem}")

@@ -51,3 +51,15 @@ class PromptSet(Strict):
         if (self.texts is None) == (self.random_tokens is None):
             raise ValueError("give exactly one of 'texts' or 'random_tokens'")
         return self
+
+
+def limited(prompt_set: PromptSet, limit: int | None) -> PromptSet:
+    """The first ``limit`` prompts of a set (a smoke run's ``--interp-limit``); the set itself without one."""
+    if limit is None:
+        return prompt_set
+    if prompt_set.texts is not None and len(prompt_set.texts) > limit:
+        return prompt_set.model_copy(update={"texts": prompt_set.texts[:limit]})
+    if prompt_set.random_tokens is not None and prompt_set.random_tokens.count > limit:
+        tokens = prompt_set.random_tokens.model_copy(update={"count": limit})
+        return prompt_set.model_copy(update={"random_tokens": tokens})
+    return prompt_set

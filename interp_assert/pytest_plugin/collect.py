@@ -13,6 +13,7 @@ from interp_assert.pytest_plugin import options
 from interp_assert.pytest_plugin.stash import (
     CHECKPOINT_RUNNERS_KEY,
     CHECKPOINTS_KEY,
+    GATE_TRACKS_KEY,
     NOTES_KEY,
     RAN_SPECS_KEY,
     RUNNER_KEY,
@@ -66,6 +67,8 @@ def run_options(config: pytest.Config) -> Any:
         trust_remote_code=options.get(config, "interp_trust_remote_code"),
         allow_pickle=options.get(config, "interp_allow_pickle"),
         update_snapshots=bool(getattr(config.option, "update_snapshots", False)),
+        limit=options.get(config, "interp_limit"),
+        cache=options.get(config, "interp_cache"),
     )
     try:
         return from_flags(flags, here=config.invocation_params.dir)
@@ -95,6 +98,13 @@ class SpecCollector(pytest.File):
             yield SpecItem.from_parent(self, name="spec", spec=spec, entry=None)
             return
         tracked = self.config.stash.get(CHECKPOINTS_KEY, ())
+        if tracked and str(options.get(self.config, "interp_gate")) != "each":
+            from interp_assert.pytest_plugin.gates import parse_gate
+
+            gate = parse_gate(options.get(self.config, "interp_gate"))
+            for entry in spec.entries:
+                yield GateItem.from_parent(self, name=entry.name, spec=spec, entry=entry, gate=gate)
+            return
         for checkpoint in tracked or (None,):
             for entry in spec.entries:
                 if checkpoint is None:
@@ -139,6 +149,8 @@ class SpecItem(pytest.Item):
         if self.problems:
             return
         try:
+            if self.entry is not None and self.runner().cached_outcome(self.spec, self.entry) is not None:
+                return  # --interp-cache holds its outcome: the model need not load
             loaded = self.runner().model_for(self.spec)
             said = self.config.stash.setdefault(NOTES_KEY, [])
             said.extend(note for note in loaded.notes if note not in said)  # once per model, not per item
@@ -163,8 +175,18 @@ class SpecItem(pytest.Item):
         assert self.entry is not None
         self.config.stash.setdefault(RAN_SPECS_KEY, {})[self.spec.path] = self.spec
         runner = self.runner()
+        expectation = self.entry.expectation
+        if runner.options.limit is not None and expectation is not None and expectation.property == "snapshot":
+            raise pytest.skip.Exception(
+                f"{runner.options.smoke}: a snapshot compares whole prompt sets; not compared, not written",
+                _use_item_location=True,
+            )
         outcome = runner.evaluate(self.spec, self.entry)
         self.user_properties.extend(junit_properties(runner, self.spec, self.entry, outcome, self.checkpoint))
+        if runner.was_cached(self.spec, self.entry):
+            self.user_properties.append(("cached", "true"))
+        if runner.options.limit is not None:
+            self.user_properties.append(("smoke", f"{runner.options.limit} prompts per set"))
         for note in outcome.notes:
             self.config.stash.setdefault(NOTES_KEY, []).append(f"{self.nodeid}: {note}")
         if outcome.written:
@@ -210,12 +232,109 @@ class SpecItem(pytest.Item):
             *(f"  {detail}" for detail in outcome.details),
             f"  prompts: {expectation.prompts!r}; model: {model}",
         ]
+        if runner.options.limit is not None:
+            lines[0] = f"[{runner.options.smoke}] " + lines[0]
+        if runner.was_cached(self.spec, self.entry):
+            lines.append("  (from the result cache: measured earlier under the same key; --interp-cache)")
         lines += getattr(self, "artifact_lines", [])
         if runner.overridden(self.spec):
             lines.append("  the bound describes the spec's own model; a replacement missing it is no reason to edit it")
         elif expectation.edit_hint:
             lines.append("  if the model changed on purpose, edit the bound in the spec")
         return "\n".join(lines)
+
+
+class GateItem(SpecItem):
+    """One expectation over every checkpoint of ``--interp-checkpoints``, judged by a gate
+    (:mod:`interp_assert.pytest_plugin.gates`); the cells are computed once per spec, as ``track`` does."""
+
+    def __init__(self, *, gate: Any, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.gate = gate
+
+    def setup(self) -> None:
+        if self.problems:
+            return
+        from interp_assert.pytest_plugin.gates import verdict
+
+        track = self._track()
+        row = next(row for row in track.rows if self.entry is not None and row.name == self.entry.name)
+        try:
+            self.verdict = verdict(row, track.checkpoints, self.gate)
+        except ValueError as exc:  # a gate these checkpoints cannot answer (no step numbers, none that late)
+            pytest.fail(f"{self.nodeid}: {exc}", pytrace=False)
+        if self.verdict.unavailable:  # a checkpoint the gate reads could not load: the item could not run
+            pytest.fail(
+                f"{self.nodeid}: model not available: checkpoint {self.verdict.unavailable[0]}"
+                + (f" (and {len(self.verdict.unavailable) - 1} more)" if len(self.verdict.unavailable) > 1 else ""),
+                pytrace=False,
+            )
+        self.row, self.track = row, track
+
+    def _track(self) -> Any:
+        from interp_assert.commands.track_state import run_with_state
+
+        tracks = self.config.stash.setdefault(GATE_TRACKS_KEY, {})
+        if self.spec.path not in tracks:
+            for runner in (runner_for(self.config), *self.config.stash.get(CHECKPOINT_RUNNERS_KEY, {}).values()):
+                runner.release()  # one model in memory: the checkpoints load one at a time
+            checkpoints = self.config.stash.get(CHECKPOINTS_KEY, ())
+            tracks[self.spec.path] = run_with_state(self.spec, checkpoints, run_options(self.config))[0]
+        return tracks[self.spec.path]
+
+    def runtest(self) -> None:
+        if self.problems:
+            raise SpecError(self.problems)
+        from interp_assert.pytest_plugin.gates import junit_cells
+
+        assert self.entry is not None
+        last = self.row.cells[-1]
+        self.user_properties.extend(
+            [
+                ("property", self.row.kind),
+                ("passed", "true" if self.verdict.passed else "false"),
+                ("gate", str(self.gate)),
+                ("value", "" if last.value is None else last.value),
+                ("bound_low", "" if self.row.bound_low is None else self.row.bound_low),
+                ("bound_high", "" if self.row.bound_high is None else self.row.bound_high),
+                ("headline", self.verdict.headline),
+                *junit_cells(self.row, self.track.checkpoints),
+            ]
+        )
+        if not self.verdict.passed:
+            raise GateFailed(self.verdict.headline)
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
+        if not isinstance(excinfo.value, GateFailed):
+            return super().repr_failure(excinfo, style=style)
+        from interp_assert.pytest_plugin.gates import cell_lines
+
+        assert self.entry is not None and self.spec.header is not None
+        checkpoints = self.track.checkpoints
+        lines = [
+            f"{self.entry.location}: expectation {self.entry.name!r} ({self.row.kind}) failed the gate "
+            f"--interp-gate {self.gate} ({self.gate.rule}) over {len(checkpoints)} checkpoints",
+            f"  {self.verdict.headline}",
+            *(f"  {line}" for line in cell_lines(self.row, checkpoints)),
+            f"  checkpoints in place of the spec's model {self.spec.header.model!r}; "
+            "--interp-gate each makes one item per checkpoint",
+        ]
+        return "\n".join(wrap_lines(lines))
+
+
+def wrap_lines(lines: list[str], width: int = 120) -> list[str]:
+    """Lines longer than a CI log's ``width`` wrapped, continuations indented past the line's own indent."""
+    import textwrap
+
+    wrapped = []
+    for line in lines:
+        indent = " " * (len(line) - len(line.lstrip()))
+        wrapped += textwrap.wrap(line, width, subsequent_indent=indent + "    ", break_long_words=False) or [""]
+    return wrapped
+
+
+class GateFailed(AssertionError):
+    """A gate over the checkpoints did not pass."""
 
 
 def check_run(session: pytest.Session, items: list[pytest.Item]) -> None:
@@ -427,10 +546,11 @@ def junit_properties(
     ``model_source``, ``weights_sha256``, ``revision`` and ``commit`` (hub models), ``headline``,
     ``checkpoint`` and ``step`` (under ``--interp-checkpoints``), ``generated_text`` (text checks),
     ``note`` (repeatable), then ``measured.<name>`` for every other number."""
-    from interp_assert.measure.models import content_hash
+    from interp_assert.runner import model_record
 
     assert entry.expectation is not None
-    loaded = runner.model_for(spec)
+    # a cached outcome carries the record of the model it was measured on: nothing loads for it
+    record = runner.cached.get((spec.path, entry.name)) or model_record(runner.model_for(spec))
     value = outcome.value
     properties: list[tuple[str, object]] = [
         ("property", entry.expectation.property),
@@ -439,13 +559,10 @@ def junit_properties(
         ("bound_low", "" if outcome.bound_low is None else outcome.bound_low),
         ("bound_high", "" if outcome.bound_high is None else outcome.bound_high),
         ("model", runner.model_named(spec)),
-        ("model_source", loaded.source),
-        ("weights_sha256", content_hash(loaded.source)),
+        ("model_source", record["model_source"]),
+        ("weights_sha256", record["weights_sha256"]),
     ]
-    if loaded.options.revision is not None:
-        properties.append(("revision", loaded.options.revision))
-    if loaded.commit is not None:
-        properties.append(("commit", loaded.commit))
+    properties += [(name, record[name]) for name in ("revision", "commit") if name in record]
     properties.append(("headline", outcome.headline))
     if checkpoint is not None:
         properties += [("checkpoint", checkpoint.label), ("step", "" if checkpoint.step is None else checkpoint.step)]

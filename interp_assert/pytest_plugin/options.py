@@ -119,6 +119,28 @@ OPTIONS: tuple[Option, ...] = (
         help="order of --interp-checkpoints: step (default; the last integer in each folder name) or given",
     ),
     Option(
+        name="interp_gate",
+        kind="text",
+        metavar="GATE",
+        default="last",
+        help="with --interp-checkpoints, one item per expectation that passes when: last (default) it holds on "
+        "the last checkpoint; by:STEP it holds on every checkpoint from STEP on; never-breaks it forms and never "
+        "fails later; each: one item per (expectation, checkpoint), each of which must hold",
+    ),
+    Option(
+        name="interp_limit",
+        kind="text",
+        metavar="N",
+        help="smoke run: measure only the first N prompts of every prompt set; every summary line says so, "
+        "snapshot expectations are skipped and --snapshot-update is refused",
+    ),
+    Option(
+        name="interp_cache",
+        kind="flag",
+        help="reuse results measured before under the same key (weights hash, expectation and prompt set, "
+        "package/torch/transformers versions, device, dtype, attention path); stored under the cache folder",
+    ),
+    Option(
         name="interp_debug",
         kind="flag",
         help="show Python tracebacks for interp_assert's own errors (hidden by default)",
@@ -247,3 +269,36 @@ def configure_checkpoints(config: pytest.Config, *, updating: bool) -> None:
     config.stash[CHECKPOINTS_KEY] = found
     if not config.pluginmanager.hasplugin("xdist"):
         config.addinivalue_line("markers", "xdist_group(name): items of one checkpoint (pytest-xdist's loadgroup)")
+
+
+def configure_ci(config: pytest.Config, *, updating: bool) -> None:
+    """``--interp-limit`` and ``--interp-cache``, checked once before collection: a smoke run never
+    writes snapshots, and a cache folder another user could write is refused."""
+    from interp_assert.errors import UsageError
+    from interp_assert.pytest_plugin.gates import parse_gate
+
+    try:
+        parse_gate(get(config, "interp_gate"))
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    limit = get(config, "interp_limit")
+    if limit is not None:
+        from interp_assert.run_options import _limit
+
+        try:
+            _limit(limit)
+        except UsageError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        if updating:
+            raise pytest.UsageError(
+                f"--interp-limit {limit} with --snapshot-update would store a smoke run's numbers as the spec's "
+                "snapshots; a smoke run never writes snapshots (drop one of the two)"
+            )
+    if get(config, "interp_cache"):
+        from interp_assert.result_cache import check_folder
+        from interp_assert.run_options import result_cache_folder
+
+        try:
+            check_folder(result_cache_folder())
+        except UsageError as exc:
+            raise pytest.UsageError(str(exc)) from None

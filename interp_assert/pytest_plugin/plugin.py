@@ -44,6 +44,17 @@ def pytest_configure(config: pytest.Config) -> None:
         problem = artifacts_folder_problem(config.invocation_params.dir / artifacts)
         if problem:
             raise pytest.UsageError(f"--interp-artifacts {artifacts}: {problem}")
+    options.configure_ci(config, updating=updating)
+    from interp_assert.pytest_plugin.summary import Counter
+
+    config.pluginmanager.register(Counter(config), "interp_assert_counter")
+
+
+def smoke_label(config: pytest.Config) -> str:
+    from interp_assert.pytest_plugin.options import get
+
+    limit = get(config, "interp_limit")
+    return f"smoke run: {limit} prompts per set" if limit else ""
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
@@ -85,8 +96,14 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    from interp_assert.pytest_plugin import summary
     from interp_assert.pytest_plugin.collect import written_summary
 
+    counted = summary.lines(config, smoke_label(config))
+    if counted:
+        terminalreporter.section("interp_assert")
+        for line in counted:
+            terminalreporter.write_line(line)
     lines = config.stash.get(NOTES_KEY, []) + written_summary(config) + config.stash.get(STALE_KEY, [])
     if lines:
         terminalreporter.section("interp_assert snapshots")
@@ -98,7 +115,10 @@ def pytest_report_header(config: pytest.Config) -> Any:
     from interp_assert.pytest_plugin.options import get
 
     overrides = get(config, "interp_model")
-    return f"interp_assert: model overrides {', '.join(overrides)}" if overrides else None
+    lines = [f"interp_assert: model overrides {', '.join(overrides)}"] if overrides else []
+    if smoke_label(config):
+        lines.append(f"interp_assert: SMOKE RUN ({smoke_label(config)}): snapshots are skipped and never written")
+    return lines or None
 
 
 @pytest.fixture(scope="session")

@@ -13,3 +13,4 @@ RUNNER_KEY = pytest.StashKey[Any]()  # the session's Runner, built on first use
 RAN_SPECS_KEY = pytest.StashKey[dict[str, Any]]()  # spec path -> SpecFile, for specs at least one item ran
 CHECKPOINTS_KEY = pytest.StashKey[tuple[Any, ...]]()  # --interp-checkpoints, resolved and ordered
 CHECKPOINT_RUNNERS_KEY = pytest.StashKey[dict[tuple[str, str], Any]]()  # (spec model, checkpoint) -> Runner
+GATE_TRACKS_KEY = pytest.StashKey[dict[str, Any]]()  # spec path -> its Track over --interp-checkpoints (gates)

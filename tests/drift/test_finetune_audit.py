@@ -110,7 +110,7 @@ def test_adapter_base_mapped_on_the_command_line(trained: FineTune, spec: Path, 
     elsewhere = spec.parent  # no "smollm2-base" here or next to the adapter
     with contextlib.chdir(elsewhere):
         code, _, err = audit("audit", str(spec), "--checkpoint", str(trained.path))
-        assert code == 2
+        assert code == 69  # the adapter's base cannot be loaded: infrastructure (exit_codes.py)
         assert "names its base 'smollm2-base'" in err and "--interp-model smollm2-base=PATH" in err
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
 

@@ -99,9 +99,13 @@ def test_track_table_milestones_json_and_report(run: Path, monkeypatch: pytest.M
         monkeypatch=monkeypatch,
     )  # fmt: skip
     assert code == 1, out  # l0h0_first_token fails on the last checkpoint
-    header = next(line for line in out.splitlines() if line.startswith("expectation "))
-    assert header.split()[1:] == [f"checkpoint-{s}" for s in STEPS]  # by step: 0, 10, 20, 30, 40 (not 0, 10, 20...)
-    summary = {line.split()[0]: line.split(None, 1)[1] for line in out.split("\n\n")[2].splitlines()}
+    # the table is printed in blocks of checkpoints no wider than a CI log (120 columns)
+    headers = [line for line in out.splitlines() if line.startswith("expectation ")]
+    assert len(headers) > 1 and max(len(line) for line in out.splitlines()) <= 120
+    labels = [label for header in headers for label in header.split()[1:]]
+    assert labels == [f"checkpoint-{s}" for s in STEPS]  # by step: 0, 10, 20, 30, 40 (not 0, 10, 20...)
+    milestone_block = next(block for block in out.split("\n\n") if "never holds" in block)
+    summary = {line.split()[0]: line.split(None, 1)[1] for line in milestone_block.splitlines()}
     assert summary["l0h0_previous_token"] == "holds from step 0; breaks at step 10; holds again from step 30"
     assert summary["l1h0_induction"] == "holds from step 0; breaks at step 10; holds again from step 30"
     assert summary["l0h0_first_token"] == "forms at step 10; breaks at step 30"
@@ -160,7 +164,9 @@ def test_pytest_items_per_checkpoint_serial_equals_xdist(run: Path, pytester: py
     for step in (0, 20, 30):
         shutil.copytree(run / "run" / f"checkpoint-{step}", pytester.path / "run" / f"checkpoint-{step}")
     # the serial run reads the ini keys, the xdist run the command line
-    pytester.makeini("[pytest]\ninterp_checkpoints = run/checkpoint-*\ninterp_checkpoint_order = step\n")
+    # interp_gate = each: one item per (expectation, checkpoint) (the default gate makes one per expectation)
+    ini = "[pytest]\ninterp_checkpoints = run/checkpoint-*\ninterp_checkpoint_order = step\ninterp_gate = each\n"
+    pytester.makeini(ini)
     args = ("model_specs", "-p", "no:cacheprovider")
 
     serial = pytester.runpytest(*args, "-v", "--junitxml=serial.xml")
@@ -169,7 +175,8 @@ def test_pytest_items_per_checkpoint_serial_equals_xdist(run: Path, pytester: py
     assert [name.split("[")[1].rstrip("]") for name in ran] == [f"checkpoint-{s}" for s in (0, 0, 20, 20, 30, 30)]
     serial.stdout.fnmatch_lines(["*expectation 'l0h0_previous_token' (head_score) failed on checkpoint-20"])
 
-    flags = ("--interp-checkpoints", "run/checkpoint-*", "-n", "2", "--dist", "loadgroup", "--junitxml=xdist.xml")
+    flags = ("--interp-checkpoints", "run/checkpoint-*", "--interp-gate", "each", "-n", "2", "--dist", "loadgroup")
+    flags += ("--junitxml=xdist.xml",)
     spread = pytester.runpytest_subprocess(*args, *flags)
     spread.assert_outcomes(passed=3, failed=3)
     assert _records(pytester.path / "serial.xml") == _records(pytester.path / "xdist.xml")

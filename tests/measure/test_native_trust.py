@@ -111,7 +111,8 @@ def test_a_folder_others_can_write_is_refused_once_and_capture_goes_on(tmp_path:
     assert done.stdout.startswith("False")
     warnings = [line for line in done.stderr.splitlines() if "NativeKernelWarning" in line]
     assert len(warnings) == 1
-    assert f"{native_folder} is not private: {native_folder} is writable by other users (mode drwxrwxrwx)" in warnings[0]
+    expected = f"{native_folder} is not private: {native_folder} is writable by other users (mode drwxrwxrwx)"
+    assert expected in warnings[0]
     assert "chmod go-w" in warnings[0]
 
 
