@@ -191,67 +191,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
-    """The model flags pytest has, under both spellings (``--dtype`` and ``--interp-dtype``)."""
+    """The model flags pytest has (:mod:`interp_assert.option_table`), under both spellings
+    (``--dtype`` and ``--interp-dtype``), with pytest's help texts."""
+    from interp_assert.option_table import OPTIONS
+
     group = parser.add_argument_group("model loading")
-    group.add_argument(
-        "--interp-model", action="append", default=[], metavar="NAME=PATH_OR_ID", type=_mapping,
-        help="load PATH_OR_ID wherever NAME is named: a spec's model, or the base an adapter names "
-        "(e.g. --interp-model smollm2-base=./base); repeatable",
-    )  # fmt: skip
-    group.add_argument(
-        "--interp-revision", action="append", default=[], metavar="NAME=REV", type=_mapping,
-        help="load the hub model NAME (a spec's model, or the base an adapter names) at REV: a branch, tag or "
-        "commit sha; repeatable",
-    )  # fmt: skip
-    dtypes = ("float32", "float16", "bfloat16")
-    group.add_argument("--dtype", "--interp-dtype", choices=dtypes, help="override the dtype")
-    group.add_argument("--device", "--interp-device", help="torch device, e.g. cpu or cuda (default: spec, else cpu)")
-    group.add_argument(
-        "--device-map", "--interp-device-map", metavar="MAP",
-        help="spread the model over devices (accelerate): auto, balanced, balanced_low_0, sequential, or "
-        "MODULE=DEVICE,... (DEVICE: cpu, cuda:N, a GPU number, or disk)",
-    )  # fmt: skip
-    group.add_argument(
-        "--max-memory", "--interp-max-memory", metavar="DEVICE=SIZE,...",
-        help="memory the device map may use per device, e.g. 0=20GiB,cpu=60GiB",
-    )  # fmt: skip
-    group.add_argument(
-        "--offload-folder", "--interp-offload-folder", type=Path, metavar="DIR",
-        help="folder for weights the device map offloads to disk",
-    )  # fmt: skip
-    group.add_argument(
-        "--trust-remote-code", "--interp-trust-remote-code", action="store_true",
-        help="allow model code from the model's repository (runs it)",
-    )  # fmt: skip
-    group.add_argument(
-        "--allow-pickle", "--interp-allow-pickle", action="store_true",
-        help="allow .bin/.pt weights (default: safetensors)",
-    )  # fmt: skip
-    group.add_argument("--debug", "--interp-debug", action="store_true", help="show Python tracebacks of errors")
+    for option in OPTIONS:
+        if not option.verbs:
+            continue
+        spellings = [option.short, option.flag] if option.short else [option.flag]
+        if option.kind == "append":
+            group.add_argument(
+                *spellings, dest=option.name, action="append", default=[], metavar=option.metavar, type=_mapping,
+                help=option.help,
+            )  # fmt: skip
+        elif option.kind == "flag":
+            group.add_argument(*spellings, dest=option.name, action="store_true", help=option.help)
+        else:
+            choices = option.choices or None
+            group.add_argument(
+                *spellings, dest=option.name, choices=choices, metavar=option.metavar, help=option.help
+            )  # fmt: skip
 
 
 def _run_options(args: argparse.Namespace) -> Any:
     """The verb's model flags, checked and turned into options the way pytest's are (one function)."""
     from interp_assert.measure.hub import revision_problem
+    from interp_assert.option_table import flag_values
     from interp_assert.run_options import Flags, from_flags
 
     for revision in (getattr(args, key, None) for key in ("revision", "checkpoint_revision")):
         problem = revision_problem(revision) if revision is not None else None
         if problem:
             raise InterpAssertError(problem)
-    flags = Flags(
-        models=args.interp_model,
-        revisions=args.interp_revision,
-        device=args.device,
-        dtype=args.dtype,
-        device_map=args.device_map,
-        max_memory=args.max_memory,
-        offload_folder=str(args.offload_folder) if args.offload_folder is not None else None,
-        # the flag, or the environment variable (never a file: see interp_assert/trust.py)
-        trust_remote_code=args.trust_remote_code or _from_environment("interp_trust_remote_code"),
-        allow_pickle=args.allow_pickle or _from_environment("interp_allow_pickle"),
-    )
+    flags = Flags(**flag_values(lambda option: _verb_value(args, option.name), verbs_only=True))
     return from_flags(flags, here=Path.cwd())
+
+
+def _verb_value(args: argparse.Namespace, name: str) -> Any:
+    """A verb's flag; a trust setting also from its environment variable (never a file: see
+    interp_assert/trust.py)."""
+    from interp_assert.trust import ENVIRONMENT
+
+    value = getattr(args, name)
+    return bool(value or _from_environment(name)) if name in ENVIRONMENT else value
 
 
 def _from_environment(setting: str) -> bool:
@@ -278,7 +261,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return exit_codes.INTERRUPTED
     except Exception as exc:
-        if getattr(args, "debug", False):
+        if getattr(args, "interp_debug", False) or getattr(args, "debug", False):
             raise
         return _fail(exc)
 

@@ -54,21 +54,12 @@ def item_runner(config: pytest.Config, spec: SpecFile, checkpoint: Any = None) -
 def run_options(config: pytest.Config) -> Any:
     """The run's options from its ``--interp-*`` flags and ini keys; a bad one is a usage error."""
     from interp_assert.errors import UsageError
+    from interp_assert.option_table import flag_values
     from interp_assert.run_options import Flags, from_flags
 
     flags = Flags(
-        models=options.get(config, "interp_model"),
-        revisions=options.get(config, "interp_revision"),
-        device=options.get(config, "interp_device"),
-        dtype=options.get(config, "interp_dtype"),
-        device_map=options.get(config, "interp_device_map"),
-        max_memory=options.get(config, "interp_max_memory"),
-        offload_folder=options.get(config, "interp_offload_folder"),
-        trust_remote_code=options.get(config, "interp_trust_remote_code"),
-        allow_pickle=options.get(config, "interp_allow_pickle"),
+        **flag_values(lambda option: options.get(config, option.name)),
         update_snapshots=bool(getattr(config.option, "update_snapshots", False)),
-        limit=options.get(config, "interp_limit"),
-        cache=options.get(config, "interp_cache"),
     )
     try:
         return from_flags(flags, here=config.invocation_params.dir)
