@@ -48,7 +48,7 @@ def test_failures_and_unavailable_models_are_told_apart(pytester: pytest.Pyteste
         [
             "*= interp_assert =*",
             "2 expectations held, 1 failed, 3 could not run",
-            "  3 could not run: model not available: model './no-such-model': no such file or folder*",
+            "  3 could not run: model not available: model './no-such-model' (the errors above say why)",
         ]
     )
 
