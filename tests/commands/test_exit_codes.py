@@ -218,3 +218,19 @@ def test_audit_of_several_checkpoints_measures_the_base_once(
     document = json.loads(capsys.readouterr().out)
     assert document["kind"] == "audit-set" and [a["checkpoint"] for a in document["audits"]] == ["./same", "./zeroed"]
     _conforms(document, load_schema()["$defs"]["audit-set"], "audit-set")
+
+
+def test_the_command_line_parses_without_torch() -> None:
+    """``interp-assert --help`` (and a usage error) answer at once: building the parser, the new
+    flags' types included, imports no torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom interp_assert.commands.cli import build_parser, track_command\n"
+        "build_parser().parse_args(['track', 's.yaml', '--shard', '2/4', '--retries', '1'])\n"
+        "track_command.merge_parser('interp-assert', print)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
