@@ -234,3 +234,18 @@ def test_the_command_line_parses_without_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_a_smoke_audit_says_so_everywhere(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    smoke = "smoke run: 1 prompts per set"
+    argv = ["audit", "holds.yaml", "--checkpoint", "tiny-neo", "--interp-limit", "1"]
+    assert main([*argv, "--markdown", "pr.md"]) == exit_codes.HELD
+    out = capsys.readouterr().out
+    assert out.startswith(f"{smoke}: not a full audit\n") and f"({smoke}: not a full audit)" in out
+    assert f"**{smoke}: not a full audit**" in (here / "pr.md").read_text()
+    assert main([*argv, "--json"]) == exit_codes.HELD
+    document = json.loads(capsys.readouterr().out)
+    assert document["smoke"] == smoke
+    _conforms(document, load_schema()["$defs"]["audit"], "audit")
+    assert main([*argv, "--report", "rep"]) == exit_codes.USAGE  # a report would not say it
+    assert "a smoke run writes no report" in capsys.readouterr().err and not (here / "rep").exists()
