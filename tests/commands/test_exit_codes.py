@@ -249,3 +249,27 @@ def test_a_smoke_audit_says_so_everywhere(here: Path, capsys: pytest.CaptureFixt
     _conforms(document, load_schema()["$defs"]["audit"], "audit")
     assert main([*argv, "--report", "rep"]) == exit_codes.USAGE  # a report would not say it
     assert "a smoke run writes no report" in capsys.readouterr().err and not (here / "rep").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--shard", "0/4"], r"--shard 0/4: I must be 1 to N"),
+        (["--shard", "5/4"], r"--shard 5/4: I must be 1 to N"),
+        (["--shard", "half"], r"--shard 'half' is not I/N"),
+        (["--shard", "1/2"], r"--shard 1/2 needs --out DIR"),
+        (["--retries", "-1"], r"'-1' is not a whole number from 0 to 100"),
+        (["--interp-limit", "0"], r"'0' is not a whole number from 0 to 100|at least 1"),
+        (["--out", "holds.yaml"], r"--out holds\.yaml is a file; give a folder"),
+    ],
+)
+def test_track_refuses_bad_state_flags_in_one_line(
+    here: Path, capsys: pytest.CaptureFixture[str], flags: list[str], said: str
+) -> None:
+    try:
+        status = main(["track", "holds.yaml", "--checkpoint", "tiny-neo", "--order", "given", *flags])
+    except SystemExit as exc:  # argparse: exit 2 with its usage line
+        status = int(exc.code or 0)
+    err = capsys.readouterr().err
+    assert status == exit_codes.USAGE and re.search(said, err), err
+    assert "Traceback" not in err
