@@ -42,6 +42,7 @@ def main_audits(
     from interp_assert.spec import load_spec
 
     out = out or sys.stdout
+    smoke = options.smoke if options is not None else ""
     if len(set(checkpoints)) != len(checkpoints):
         from interp_assert.errors import UsageError
 
@@ -61,6 +62,8 @@ def main_audits(
         base_runner = audit.runners["base"]  # measured once: the next checkpoints reuse its measurements
         audits.append(audit)
         if not as_json:
+            if smoke:
+                out.write(f"{smoke}: not a full audit\n")
             print_table(audit, out)
             out.write("\n")
         if folders:
@@ -68,7 +71,7 @@ def main_audits(
             print(f"wrote {index}", file=sys.stderr if as_json else out)
         audit.runners["checkpoint"].release()  # one checkpoint in memory at a time
     if as_json:
-        documents = [to_json(audit) for audit in audits]
+        documents = [to_json(audit) | ({"smoke": smoke} if smoke else {}) for audit in audits]
         several = versioned("audit-set", {"audits": documents})
         document = versioned("audit", documents[0]) if len(documents) == 1 else several
         json.dump(document, out, indent=2, allow_nan=False)
@@ -76,9 +79,12 @@ def main_audits(
     failed = [audit.checkpoint for audit in audits if not audit.passed]
     if len(audits) > 1 and not as_json:
         out.write(f"{len(audits) - len(failed)} of {len(audits)} checkpoints keep every expectation")
-        out.write(f"; failing: {', '.join(failed)}\n" if failed else "\n")
+        out.write(f"; failing: {', '.join(failed)}" if failed else "")
+        out.write(f" ({smoke})\n" if smoke else "\n")
+    elif smoke and not as_json:
+        out.write(f"({smoke}: not a full audit)\n")
     if markdown_path is not None:
-        atomic.write_text(markdown_path, audit_markdown(audits))
+        atomic.write_text(markdown_path, audit_markdown(audits, smoke))
         print(f"wrote {markdown_path}", file=sys.stderr if as_json else out)
     return exit_codes.FAILED if failed else exit_codes.HELD
 

@@ -152,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--report", type=Path, metavar="DIR", help="also write DIR/index.html with difference figures")
     audit.add_argument("--force", action="store_true", help="overwrite an existing report in DIR")
     audit.add_argument("--markdown", type=Path, metavar="FILE", help="also write a summary in Markdown (a PR comment)")
+    audit.add_argument(
+        "--interp-limit", type=_positive_int, metavar="N", dest="limit",
+        help="smoke run: the first N prompts of every prompt set, on base and checkpoint alike; every summary "
+        "line, the JSON and the Markdown say so (no --report)",
+    )  # fmt: skip
     _model_options(audit)
     audit.set_defaults(handler=_audit)
 
@@ -352,12 +357,19 @@ def _doctor(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     _readable_spec(args.spec)
     checkpoints: list[str] = args.checkpoint
-    if len(checkpoints) == 1 and args.markdown is None:
+    options = _run_options(args)
+    if args.limit is not None:
+        from dataclasses import replace
+
+        if args.report is not None:
+            raise InterpAssertError(f"--report with --interp-limit {args.limit}: a smoke run writes no report")
+        options = replace(options, limit=args.limit)
+    if len(checkpoints) == 1 and args.markdown is None and args.limit is None:
         return main_audit(
             str(args.spec),
             checkpoints[0],
             args.json,
-            options=_run_options(args),
+            options=options,
             base=args.base,
             report_dir=args.report,
             force=args.force,
@@ -366,7 +378,7 @@ def _audit(args: argparse.Namespace) -> int:
     from interp_assert.commands.audits import main_audits
 
     return main_audits(
-        str(args.spec), checkpoints, args.json, options=_run_options(args), base=args.base, report_dir=args.report,
+        str(args.spec), checkpoints, args.json, options=options, base=args.base, report_dir=args.report,
         markdown_path=args.markdown, force=args.force, checkpoint_revision=args.checkpoint_revision,
     )  # fmt: skip
 

@@ -61,14 +61,15 @@ def track_markdown(track: Track) -> str:
     return "\n".join(lines) + "\n"
 
 
-def audit_markdown(audits: Sequence[Any]) -> str:
+def audit_markdown(audits: Sequence[Any], smoke: str = "") -> str:
     """One section per audited checkpoint (each against the same base)."""
-    lines: list[str] = []
+    lines: list[str] = [f"**{cell(smoke)}: not a full audit**", ""] if smoke else []
     for audit in audits:
         failed = sum(not row.passed for row in audit.rows)
         mark = "✅" if audit.passed else "❌"
         lines += [
-            f"### {mark} interp_assert audit of `{cell(audit.checkpoint)}` against `{cell(audit.base)}`",
+            f"### {mark} interp_assert audit of `{cell(audit.checkpoint)}` against `{cell(audit.base)}`"
+            + (f" ({cell(smoke)})" if smoke else ""),
             "",
             f"{len(audit.rows) - failed} of {len(audit.rows)} expectations of `{cell(audit.spec)}` hold.",
             "",

@@ -84,7 +84,7 @@ def add_parser(commands: Any, model_options: Callable[[argparse.ArgumentParser],
 
 
 def _state_options(track: argparse.ArgumentParser) -> None:
-    from interp_assert.commands.track_state import parse_shard
+    from interp_assert.commands.shards import parse_shard
 
     def shard(text: str) -> Any:
         try:

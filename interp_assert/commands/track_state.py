@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from interp_assert import atomic, exit_codes
+from interp_assert.commands.shards import Shard
 from interp_assert.drift.checkpoints import Checkpoint, same_architecture
 from interp_assert.drift.track import Cell, Column, Row, Track, assemble, finite, measure_checkpoint, unavailable_column
 from interp_assert.errors import InfrastructureError, InterpAssertError, UsageError
@@ -34,30 +35,6 @@ from interp_assert.spec import SpecFile
 
 STATE_FILE = "interp-track.json"
 CELLS_DIR = "checkpoints"
-
-
-@dataclass(frozen=True)
-class Shard:
-    index: int  # 1-based
-    count: int
-
-    def __str__(self) -> str:
-        return f"{self.index}/{self.count}"
-
-    def select(self, checkpoints: Sequence[Checkpoint]) -> tuple[Checkpoint, ...]:
-        """Checkpoints i, i+n, i+2n, ... of the track's order: early and late steps in every shard."""
-        return tuple(c for k, c in enumerate(checkpoints) if k % self.count == self.index - 1)
-
-
-def parse_shard(text: str) -> Shard:
-    """``2/4`` -> the second of four shards; the argparse type of ``--shard``."""
-    index, sep, count = text.partition("/")
-    if not sep or not index.strip().isdigit() or not count.strip().isdigit():
-        raise ValueError(f"--shard {text!r} is not I/N (e.g. 2/4: the second of four shards, numbered from 1)")
-    shard = Shard(int(index), int(count))
-    if shard.count < 1 or not 1 <= shard.index <= shard.count:
-        raise ValueError(f"--shard {text}: I must be 1 to N and N at least 1, e.g. 1/{max(shard.count, 1)}")
-    return shard
 
 
 # ---- the key a checkpoint's cells were measured under ----

@@ -173,21 +173,30 @@ def _moved(headline: str) -> str:
 # ---- the table ----
 
 
-def _cell(text: str) -> str:
-    return text if len(text) <= MAX_CELL else text[: MAX_CELL - 1] + "…"
+def _cell(text: str, limit: int = MAX_CELL) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def print_table(audit: Audit, out: TextIO) -> None:
-    out.write(f"audit of {audit.spec}: base {audit.base!r} vs checkpoint {audit.checkpoint!r}\n")
-    for note in audit.notes:
+    """The audit as a CI log shows it: every line within 120 columns (long values cut in the table,
+    prose wrapped); the JSON and the report keep everything."""
+    from interp_assert.drift.track import MAX_WIDTH, wrapped
+
+    out.write(wrapped(f"audit of {audit.spec}: base {audit.base!r} vs checkpoint {audit.checkpoint!r}"))
+    for note in audit.notes:  # one line each (a path in it stays whole, to be copied)
         out.write(f"note: {note}\n")
     out.write("\n")
     header = ("expectation", "result", "base", "checkpoint", "change")
-    body = []
+    rows = []
     for row in audit.rows:
         verdict = ("pass" if row.passed else "FAIL") + ("" if row.base.passed else "*")
         change = f"{row.change:+.4f}" if row.change is not None and not math.isnan(row.change) else ""
-        body.append((row.name, verdict, _cell(row.base.shown), _cell(row.checkpoint.shown), change))
+        rows.append((row.name, verdict, row.base.shown, row.checkpoint.shown, change))
+    fixed = max(len(line[0]) for line in [header, *rows]) + 8 + 10 + 2 * 2  # name, result, change, gaps
+    limit = max(12, min(MAX_CELL, (MAX_WIDTH - fixed) // 2 - 2))
+    body = [
+        (name, verdict, _cell(base, limit), _cell(after, limit), change) for name, verdict, base, after, change in rows
+    ]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
     for line in [header, *body]:
         out.write("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() + "\n")
@@ -195,11 +204,11 @@ def print_table(audit: Audit, out: TextIO) -> None:
         out.write("* fails on the base model too\n")
     for row in audit.rows:
         if not row.passed and row.base.headline:  # drift rows are explained below the table
-            out.write(f"\n{row.name}: {row.checkpoint.headline}\n")
+            out.write("\n" + wrapped(f"{row.name}: {row.checkpoint.headline}"))
     for drift in audit.drifts:
-        out.write(f"\n{drift.headline} (checkpoint vs base)\n")
+        out.write("\n" + wrapped(f"{drift.headline} (checkpoint vs base)"))
         for detail in drift.details:
-            out.write(f"  {detail}\n")
+            out.write(wrapped(f"  {detail}"))
     held = sum(row.passed for row in audit.rows)
     out.write(f"\n{held} of {len(audit.rows)} expectations hold on the checkpoint\n")
 

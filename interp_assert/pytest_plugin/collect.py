@@ -145,6 +145,7 @@ class SpecItem(pytest.Item):
             loaded = self.runner().model_for(self.spec)
             said = self.config.stash.setdefault(NOTES_KEY, [])
             said.extend(note for note in loaded.notes if note not in said)  # once per model, not per item
+            self._capture_or_fail()
             return
         except ModelLoadError as exc:
             if debugging(self.config):
@@ -157,6 +158,32 @@ class SpecItem(pytest.Item):
         pytest.fail(
             f"{self.nodeid}: model not available: {error}\n"
             "(pass --interp-missing=skip to skip specs whose model is missing)",
+            pytrace=False,
+        )
+
+    def _capture_or_fail(self) -> None:
+        """Capture the prompt set here, in setup, so that a machine that runs out of memory (or
+        another infrastructure failure) makes the item a setup error, never a failed expectation.
+        Any other error is the expectation's own: runtest meets it again and reports it."""
+        from interp_assert import exit_codes
+
+        expectation = self.entry.expectation if self.entry is not None else None
+        if expectation is None:
+            return
+        try:
+            self.runner().measurements(self.spec, expectation.prompts)
+            return
+        except Exception as exc:
+            if exit_codes.code_for(exc) != exit_codes.INFRASTRUCTURE:
+                return
+            if debugging(self.config):
+                raise
+            error = exc
+        # raised outside the except block: said once, not again as the "context" of another error
+        first = (str(error).strip().splitlines() or [""])[0]
+        pytest.fail(
+            f"{self.nodeid}: could not run: {type(error).__name__}: {first} (infrastructure, not a verdict on "
+            "the model: free memory, or use a smaller --interp-dtype or --interp-device-map)",
             pytrace=False,
         )
 

@@ -44,8 +44,11 @@ def _reason(report: pytest.TestReport) -> str:
     else:
         text = report.longreprtext
     first = next((line.strip() for line in text.splitlines() if line.strip()), "unknown")
-    _, sep, after = first.partition(": model not available: ")  # "<nodeid>: model not available: ..."
-    reason = f"model not available: {after}" if sep else first
+    _, sep, after = first.partition("model not available: ")  # "<nodeid>: model not available: model 'x': why"
+    # which model, not again why: the error above says that once, in full
+    reason = f"model not available: {after.split(': ')[0]} (the errors above say why)" if sep else first
+    _, sep, after = first.partition(": could not run: ")  # "<nodeid>: could not run: OutOfMemoryError: ..."
+    reason = after.split(" (infrastructure")[0] if sep else reason
     return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 1] + "…"
 
 

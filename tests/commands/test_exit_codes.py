@@ -218,3 +218,58 @@ def test_audit_of_several_checkpoints_measures_the_base_once(
     document = json.loads(capsys.readouterr().out)
     assert document["kind"] == "audit-set" and [a["checkpoint"] for a in document["audits"]] == ["./same", "./zeroed"]
     _conforms(document, load_schema()["$defs"]["audit-set"], "audit-set")
+
+
+def test_the_command_line_parses_without_torch() -> None:
+    """``interp-assert --help`` (and a usage error) answer at once: building the parser, the new
+    flags' types included, imports no torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom interp_assert.commands.cli import build_parser, track_command\n"
+        "build_parser().parse_args(['track', 's.yaml', '--shard', '2/4', '--retries', '1'])\n"
+        "track_command.merge_parser('interp-assert', print)\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_a_smoke_audit_says_so_everywhere(here: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    smoke = "smoke run: 1 prompts per set"
+    argv = ["audit", "holds.yaml", "--checkpoint", "tiny-neo", "--interp-limit", "1"]
+    assert main([*argv, "--markdown", "pr.md"]) == exit_codes.HELD
+    out = capsys.readouterr().out
+    assert out.startswith(f"{smoke}: not a full audit\n") and f"({smoke}: not a full audit)" in out
+    assert f"**{smoke}: not a full audit**" in (here / "pr.md").read_text()
+    assert main([*argv, "--json"]) == exit_codes.HELD
+    document = json.loads(capsys.readouterr().out)
+    assert document["smoke"] == smoke
+    _conforms(document, load_schema()["$defs"]["audit"], "audit")
+    assert main([*argv, "--report", "rep"]) == exit_codes.USAGE  # a report would not say it
+    assert "a smoke run writes no report" in capsys.readouterr().err and not (here / "rep").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--shard", "0/4"], r"--shard 0/4: I must be 1 to N"),
+        (["--shard", "5/4"], r"--shard 5/4: I must be 1 to N"),
+        (["--shard", "half"], r"--shard 'half' is not I/N"),
+        (["--shard", "1/2"], r"--shard 1/2 needs --out DIR"),
+        (["--retries", "-1"], r"'-1' is not a whole number from 0 to 100"),
+        (["--interp-limit", "0"], r"'0' is not a whole number from 0 to 100|at least 1"),
+        (["--out", "holds.yaml"], r"--out holds\.yaml is a file; give a folder"),
+    ],
+)
+def test_track_refuses_bad_state_flags_in_one_line(
+    here: Path, capsys: pytest.CaptureFixture[str], flags: list[str], said: str
+) -> None:
+    try:
+        status = main(["track", "holds.yaml", "--checkpoint", "tiny-neo", "--order", "given", *flags])
+    except SystemExit as exc:  # argparse: exit 2 with its usage line
+        status = int(exc.code or 0)
+    err = capsys.readouterr().err
+    assert status == exit_codes.USAGE and re.search(said, err), err
+    assert "Traceback" not in err

@@ -48,7 +48,7 @@ def test_failures_and_unavailable_models_are_told_apart(pytester: pytest.Pyteste
         [
             "*= interp_assert =*",
             "2 expectations held, 1 failed, 3 could not run",
-            "  3 could not run: model not available: model './no-such-model': no such file or folder*",
+            "  3 could not run: model not available: model './no-such-model' (the errors above say why)",
         ]
     )
 
@@ -92,3 +92,29 @@ def test_the_limit_measures_the_first_prompts_only(tmp_path: pytest.TempPathFact
     )
     path.write_text(only_first)
     assert Runner(RunOptions()).evaluate(load_spec(path), entry).value == values[1]
+
+
+def test_running_out_of_memory_is_a_setup_error_not_a_failure(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CPU that runs out of memory cannot be made to on purpose here: capture is replaced by one
+    that raises torch's own OutOfMemoryError (the one mock: nothing real can run out of memory cheaply)."""
+    import torch
+
+    import interp_assert.runner as runner_module
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(runner_module, "measure_prompt_set", out_of_memory)
+    specs = pytester.mkdir("model_specs")
+    (specs / "tiny.yaml").write_text(SPEC.format(model="tiny-neo").split("  - name: fingerprint")[0])
+    result = pytester.runpytest("model_specs", "-p", "no:cacheprovider")
+    result.assert_outcomes(errors=2)
+    result.stdout.fnmatch_lines(
+        [
+            "model_specs/tiny.yaml::l0h0_previous_token: could not run: OutOfMemoryError: CUDA out of memory.*",
+            "0 expectations held, 0 failed, 2 could not run",
+            "  2 could not run: OutOfMemoryError: CUDA out of memory. Tried to allocate 20.00 GiB",
+        ]
+    )
