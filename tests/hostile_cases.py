@@ -1553,15 +1553,18 @@ def _adapter(breakage: str) -> Setup:
 
     def setup(root: Path) -> None:
         import json
+        import warnings
 
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         folder = root / "adapter"
         base = AutoModelForCausalLM.from_pretrained(BUILTIN)
-        lora = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
-        lora.peft_config["default"].base_model_name_or_path = "tiny-neo"
-        lora.save_pretrained(folder)
+        with warnings.catch_warnings():  # peft's own deprecation and base-config notices
+            warnings.simplefilter("ignore")
+            lora = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+            lora.peft_config["default"].base_model_name_or_path = "tiny-neo"
+            lora.save_pretrained(folder)
         AutoTokenizer.from_pretrained(BUILTIN).save_pretrained(folder)
         if breakage == "weights":
             weights = folder / "adapter_model.safetensors"
