@@ -1839,6 +1839,19 @@ TRUST3: list[Case] = [
         r"\(positions 0 to 16\)",
     ),
     Case(
+        "python-api-records-snapshot",
+        "snapshots",
+        ("pytest", "test_api.py", "--snapshot-update"),
+        OK,
+        r"1 passed",
+        {
+            "test_api.py": "REP = {'bos': 'prepend', 'random_tokens': {'length': 8, 'repeats': 2, 'count': 2, "
+            "'seed': 1}}\n\n\ndef test_fp(interp):\n"
+            "    interp.model('tiny-neo').expect('snapshot', prompts=REP, name='fp')\n"
+        },
+        outputs=("__interp_snapshots__",),
+    ),
+    Case(
         "ini-boolean-maybe",
         "cli",
         RUN,
