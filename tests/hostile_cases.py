@@ -1852,6 +1852,23 @@ TRUST3: list[Case] = [
         outputs=("__interp_snapshots__",),
     ),
     Case(
+        "env-allow-pickle-maybe",
+        "cli",
+        RUN,
+        USAGE,
+        r"INTERP_ASSERT_ALLOW_PICKLE='maybe' is not valid; set it to 1 \(allow\) or 0 \(refuse\), or unset it",
+        TINY,
+        env={"INTERP_ASSERT_ALLOW_PICKLE": "maybe"},
+    ),
+    Case(
+        "cli-env-trust-remote-code-maybe",
+        "cli",
+        ("interp-assert", "measure", "tiny-neo"),
+        CLI_ERROR,
+        r"interp-assert: error: INTERP_ASSERT_TRUST_REMOTE_CODE='maybe' is not valid; set it to 1 \(allow\) or 0",
+        env={"INTERP_ASSERT_TRUST_REMOTE_CODE": "maybe"},
+    ),
+    Case(
         "ini-boolean-maybe",
         "cli",
         RUN,
