@@ -1645,7 +1645,8 @@ TRUST3: list[Case] = [
         ("interp-assert", "measure", "./tiny.gguf"),
         CLI_ERROR,
         r"converted-model cache \S*cache/gguf is refused: \S*cache/gguf is writable by other users \(mode drwxrwx---\)"
-        r", so a model found there could have been swapped; point INTERP_ASSERT_CACHE at a folder only you can write",
+        r", so a model found there could have been swapped; make it yours alone \(chmod go-w\), or point "
+        r"INTERP_ASSERT_CACHE at a folder only you can write",
         setup=lambda root: _gguf_cache(root, mode=0o770),
         env={"INTERP_ASSERT_CACHE": "{root}/cache"},
     ),

@@ -11,6 +11,7 @@ would be measured under the alias's name.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -103,14 +104,14 @@ def cached_conversion(gguf: Path, root: Path, version: str, convert: Callable[[P
     ``version`` names what the conversion depends on besides the file (the transformers version)."""
     cache = root / "gguf"
     try:
-        os.makedirs(cache, mode=0o700, exist_ok=True)
+        _make_private(cache)
     except OSError as exc:
         raise ModelLoadError(f"converted-model cache {cache} cannot be created: {exc.strerror or exc}") from None
     problem = others_could_write(cache, root)
     if problem:
         raise ModelLoadError(
             f"converted-model cache {cache} is refused: {problem}, so a model found there could have been "
-            "swapped; point INTERP_ASSERT_CACHE at a folder only you can write"
+            "swapped; make it yours alone (chmod go-w), or point INTERP_ASSERT_CACHE at a folder only you can write"
         )
     source_sha256 = file_sha256(gguf)
     tag = hashlib.sha256(f"{version}|{FORMAT}".encode()).hexdigest()[:8]
@@ -135,6 +136,15 @@ def cached_conversion(gguf: Path, root: Path, version: str, convert: Callable[[P
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return entry, rebuilt
+
+
+def _make_private(folder: Path) -> None:
+    """Create ``folder`` and each missing parent with mode 0700 (``os.makedirs`` gives only the last
+    one its mode; the others follow the umask, group-writable under a umask of 002)."""
+    missing = [path for path in (folder, *folder.parents) if not path.exists()]
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another process: checked as any other
+            path.mkdir(mode=0o700)
 
 
 def _set_aside(entry: Path, cache: Path) -> None:
