@@ -17,6 +17,7 @@ would pass a spec on the wrong model) and cached results.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import os
@@ -76,6 +77,15 @@ def others_could_write(folder: Path, root: Path | None) -> str | None:
 KEY_BYTES = 32
 
 
+def make_private(folder: Path) -> None:
+    """Create ``folder`` and each missing parent with mode 0700 (``os.makedirs`` gives only the last
+    one its mode; the others follow the umask, group-writable under a umask of 002)."""
+    missing = [path for path in (folder, *folder.parents) if not path.exists()]
+    for path in reversed(missing):
+        with contextlib.suppress(FileExistsError):  # made meanwhile by another process: checked as any other
+            path.mkdir(mode=0o700)
+
+
 def require_private_folder(folder: Path, what: str) -> Path:
     """Create ``folder`` (0700) if missing and check that only this user can change what it holds
     (:func:`others_could_write`, up to the folder itself); :class:`UnsafePathError` says why not.
@@ -85,7 +95,7 @@ def require_private_folder(folder: Path, what: str) -> Path:
         existing = next(p for p in (folder, *folder.parents) if p.exists())
         problem = others_could_write(existing, None) if existing != folder else None
         if problem is None:
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private(folder)
             problem = others_could_write(folder, folder)
         if problem:
             raise UnsafePathError(

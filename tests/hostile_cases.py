@@ -1554,15 +1554,18 @@ def _adapter(breakage: str) -> Setup:
 
     def setup(root: Path) -> None:
         import json
+        import warnings
 
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         folder = root / "adapter"
         base = AutoModelForCausalLM.from_pretrained(BUILTIN)
-        lora = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
-        lora.peft_config["default"].base_model_name_or_path = "tiny-neo"
-        lora.save_pretrained(folder)
+        with warnings.catch_warnings():  # peft's own deprecation and base-config notices
+            warnings.simplefilter("ignore")
+            lora = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
+            lora.peft_config["default"].base_model_name_or_path = "tiny-neo"
+            lora.save_pretrained(folder)
         AutoTokenizer.from_pretrained(BUILTIN).save_pretrained(folder)
         if breakage == "weights":
             weights = folder / "adapter_model.safetensors"
@@ -1643,7 +1646,8 @@ TRUST3: list[Case] = [
         ("interp-assert", "measure", "./tiny.gguf"),
         CLI_ERROR,
         r"converted-model cache \S*cache/gguf is refused: \S*cache/gguf is writable by other users \(mode drwxrwx---\)"
-        r", so a model found there could have been swapped; point INTERP_ASSERT_CACHE at a folder only you can write",
+        r", so a model found there could have been swapped; make it yours alone \(chmod go-w\), or point "
+        r"INTERP_ASSERT_CACHE at a folder only you can write",
         setup=lambda root: _gguf_cache(root, mode=0o770),
         env={"INTERP_ASSERT_CACHE": "{root}/cache"},
     ),
@@ -1835,6 +1839,36 @@ TRUST3: list[Case] = [
         {"property": "massive_activation", "position": "99"},
         at(7, 5) + r"e0: position 99 is beyond the prompts: the longest prompt of 'rep' is 17 tokens "
         r"\(positions 0 to 16\)",
+    ),
+    Case(
+        "python-api-records-snapshot",
+        "snapshots",
+        ("pytest", "test_api.py", "--snapshot-update"),
+        OK,
+        r"1 passed",
+        {
+            "test_api.py": "REP = {'bos': 'prepend', 'random_tokens': {'length': 8, 'repeats': 2, 'count': 2, "
+            "'seed': 1}}\n\n\ndef test_fp(interp):\n"
+            "    interp.model('tiny-neo').expect('snapshot', prompts=REP, name='fp')\n"
+        },
+        outputs=("__interp_snapshots__",),
+    ),
+    Case(
+        "env-allow-pickle-maybe",
+        "cli",
+        RUN,
+        USAGE,
+        r"INTERP_ASSERT_ALLOW_PICKLE='maybe' is not valid; set it to 1 \(allow\) or 0 \(refuse\), or unset it",
+        TINY,
+        env={"INTERP_ASSERT_ALLOW_PICKLE": "maybe"},
+    ),
+    Case(
+        "cli-env-trust-remote-code-maybe",
+        "cli",
+        ("interp-assert", "measure", "tiny-neo"),
+        CLI_ERROR,
+        r"interp-assert: error: INTERP_ASSERT_TRUST_REMOTE_CODE='maybe' is not valid; set it to 1 \(allow\) or 0",
+        env={"INTERP_ASSERT_TRUST_REMOTE_CODE": "maybe"},
     ),
     Case(
         "ini-boolean-maybe",

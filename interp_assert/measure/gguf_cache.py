@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from interp_assert.errors import ModelLoadError
-from interp_assert.private_files import file_sha256, others_could_write
+from interp_assert.private_files import file_sha256, make_private, others_could_write
 
 RECORD = "interp_assert_source.json"
 FORMAT = 1  # of the record; a new format makes new entry names, so old entries are never read
@@ -60,14 +60,14 @@ def cached_conversion(gguf: Path, root: Path, version: str, convert: Callable[[P
     ``version`` names what the conversion depends on besides the file (the transformers version)."""
     cache = root / "gguf"
     try:
-        os.makedirs(cache, mode=0o700, exist_ok=True)
+        make_private(cache)
     except OSError as exc:
         raise ModelLoadError(f"converted-model cache {cache} cannot be created: {exc.strerror or exc}") from None
     problem = others_could_write(cache, root)
     if problem:
         raise ModelLoadError(
             f"converted-model cache {cache} is refused: {problem}, so a model found there could have been "
-            "swapped; point INTERP_ASSERT_CACHE at a folder only you can write"
+            "swapped; make it yours alone (chmod go-w), or point INTERP_ASSERT_CACHE at a folder only you can write"
         )
     source_sha256 = file_sha256(gguf)
     tag = hashlib.sha256(f"{version}|{FORMAT}".encode()).hexdigest()[:8]

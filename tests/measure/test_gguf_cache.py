@@ -111,3 +111,17 @@ def test_same_named_gguf_in_working_directory_is_not_read_instead(
     measured = load_file(gguf_as_safetensors(named, LoadOptions(cache_dir=cache)) / "model.safetensors")
     other = load_file(gguf_as_safetensors(decoy, LoadOptions(cache_dir=tmp_path / "c2")) / "model.safetensors")
     assert not (measured["model.embed_tokens.weight"] == other["model.embed_tokens.weight"]).all()
+
+
+def test_cache_folders_are_made_private_under_a_permissive_umask(tmp_path: Path) -> None:
+    """Under a umask of 002 (the default for users on many distributions) every folder the cache
+    creates is still the user's alone, so the next run does not refuse it."""
+    gguf = tiny_gguf(tmp_path / "tiny.gguf")
+    previous = os.umask(0o002)
+    try:
+        entry = gguf_as_safetensors(gguf, LoadOptions(cache_dir=tmp_path / "new" / "cache"))
+    finally:
+        os.umask(previous)
+    for folder in (tmp_path / "new", tmp_path / "new" / "cache", entry.parent):
+        assert folder.stat().st_mode & 0o077 == 0, folder
+    assert gguf_as_safetensors(gguf, LoadOptions(cache_dir=tmp_path / "new" / "cache")) == entry
