@@ -16,7 +16,7 @@ from interp_assert.measure.capture import generate, max_positions, measure
 from interp_assert.measure.measurements import CaptureRequest, Measurements
 from interp_assert.measure.models import LoadedModel, LoadOptions, environment, load_model
 from interp_assert.measure.placement import check_device_map, check_max_memory
-from interp_assert.measure.prompt_sets import limited
+from interp_assert.measure.prompt_sets import WEIGHTS_ONLY, limited
 from interp_assert.measure.prompts import PromptBatch, build_batches
 from interp_assert.outcome import Outcome
 from interp_assert.properties import CheckContext
@@ -148,8 +148,11 @@ class Runner:
             assert spec.header is not None
             reference, load = model_key(spec, self.options)
             identity = model_identity(reference, load, Path(spec.path).parent, self._results.hashes)
-            prompt_set = limited(spec.header.prompts[entry.expectation.prompts], self.options.limit)
-            key = None if identity is None else outcome_key(identity, spec, entry, prompt_set.model_dump_json())
+            name = entry.expectation.prompts
+            prompt_json = (
+                "" if name == WEIGHTS_ONLY else limited(spec.header.prompts[name], self.options.limit).model_dump_json()
+            )
+            key = None if identity is None else outcome_key(identity, spec, entry, prompt_json)
             self._keys[memo] = key
         return self._keys[memo]
 
@@ -211,6 +214,12 @@ class Runner:
     def measurements(self, spec: SpecFile, prompt_name: str) -> Measurements:
         assert spec.header is not None
         loaded = self.model_for(spec)
+        if prompt_name == WEIGHTS_ONLY:  # read from the weights: no tokens, no forward pass
+            request = _spec_request(spec, prompt_name)
+            key = (model_key(spec, self.options), WEIGHTS_ONLY, request)
+            if key not in self._measurements:
+                self._measurements[key] = measure(loaded, [], request)
+            return self._measurements[key]
         request = _spec_request(spec, prompt_name) | self._extra.get((spec.path, prompt_name), CaptureRequest())
         prompt_set = limited(spec.header.prompts[prompt_name], self.options.limit)
         key = (model_key(spec, self.options), prompt_set.model_dump_json(), request)

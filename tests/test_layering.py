@@ -79,6 +79,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "private_files",
         "exit_codes",
         "output_schema",
+        "option_table",
     ),
     (  # torch-free data and checks
         "measure",
@@ -87,6 +88,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "measure.hub",
         "measure.placement",
         "measure.prompt_sets",
+        "measure.weight_requests",
     ),
     ("measure.*",),  # models, prompts, capture and what it runs
     ("properties",),

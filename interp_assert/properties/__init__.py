@@ -24,6 +24,7 @@ from interp_assert.errors import PropertyPluginError
 from interp_assert.properties.ablation_effect import AblationEffect
 from interp_assert.properties.attention_stat import AttentionStatBounds
 from interp_assert.properties.base import Bounded, CheckContext, Expectation, FigureNeeds, ModelDrift
+from interp_assert.properties.composition import Composition
 from interp_assert.properties.dominant_layer import DominantLayer
 from interp_assert.properties.generated_text import GeneratedText
 from interp_assert.properties.head_score import HeadScore
@@ -33,6 +34,7 @@ from interp_assert.properties.layer_score import LayerScore
 from interp_assert.properties.logit_lens import LogitLensExpectation
 from interp_assert.properties.loss import NextTokenLoss
 from interp_assert.properties.massive_activation import MassiveActivation
+from interp_assert.properties.ov_copying import OvCopying
 from interp_assert.properties.role_fraction import RoleFraction
 from interp_assert.properties.sink_rate import SinkRate
 from interp_assert.properties.snapshot import Snapshot
@@ -55,6 +57,8 @@ BUILTIN: tuple[type[Expectation], ...] = (
     LogitLensExpectation,
     AblationEffect,
     NextTokenLoss,
+    Composition,
+    OvCopying,
     Snapshot,
 )
 

@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, Field, TypeAdapter, ValidationEr
 from interp_assert import properties
 from interp_assert.errors import Location, SpecError
 from interp_assert.measure import hub, placement
-from interp_assert.measure.prompt_sets import PromptSet, RandomTokens
+from interp_assert.measure.prompt_sets import WEIGHTS_ONLY, PromptSet, RandomTokens
 from interp_assert.properties import (
     AttentionStatBounds,
     DominantLayer,
@@ -187,7 +187,7 @@ def _entries(raw: list[Any], doc: SourceDocument, header: SpecHeader | None) -> 
         else:
             seen[name] = location
         prompts = item.get("prompts") if isinstance(item, dict) else None
-        if isinstance(prompts, str) and header is not None and prompts not in header.prompts:
+        if isinstance(prompts, str) and header is not None and prompts not in (*header.prompts, WEIGHTS_ONLY):
             problems.append(
                 (
                     doc.locate((*at, "prompts")),
