@@ -140,7 +140,7 @@ def into_receiver(c: Circuits, kind: Kind, senders: list[Head], receiver: Head, 
     scale = (gram * (out @ out.transpose(-1, -2))).sum(dim=(-1, -2))  # ||OV_A||^2 = tr(G_V O O^T)
     receiver_norm = (near.T @ near * far_gram).sum()  # ||X_B||^2
     actual = _squared(gram, out @ near, far_gram) / (scale * receiver_norm)
-    null = torch.stack([_squared(gram, out @ (r @ near), far_gram) for r in rotated]) / (scale * receiver_norm)
+    null = _null(rotated, lambda r: _squared(gram, out @ (r @ near), far_gram) / (scale * receiver_norm))
     return _scored(actual, null, c.d_model)
 
 
@@ -152,13 +152,40 @@ def from_sender(c: Circuits, kind: Kind, sender: Head, receivers: list[Head], ro
     near, far_gram = torch.stack(nears), torch.stack(fars)  # [R, d, k], [R, k, k]
     receiver_norm = (near.transpose(-1, -2) @ near * far_gram).sum(dim=(-1, -2))
     actual = _squared(gram, out @ near, far_gram) / (scale * receiver_norm)
-    null = torch.stack([_squared(gram, (out @ r) @ near, far_gram) for r in rotated]) / (scale * receiver_norm)
+    null = _null(rotated, lambda r: _squared(gram, (out @ r) @ near, far_gram) / (scale * receiver_norm))
     return _scored(actual, null, c.d_model)
 
 
+def _null(rotated: torch.Tensor, score: Any) -> torch.Tensor:
+    """``[draws, N]``: squared scores under each rotation (none: raw scores only)."""
+    return torch.stack([score(r) for r in rotated]) if len(rotated) else torch.empty(0)
+
+
 def _scored(actual_squared: torch.Tensor, null_squared: torch.Tensor, d_model: int) -> Composition:
+    if null_squared.numel() == 0:
+        return Composition(actual_squared.sqrt(), torch.full_like(actual_squared, float("nan")))
     spread = ((null_squared - 1.0 / d_model) ** 2).mean(dim=0).sqrt()
     return Composition(actual_squared.sqrt(), (actual_squared - 1.0 / d_model) / spread)
+
+
+def all_pairs(c: Circuits, kind: Kind) -> torch.Tensor:
+    """``[L, H, L, H]``: the raw score of every sender (first two indices) into every receiver in a
+    later layer (last two; 0 elsewhere), one batched product per receiver layer."""
+    n_layers, n_heads = len(c.output), c.output[0].shape[0]
+    found = torch.zeros(n_layers, n_heads, n_layers, n_heads, dtype=torch.float64)
+    value = torch.stack(c.value)  # [L, H, d, k]
+    output = torch.stack(c.output)  # [L, H, k, d]
+    sender_gram = value.transpose(-1, -2) @ value  # [L, H, k, k]
+    sender_norm = (sender_gram * (output @ output.transpose(-1, -2))).sum(dim=(-1, -2))  # ||OV||^2
+    for layer in range(1, n_layers):
+        pairs = [_outer(c, kind, (layer, h)) for h in range(n_heads)]
+        near = torch.stack([p[0] for p in pairs])  # [H, d, k]
+        far = torch.stack([p[1] for p in pairs])  # [H, k, k]
+        receiver_norm = (near.transpose(-1, -2) @ near * far).sum(dim=(-1, -2))  # [H]
+        middle = torch.einsum("lskd,hdj->lshkj", output[:layer], near)  # [l, S, H, k, k]
+        squared = ((sender_gram[:layer, :, None] @ middle @ far) * middle).sum(dim=(-1, -2))
+        found[:layer, :, layer] = (squared / (sender_norm[:layer, :, None] * receiver_norm)).sqrt()
+    return found
 
 
 def copying_scores(parts: ModelMap, c: Circuits) -> torch.Tensor:

@@ -51,6 +51,9 @@ def test_factored_scores_equal_explicit_products(name: str) -> None:
             assert abs(float(into.score[index]) - explicit(c, kind, sender, (1, 1))) < 1e-6
         for index, receiver in enumerate(receivers):
             assert abs(float(out.score[index]) - explicit(c, kind, (0, 2), receiver)) < 1e-6
+        table = weights.all_pairs(c, kind)
+        for index, sender in enumerate(senders):
+            assert abs(float(table[sender][1, 1]) - float(into.score[index])) < 1e-12
 
 
 def test_grouped_query_heads_read_their_key_value_group() -> None:
