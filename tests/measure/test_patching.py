@@ -131,7 +131,7 @@ def test_direct_effects_through_the_modules(model: LoadedModel) -> None:
         assert batch.pairs is not None
         clean_in, corrupt_in = projection_inputs(model, batch.tokens), projection_inputs(model, batch.pairs.corrupt)
         final: list[torch.Tensor] = []
-        handle = norm.register_forward_pre_hook(lambda m, a: final.append(a[0][:, -1].clone()))
+        handle = norm.register_forward_pre_hook(lambda m, a, final=final: final.append(a[0][:, -1].clone()))
         with torch.inference_mode():
             base_model(model.model)(input_ids=batch.pairs.corrupt)
         handle.remove()
