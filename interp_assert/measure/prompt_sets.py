@@ -6,7 +6,7 @@ token batches without importing the spec (or, through it, the property registry)
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import Field, model_validator
 
@@ -124,13 +124,18 @@ class PromptSet(Strict):
     pair_template: PairTemplate | None = None
     generate: int = Field(default=0, ge=0, le=4096)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _pairs_given(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "pairs" in data and not data["pairs"]:
+            raise ValueError("'pairs' is empty: list at least one {clean, corrupt, answer, wrong}")
+        return data
+
     @model_validator(mode="after")
     def _one_source(self) -> PromptSet:
         sources = [self.texts, self.random_tokens, self.pairs, self.pair_template]
         if sum(source is not None for source in sources) != 1:
             raise ValueError("give exactly one of 'texts', 'random_tokens', 'pairs' or 'pair_template'")
-        if self.pairs is not None and not self.pairs:
-            raise ValueError("'pairs' is empty: list at least one {clean, corrupt, answer, wrong}")
         if self.is_pairs and self.generate:
             raise ValueError("'generate' does not apply to prompt pairs: remove it (or use 'texts')")
         if self.pair_template is not None:
