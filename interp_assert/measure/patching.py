@@ -406,3 +406,52 @@ def logit_direction_readout(parts: ModelMap, runs: BatchRuns, base: Side, delta:
     weight = unembedding.weight.detach()
     direction = (weight[pairs.answer.to(weight.device)] - weight[pairs.wrong.to(weight.device)]).double().cpu()
     return (normed * direction).sum(dim=-1)
+
+
+# ---- attribution patching: a first-order screen of every head ----
+
+
+def attribution(loaded: LoadedModel, batches: list[PromptBatch], direction: str = "denoise") -> np.ndarray:
+    """``[L, H, N]``: each head's attribution-patching estimate of its single-head patched logit
+    difference minus the unpatched one: the gradient of the logit difference on the run being
+    patched times (donor - receiver) head output, summed over positions and features. One
+    forward and one backward per batch (beside the memoised clean and corrupt runs)."""
+    parts = model_map(loaded.model)
+    runs, _ = base_runs(loaded, batches)
+    n = sum(len(r.batch.tokens) for r in runs)
+    out = np.empty((parts.n_layers, parts.n_heads, n))
+    for r in runs:
+        assert r.batch.pairs is not None
+        receiver, donor = (r.corrupt, r.clean) if direction == "denoise" else (r.clean, r.corrupt)
+        tokens = r.batch.pairs.corrupt if direction == "denoise" else r.batch.tokens
+        kept: dict[int, torch.Tensor] = {}
+
+        def leaf(layer: int, store: dict[int, torch.Tensor]) -> Any:
+            def hook(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+                x = args[0].detach().requires_grad_(True)
+                store[layer] = x
+                return (x, *args[1:]), kwargs
+
+            return hook
+
+        with ExitStack() as stack, torch.enable_grad():
+            for layer in range(parts.n_layers):
+                stack.enter_context(_hooked(parts.output_projection(layer), leaf(layer, kept), pre=True))
+            stack.enter_context(blockwise.attention_implementation(loaded.model, "sdpa"))
+            output = base_model(loaded.model)(input_ids=tokens.to(input_device(loaded)), use_cache=False)
+            hidden = getattr(output, "last_hidden_state", None)
+            last = (hidden if isinstance(hidden, torch.Tensor) else output[0])[:, -1]
+            _, unembedding = parts.norm_and_unembedding()
+            weight = unembedding.weight
+            direction_rows = (
+                weight[r.batch.pairs.answer.to(weight.device)] - weight[r.batch.pairs.wrong.to(weight.device)]
+            )
+            (last.to(weight.dtype) * direction_rows).sum().backward()
+        index = list(r.batch.pairs.index)
+        for layer in range(parts.n_layers):
+            grad = kept[layer].grad
+            assert grad is not None
+            change = (donor.heads[layer] - receiver.heads[layer]).to(grad.dtype)
+            score = (grad * change).unflatten(-1, (parts.n_heads, -1)).sum(dim=(1, 3))  # [B, H]
+            out[layer][:, index] = score.double().cpu().numpy().T
+    return out
