@@ -129,8 +129,8 @@ class Patching(Bounded):
 
     def requirements(self) -> CaptureRequest:
         extras = {self.request(), PairRequest()}
-        if self.resid is None and self.components():
-            extras.add(self.request("direct" if self.effect == "total" else "total"))  # shown side by side
+        if self.resid is None and self.components() and self.effect == "total":
+            extras.add(self.request("direct"))  # shown side by side: closed form, no forward
         return CaptureRequest(extras=frozenset(extras))
 
     def check(self, context: CheckContext) -> Outcome:
