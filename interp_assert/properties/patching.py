@@ -9,7 +9,8 @@ clean run) ``(P - C) / (C - K)``, -1 = fully destroyed. The per-pair values are 
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from collections.abc import Callable
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -19,6 +20,7 @@ from interp_assert.measure.measurements import CaptureRequest
 from interp_assert.measure.pair_requests import Component, PairRequest, PairResult
 from interp_assert.outcome import Outcome
 from interp_assert.properties.base import Bounded, CheckContext, HeadName, Strict, head_index
+from interp_assert.properties.findings import DiscoverSettings, Section, lower_bound, unique_name
 from interp_assert.properties.logit_diff import pair_result, spread_line
 from interp_assert.vocab import head_name, parse_head
 
@@ -291,3 +293,113 @@ def _check_positions(expectation: Patching, result: PairResult) -> None:
                 f"position {position} is out of range: the shortest prompt of this set is {shortest} tokens "
                 f"(positions {-shortest} to {shortest - 1})"
             )
+
+
+# ---- what discover writes ----
+
+SCREENED = 8  # heads per direction whose exact total effect discover measures (attribution's top)
+SMALLEST_EFFECT = 0.05  # a normalised single-head effect smaller than this is not written as a finding
+
+
+def rank_correlation(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation (ties broken by order; enough for continuous effects)."""
+    ranks_a = np.argsort(np.argsort(a, kind="stable"), kind="stable").astype(float)
+    ranks_b = np.argsort(np.argsort(b, kind="stable"), kind="stable").astype(float)
+    if ranks_a.std() == 0 or ranks_b.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ranks_a, ranks_b)[0, 1])
+
+
+def findings(
+    prompt_name: str,
+    base: PairResult,
+    direction: str,
+    attribution: np.ndarray,
+    direct: np.ndarray,
+    exact: dict[tuple[int, int], float],
+    joint_effect: Callable[[tuple[tuple[int, int], ...]], float],
+    settings: DiscoverSettings,
+    used_names: set[str],
+) -> Section:
+    """One direction's patching findings from normalised effects: ``attribution[L, H]`` (the
+    screen), ``direct[L, H]`` (closed form, every head) and ``exact`` total effects of the
+    screened heads; ``joint_effect`` measures a head set patched together (exactly). Writes the
+    largest-direct-effect heads and the strongest screened heads' joint patch."""
+    sign = 1.0 if direction == "denoise" else -1.0
+    section = Section(f"patching, {direction} ({prompt_name}; normalised by clean - corrupt)")
+    heads = sorted(exact)
+    exact_values = np.array([exact[h] for h in heads])
+    screen = np.array([attribution[h] for h in heads])
+    rho = rank_correlation(screen, exact_values)
+    section.notes.append(
+        f"attribution vs exact total effect over the {len(heads)} screened heads: rank correlation {rho:.3f}"
+    )
+    attribution_order = [head for head, _ in ranked_heads(attribution, direction)]
+    strong = [h for h in heads if sign * exact[h] >= SMALLEST_EFFECT]
+    missed = [h for h in strong if attribution_order.index(head_name(*h)) >= SCREENED]
+    if missed:
+        section.notes.append(
+            "attribution missed (exact effect large, attribution rank beyond its top "
+            f"{SCREENED}): " + ", ".join(f"{head_name(*h)} {exact[h]:+.3f}" for h in missed)
+        )
+    ranked_direct = ranked_heads(direct, direction)
+    top = [name for name, value in ranked_direct[:3] if sign * value >= SMALLEST_EFFECT]
+    if top:
+        k = len(top)
+        following = ranked_direct[k][1] if k < len(ranked_direct) else float("nan")
+        if abs(ranked_direct[k - 1][1] - following) >= settings.tie_gap:
+            section.expectations.append(
+                {
+                    "name": unique_name(f"largest_direct_effect_{direction}", prompt_name, used_names),
+                    "description": "single-head direct effects (closed form): "
+                    + ", ".join(f"{n} {v:+.4f}" for n, v in ranked_direct[: k + 2]),
+                    "property": "patching",
+                    "prompts": prompt_name,
+                    "direction": direction,
+                    "effect": "direct",
+                    "top": {"k": k, "include": top},
+                }
+            )
+        else:
+            section.notes.append(f"no top set: rank {k} and {k + 1} direct effects are within {settings.tie_gap:g}")
+    if not strong:
+        section.notes.append(f"no screened head moves the logit difference by {SMALLEST_EFFECT:g} or more: no finding")
+        return section
+    chosen = sorted(strong, key=lambda h: -sign * exact[h])[:3]
+    names = [head_name(*h) for h in chosen]
+    measured = joint_effect(tuple(chosen))
+    expectation: dict[str, Any] = {
+        "name": unique_name(f"{direction}_{'_'.join(n.lower() for n in names)}", prompt_name, used_names),
+        "description": "single-head total effects (exact): "
+        + ", ".join(f"{head_name(*h)} {exact[h]:+.4f}" for h in chosen)
+        + f"; patched together: {measured:+.4f}",
+        "property": "patching",
+        "prompts": prompt_name,
+        "heads": names,
+        "direction": direction,
+        "effect": "total",
+    }
+    if direction == "denoise":
+        expectation["at_least"] = lower_bound(measured, settings.keep)
+    else:
+        expectation["at_most"] = -lower_bound(-measured, settings.keep)
+    section.expectations.append(expectation)
+    return section
+
+
+def logit_diff_findings(prompt_name: str, base: PairResult, settings: DiscoverSettings, used: set[str]) -> Section:
+    section = Section(f"logit difference ({prompt_name}; nats)")
+    mean = float(base.clean.mean())
+    below = float((base.clean < 0).mean())
+    expectation: dict[str, Any] = {
+        "name": unique_name("logit_diff", prompt_name, used),
+        "description": f"mean {mean:.4f} over {len(base.clean)} pairs, smallest {float(base.clean.min()):.4f}, "
+        f"{int((base.clean < 0).sum())} below 0; corrupt prompts {float(base.corrupt.mean()):.4f}",
+        "property": "logit_diff",
+        "prompts": prompt_name,
+        "below_zero_at_most": round(below, 4),
+    }
+    if mean > 0:
+        expectation["at_least"] = lower_bound(mean, settings.keep)
+    section.expectations.append(expectation)
+    return section
