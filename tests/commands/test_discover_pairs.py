@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
@@ -38,7 +37,7 @@ def test_discover_with_pairs_writes_a_spec_that_passes(
     prompts = pytester.path / "prompts.yaml"
     prompts.write_text(PAIR_PROMPTS)
     target = pytester.path / "model_specs" / "discovered.yaml"
-    code, out, err = run(capsys, "discover", "tiny-neo", "-o", str(target), "--prompts", str(prompts))
+    code, _, err = run(capsys, "discover", "tiny-neo", "-o", str(target), "--prompts", str(prompts))
     assert code == 0, err
     text = target.read_text()
     assert "property: logit_diff" in text and "property: patching" in text, text
