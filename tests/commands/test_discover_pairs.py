@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 
 from interp_assert.spec import load_spec
