@@ -1565,6 +1565,15 @@ PAIRS = [
         r"\(patched - corrupt\) / \(clean - corrupt\) is undefined",
         {"property": "patching", "heads": "[L0H0]", "at_least": "0.1"},
     ),
+    Case(
+        "logit-diff-on-texts",
+        "schema",
+        ("pytest", "model_specs"),
+        FAILED,
+        at(9, 14) + r"logit_diff needs a prompt set of pairs \('pairs' or 'pair_template'\); 'rep' has none; pair "
+        r"sets here: none",
+        {SPEC: spec({"property": "logit_diff", "at_least": "1"})},
+    ),
     pair_case(
         "patching-direct-on-resid",
         GOOD_PAIR,

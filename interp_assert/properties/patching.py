@@ -85,6 +85,7 @@ class Patching(Bounded):
 
     unit_bounds: ClassVar[bool] = False
     bounds_required: ClassVar[bool] = False
+    needs_pairs: ClassVar[bool] = True  # the spec loader refuses a prompt set without pairs
 
     @model_validator(mode="after")
     def _states_something(self) -> Patching:
