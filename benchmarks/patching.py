@@ -25,7 +25,8 @@ import yaml
 from interp_assert.measure import patching
 from interp_assert.measure.architecture import model_map
 from interp_assert.measure.models import LoadOptions, load_model
-from interp_assert.measure.pair_requests import Component, PairRequest
+from interp_assert.measure.pair_request import PairRequest
+from interp_assert.measure.pair_requests import Component
 from interp_assert.measure.prompt_sets import PromptSet
 from interp_assert.measure.prompts import build_batches
 

@@ -25,7 +25,11 @@ def run_spec(pytester: pytest.Pytester, *args: str) -> dict[str, tuple[str, str,
     results = {}
     for case in ET.parse(junit).iter("testcase"):
         found = {p.get("name"): p.get("value") for p in case.iter("property")}
-        results[str(case.get("name"))] = (found.get("passed", ""), found.get("headline", ""), found.get("value", ""))
+        results[str(case.get("name"))] = (
+            found.get("passed") or "",
+            found.get("headline") or "",
+            found.get("value") or "",
+        )
     return results
 
 

@@ -299,7 +299,8 @@ def _pair_sections(
 
     from interp_assert.measure import patching as sweep
     from interp_assert.measure.capture import CaptureRequest
-    from interp_assert.measure.pair_requests import Component, PairRequest
+    from interp_assert.measure.pair_request import PairRequest
+    from interp_assert.measure.pair_requests import Component
     from interp_assert.properties import expectation_adapter
     from interp_assert.properties import patching as patching_property
     from interp_assert.runner import measure_named

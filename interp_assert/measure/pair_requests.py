@@ -1,8 +1,8 @@
-"""What ``logit_diff`` and ``patching`` ask capture for, and what comes back: numbers only, no torch.
+"""What ``logit_diff`` and ``patching`` measure, as data: components and results, no torch.
 
-One :class:`PairRequest` per (direction, effect, component sets); every request on a prompt set
-shares the clean and corrupt runs and the all-heads sweeps through the memo in
-:mod:`interp_assert.measure.patching` (which runs the model, imported when a request runs).
+The request itself is :class:`interp_assert.measure.pair_request.PairRequest`; one per
+(direction, effect, component sets); every request on a prompt set shares the clean and corrupt
+runs and the all-heads sweeps through the memo in :mod:`interp_assert.measure.patching`.
 
 Logit difference of a prompt: ``logit(answer) - logit(wrong)`` at its last position, in nats.
 """
@@ -10,7 +10,7 @@ Logit difference of a prompt: ``logit(answer) - logit(wrong)`` at its last posit
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -29,26 +29,6 @@ class Component:
     layer: int
     head: int = 0
     positions: tuple[int, ...] | None = None
-
-
-@dataclass(frozen=True, kw_only=True)
-class PairRequest:
-    """Logit differences of a pair set's clean and corrupt prompts, and the patched logit
-    difference of each component set in ``sets`` (each set patched jointly), and, with
-    ``all_heads``, of every head alone (at ``head_positions``)."""
-
-    direction: Direction = "denoise"
-    effect: Effect = "total"
-    sets: tuple[tuple[Component, ...], ...] = ()
-    all_heads: bool = False
-    head_positions: tuple[int, ...] | None = None
-    controls: int = 0  # random head sets like sets[0] (heads only), drawn per layer from the other heads
-    seed: int = 0
-
-    def run(self, loaded: Any, batches: list[Any]) -> PairResult:
-        from interp_assert.measure import patching
-
-        return patching.run(self, loaded, batches)
 
 
 @dataclass(frozen=True)

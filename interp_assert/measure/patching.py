@@ -23,7 +23,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -32,8 +32,29 @@ from interp_assert.errors import CaptureError
 from interp_assert.measure import blockwise
 from interp_assert.measure.architecture import ModelMap, base_model, model_map
 from interp_assert.measure.models import LoadedModel, input_device
-from interp_assert.measure.pair_requests import Component, PairRequest, PairResult, draw_controls
+from interp_assert.measure.pair_requests import Component, PairResult, draw_controls
 from interp_assert.measure.prompts import PromptBatch
+
+
+class PairRequest(Protocol):
+    """What :class:`interp_assert.measure.pair_request.PairRequest` carries (named here, not
+    imported: that module imports this one when it runs)."""
+
+    @property
+    def direction(self) -> str: ...
+    @property
+    def effect(self) -> str: ...
+    @property
+    def sets(self) -> tuple[tuple[Component, ...], ...]: ...
+    @property
+    def all_heads(self) -> bool: ...
+    @property
+    def head_positions(self) -> tuple[int, ...] | None: ...
+    @property
+    def controls(self) -> int: ...
+    @property
+    def seed(self) -> int: ...
+
 
 CHUNK_TOKENS = 8192  # tokens per patched forward: variants are stacked up to this many
 

@@ -17,7 +17,8 @@ from pydantic import Field, model_validator
 
 from interp_assert.errors import CheckInputError
 from interp_assert.measure.measurements import CaptureRequest
-from interp_assert.measure.pair_requests import Component, PairRequest, PairResult
+from interp_assert.measure.pair_request import PairRequest
+from interp_assert.measure.pair_requests import Component, PairResult
 from interp_assert.outcome import Outcome
 from interp_assert.properties.base import Bounded, CheckContext, HeadName, Strict, head_index
 from interp_assert.properties.findings import DiscoverSettings, Section, lower_bound, unique_name

@@ -15,7 +15,8 @@ from interp_assert.measure import patching
 from interp_assert.measure.architecture import base_model, model_map
 from interp_assert.measure.measurements import Measurements
 from interp_assert.measure.models import LoadedModel, LoadOptions, load_model
-from interp_assert.measure.pair_requests import Component, PairRequest
+from interp_assert.measure.pair_request import PairRequest
+from interp_assert.measure.pair_requests import Component
 from interp_assert.measure.prompts import PairBatch, PromptBatch
 from interp_assert.properties.base import CheckContext
 from interp_assert.properties.patching import Patching
@@ -111,10 +112,10 @@ def test_batched_sweep_matches_one_forward_per_head(model: LoadedModel, directio
 
 def test_chunks_do_not_change_the_answer(model: LoadedModel, monkeypatch: pytest.MonkeyPatch) -> None:
     batches = pair_batches()
-    whole = PairRequest(all_heads=True, head_positions=(-1,)).run(model, batches)  # type: ignore[arg-type]
+    whole = PairRequest(all_heads=True, head_positions=(-1,)).run(model, batches)
     patching._SWEEPS.clear()
     monkeypatch.setattr(patching, "CHUNK_TOKENS", 1)  # one variant per forward
-    single = PairRequest(all_heads=True, head_positions=(-1,)).run(model, batches)  # type: ignore[arg-type]
+    single = PairRequest(all_heads=True, head_positions=(-1,)).run(model, batches)
     assert whole.heads is not None and single.heads is not None
     np.testing.assert_allclose(whole.heads, single.heads, atol=1e-6)
 
@@ -123,7 +124,7 @@ def test_direct_effects_through_the_modules(model: LoadedModel) -> None:
     """Direct effect of head h = the change o_proj writes at the last position, read through the
     final norm with its scale frozen: computed here with the modules themselves."""
     batches = pair_batches()
-    result = PairRequest(effect="direct", all_heads=True).run(model, batches)  # type: ignore[arg-type]
+    result = PairRequest(effect="direct", all_heads=True).run(model, batches)
     assert result.heads is not None
     parts = model_map(model.model)
     norm, unembedding = parts.norm_and_unembedding()
@@ -196,7 +197,7 @@ def test_every_head_patched_together_is_the_other_run(model: LoadedModel) -> Non
     )
     everything += tuple(Component("mlp", layer) for layer in range(parts.n_layers))
     everything += (Component("resid", 0, 0, (3,)),)
-    result = PairRequest(sets=(everything,)).run(model, pair_batches())  # type: ignore[arg-type]
+    result = PairRequest(sets=(everything,)).run(model, pair_batches())
     assert result.patched[0] is not None
     np.testing.assert_allclose(result.patched[0], result.clean, atol=1e-5)
 
@@ -227,7 +228,7 @@ def test_attribution_tracks_the_exact_sweep(model: LoadedModel) -> None:
     """Attribution is a first-order estimate: on these random tiny models it correlates with the
     exact single-head sweep at 0.83-0.99 (measured); a sign or index slip would break that."""
     batches = pair_batches()
-    exact = PairRequest(all_heads=True).run(model, batches)  # type: ignore[arg-type]
+    exact = PairRequest(all_heads=True).run(model, batches)
     assert exact.heads is not None
     estimate = patching.attribution(model, batches, "denoise")
     moved = (exact.heads - exact.corrupt).ravel()
