@@ -1880,9 +1880,89 @@ TRUST3: list[Case] = [
     ),
 ]
 
+
+# ---- prompt pairs, logit_diff and patching (issue 20) ----
+
+
+def pair_case(id: str, pairs: str, expect: str, fields: dict[str, str] | None = None, exit: int = FAILED) -> Case:
+    """A pair set ``names`` (lines 6-8, its pairs from line 9) and one expectation on it."""
+    prompts = PROMPTS + "  names:\n    bos: none\n    pairs:\n" + pairs
+    wanted = fields or {"property": "logit_diff", "at_least": "-100"}
+    return Case(
+        id,
+        "schema",
+        ("pytest", "model_specs"),
+        exit,
+        expect,
+        {SPEC: spec({**wanted, "prompts": "names"}, prompts=prompts)},
+    )
+
+
+GOOD_PAIR = '      - {clean: "t5 t6 t7 t8", corrupt: "t5 t9 t7 t8", answer: " t6", wrong: " t9"}\n'
+SWAPPED_PAIR = '      - {clean: "t5 t9 t7 t8", corrupt: "t5 t6 t7 t8", answer: " t6", wrong: " t9"}\n'
+PAIRS = [
+    pair_case(
+        "pairs-unequal-length",
+        '      - {clean: "t5 t6 t7 t8", corrupt: "t5 t6 t11 t7 t8", answer: " t6", wrong: " t9"}\n',
+        r"prompt set 'names': pair 0 \('t5 t6 t7 t8' / 't5 t6 t11 t7 t8'\): clean is 4 tokens, corrupt 5; they first "
+        r"differ at token 2: clean 't7' 't8' vs corrupt 't11' 't7'; patching needs"
+        r" clean and corrupt of equal token length",
+    ),
+    pair_case(
+        "pairs-multi-token-answer",
+        '      - {clean: "t5 t6 t7 t8", corrupt: "t5 t9 t7 t8", answer: " t6 t7", wrong: " t9"}\n',
+        r"pair 0: answer ' t6 t7' is 2 tokens \('t6' 't7'\); it must be exactly one token",
+    ),
+    pair_case(
+        "pairs-identical",
+        '      - {clean: "t5 t6 t7 t8", corrupt: "t5 t6 t7 t8", answer: " t6", wrong: " t9"}\n',
+        at(9, 9) + r"prompts\.names\.pairs\.0: .*clean and corrupt are identical \('t5 t6 t7 t8'\)",
+    ),
+    pair_case(
+        "pairs-empty",
+        "",
+        r"spec\.yaml:\d+:\d+: .*'pairs' is empty: list at least one \{clean, corrupt, answer, wrong\}",
+    ),
+    pair_case(
+        "patching-head-out-of-range",
+        GOOD_PAIR,
+        r"head L9H0 is out of range: this model has layers 0-1 and heads 0-3 \(L0H0 to L1H3\)",
+        {"property": "patching", "heads": "[L9H0]", "at_least": "0.1"},
+    ),
+    pair_case(
+        "patching-position-out-of-range",
+        GOOD_PAIR,
+        r"position 12 is out of range: the shortest prompt of this set is 4 tokens \(positions -4 to 3\)",
+        {"property": "patching", "heads": "[L0H0]", "positions": "[12]", "at_least": "0.1"},
+    ),
+    pair_case(
+        "patching-normalisation-undefined",
+        GOOD_PAIR + SWAPPED_PAIR,  # each pair's corruption is the other's clean: the means coincide
+        r"the clean and corrupt mean logit differences are (-?\d+\.\d{6}) and \1 .*: the normalisation "
+        r"\(patched - corrupt\) / \(clean - corrupt\) is undefined",
+        {"property": "patching", "heads": "[L0H0]", "at_least": "0.1"},
+    ),
+    Case(
+        "logit-diff-on-texts",
+        "schema",
+        ("pytest", "model_specs"),
+        FAILED,
+        at(9, 14) + r"logit_diff needs a prompt set of pairs \('pairs' or 'pair_template'\); 'rep' has none; pair "
+        r"sets here: none",
+        {SPEC: spec({"property": "logit_diff", "at_least": "1"})},
+    ),
+    pair_case(
+        "patching-direct-on-resid",
+        GOOD_PAIR,
+        r"effect: direct is defined for heads and MLPs, not the residual stream \(use total\)",
+        {"property": "patching", "resid": "[{layer: 0, position: 1}]", "effect": "direct", "at_least": "0.1"},
+    ),
+]
+
 CASES: list[Case] = [
     *YAML,
     *SCHEMA,
+    *PAIRS,
     *MODELS,
     *WEIGHTS,
     *CLI,

@@ -12,12 +12,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from interp_assert.errors import Location, SpecError
+from interp_assert.errors import InterpAssertError, Location, SpecError
 from interp_assert.properties import ablation_effect, logit_lens, massive_activation, sink_rate
 from interp_assert.properties.findings import (
     DiscoverSettings,
@@ -152,9 +153,13 @@ def discover(
     used: set[str] = set()
     sections: list[Section] = []
     measured: dict[str, Any] = {}
-    first_set = next(iter(prompt_sets))
+    first_set = next((n for n, p in prompt_sets.items() if not p.is_pairs), "")
     for name, prompt_set in prompt_sets.items():
         progress(f"measuring {name!r}")
+        if prompt_set.is_pairs:  # the logit difference and patching, not head roles
+            found, measured[name] = pair_sections(loaded, name, prompt_set, settings, used, progress)
+            sections += found
+            continue
         roles = set(roles_for(prompt_set))
         extras = name == first_set  # norms and sharpness: on the first prompt set only
         request = CaptureRequest(
@@ -169,6 +174,9 @@ def discover(
             sections.append(head_findings(name, role, measured[name].role_scores[role], settings, used))
     flag_token_driven(sections, loaded, prompt_sets)
     sections += ablation_sections(loaded, prompt_sets, sections, measured, settings, used)
+    first_set = next((n for n, p in prompt_sets.items() if not p.is_pairs), "")
+    if not first_set:  # only pair sets: nothing else to write
+        return _finish(model, output, loaded, prompt_sets, sections, settings, measured)
     first = measured[first_set]
     sections.append(norm_findings(first_set, first.hidden_norms_without_first, settings, used))
     sharpness = {"max": first.max_weight.max(axis=1), "focus": first.role_scores["focus"].mean(axis=1)}
@@ -179,6 +187,18 @@ def discover(
         sections.append(massive_activation.findings(first_set, first.activation_peaks, settings, used))
     if first.logit_lens is not None:
         sections.append(logit_lens.findings(first_set, first.logit_lens, settings, used))
+    return _finish(model, output, loaded, prompt_sets, sections, settings, measured)
+
+
+def _finish(
+    model: str,
+    output: Path,
+    loaded: Any,
+    prompt_sets: dict[str, PromptSet],
+    sections: list[Section],
+    settings: DiscoverSettings,
+    measured: dict[str, Any],
+) -> Discovered:
     header = {"model": spec_model_reference(model, output)}
     if loaded.options.revision is not None:
         header["revision"] = loaded.options.revision
@@ -241,6 +261,97 @@ def ablation_sections(
     return found
 
 
+def pair_sections(
+    loaded: Any,
+    name: str,
+    prompt_set: PromptSet,
+    settings: DiscoverSettings,
+    used: set[str],
+    progress: Progress,
+) -> tuple[list[Section], Any]:
+    """A pair set: the logit difference; every head screened by attribution patching in both
+    directions, the top candidates (and the largest direct effects) confirmed by exact patching;
+    returns the sections and the measurements the written expectations are checked against."""
+    from interp_assert.errors import PromptError
+    from interp_assert.measure.capture import _quiet, max_positions
+    from interp_assert.measure.prompts import build_batches
+
+    try:
+        batches = build_batches(
+            prompt_set, loaded.tokenizer, vocab_size=int(loaded.config.vocab_size), max_positions=max_positions(loaded)
+        )
+    except PromptError as exc:
+        raise InterpAssertError(f"prompt set {name!r}: {exc}") from None
+    with _quiet():  # transformers says for every forward that GPT-Neo keeps its attention implementation
+        return _pair_sections(loaded, name, prompt_set, batches, settings, used, progress)
+
+
+def _pair_sections(
+    loaded: Any,
+    name: str,
+    prompt_set: PromptSet,
+    batches: list[Any],
+    settings: DiscoverSettings,
+    used: set[str],
+    progress: Progress,
+) -> tuple[list[Section], Any]:
+    import numpy as np
+
+    from interp_assert.measure import patching as sweep
+    from interp_assert.measure.capture import CaptureRequest
+    from interp_assert.measure.pair_request import PairRequest
+    from interp_assert.measure.pair_requests import Component
+    from interp_assert.properties import expectation_adapter
+    from interp_assert.properties import patching as patching_property
+    from interp_assert.runner import measure_named
+
+    base = PairRequest().run(loaded, batches)
+    sections = [patching_property.logit_diff_findings(name, base, settings, used)]
+    clean, corrupt = float(base.clean.mean()), float(base.corrupt.mean())
+    if abs(clean - corrupt) < patching_property.MIN_GAP:
+        sections[0].notes.append(f"clean {clean:.6f} and corrupt {corrupt:.6f} coincide: no patching findings")
+    else:
+        gap = clean - corrupt
+        for direction in ("denoise", "noise"):
+            reference = corrupt if direction == "denoise" else clean
+            sign = 1.0 if direction == "denoise" else -1.0
+            screen = sweep.attribution(loaded, batches, direction).mean(axis=-1) / gap
+            direct_result = PairRequest(direction=direction, effect="direct", all_heads=True).run(loaded, batches)
+            assert direct_result.heads is not None
+            direct = (direct_result.heads.mean(axis=-1) - reference) / gap
+            n_heads = screen.shape[1]
+            order = [int(i) for i in np.argsort(-sign * screen.ravel(), kind="stable")[: patching_property.SCREENED]]
+            order += [int(i) for i in np.argsort(-sign * direct.ravel(), kind="stable")[:4] if int(i) not in order]
+            candidates = [(i // n_heads, i % n_heads) for i in order]
+            sets = tuple((Component("head", layer, head),) for layer, head in candidates)
+            exact_result = PairRequest(direction=direction, sets=sets).run(loaded, batches)
+            exact = {
+                head: (float(values.mean()) - reference) / gap
+                for head, values in zip(candidates, exact_result.patched, strict=True)
+                if values is not None
+            }
+
+            def joint(
+                heads: tuple[tuple[int, int], ...], direction: str = direction, reference: float = reference
+            ) -> float:
+                components = tuple(Component("head", layer, head) for layer, head in heads)
+                found = PairRequest(direction=direction, sets=(components,)).run(loaded, batches).patched[0]  # type: ignore[arg-type]
+                assert found is not None
+                return (float(found.mean()) - reference) / gap
+
+            section = patching_property.findings(name, base, direction, screen, direct, exact, joint, settings, used)
+            for note in section.notes:  # the screen's quality is said, not only written into the spec
+                progress(f"{name} ({direction}): {note}")
+                print(f"discover: {name} ({direction}): {note}", file=sys.stderr)
+            sections.append(section)
+    adapter = expectation_adapter()
+    request = CaptureRequest()
+    for section in sections:
+        for expectation in section.expectations:
+            request = request | adapter.validate_python(expectation).requirements()
+    return sections, measure_named(loaded, name, prompt_set, request)
+
+
 def check_discovered(spec: SpecFile, measured: dict[str, Any]) -> None:
     """Every written expectation must hold on the measurements it was derived from."""
     from interp_assert.errors import InternalError
@@ -297,6 +408,13 @@ def render(
         if prompt_set.texts is not None:
             lines.append("    texts:")
             lines += [f"      - {json.dumps(text, ensure_ascii=False)}" for text in prompt_set.texts]
+        elif prompt_set.pair_template is not None:
+            lines.append("    pair_template:")
+            template = prompt_set.pair_template.model_dump()
+            lines += [f"      {key}: {_scalar(value)}" for key, value in template.items() if value or key == "texts"]
+        elif prompt_set.pairs is not None:
+            lines.append("    pairs:")
+            lines += [f"      - {_scalar(pair.model_dump())}" for pair in prompt_set.pairs]
         else:
             assert prompt_set.random_tokens is not None
             random = prompt_set.random_tokens

@@ -66,6 +66,7 @@ class Family:
     norm_kind: NormKind = "rms"
     gain_offset: float = 0.0  # Gemma's RMSNorm multiplies by (1 + weight)
     attention_output_norm: str | None = None  # Gemma 2: each attention output is normed before the residual
+    mlp: str = "mlp"  # from a block: the MLP, whose output is added to the residual stream
     conv1d: bool = False  # GPT-2's Conv1D keeps weights as [in, out], not Linear's [out, in]
     scaled: bool = True  # False: no 1/sqrt(d_head) on the logits (GPT-Neo)
     windows: Callable[[Any, int], list[int | None]] = _config_windows
@@ -182,6 +183,7 @@ class ModelMap:
     attention_softcap: float | None
     final_softcap: float | None
     problems: tuple[str, ...] = field(default=())
+    mlps: tuple[Any | None, ...] = field(default=())  # each block's MLP (None where not found)
 
     @property
     def n_layers(self) -> int:
@@ -197,6 +199,15 @@ class ModelMap:
             raise CaptureError(
                 f"layer {layer} attention ({type(self.attention[layer]).__name__}) has no output projection "
                 f"'{self.layout.output}' ({self.family}): its heads cannot be ablated or patched"
+            )
+        return found
+
+    def mlp(self, layer: int) -> Any:
+        found = self.mlps[layer] if layer < len(self.mlps) else None
+        if found is None:
+            raise CaptureError(
+                f"layer {layer} ({type(self.blocks[layer]).__name__}) has no MLP '{self.layout.mlp}' ({self.family}): "
+                "its output cannot be patched"
             )
         return found
 
@@ -347,4 +358,5 @@ def _build(model: Any) -> ModelMap:
         attention_softcap=getattr(config, "attn_logit_softcapping", None),
         final_softcap=getattr(config, "final_logit_softcapping", None),
         problems=tuple(problems),
+        mlps=tuple(_dotted(block, layout.mlp) for block in blocks),
     )

@@ -12,10 +12,23 @@ from interp_assert.measure.prompt_sets import PromptSet
 
 
 @dataclass(frozen=True)
+class PairBatch:
+    """The pair side of a batch of clean prompts: ``corrupt[B, T]`` (token-aligned with the clean
+    ``tokens``), the answer and wrong-answer token ids ``[B]``, and each pair's index in its set."""
+
+    corrupt: torch.Tensor
+    answer: torch.Tensor
+    wrong: torch.Tensor
+    index: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class PromptBatch:
-    """``tokens[B, T]``: B sequences of equal length, BOS already applied per the set's policy."""
+    """``tokens[B, T]``: B sequences of equal length, BOS already applied per the set's policy.
+    For a pair set, ``tokens`` are the clean prompts and ``pairs`` the rest."""
 
     tokens: torch.Tensor
+    pairs: PairBatch | None = None
 
 
 def build_batches(
@@ -29,7 +42,9 @@ def build_batches(
     """Tokenise a prompt set. Texts of different lengths become separate batches (no padding).
     ``extra_tokens`` (to be generated) count toward the context limit."""
     prefix = _bos_prefix(prompt_set, tokenizer)
-    if prompt_set.texts is not None:
+    if prompt_set.is_pairs:
+        batches = _pair_batches(prompt_set, tokenizer, prefix)
+    elif prompt_set.texts is not None:
         sequences = [prefix + list(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in prompt_set.texts]
         if prompt_set.bos == "none":
             _refuse_written_bos(prompt_set.texts, sequences, tokenizer)
@@ -97,3 +112,50 @@ def _random_repeated(prompt_set: PromptSet, tokenizer: Any, vocab_size: int, pre
     if prefix:
         repeated = torch.cat([torch.tensor(prefix).expand(spec.count, -1), repeated], dim=1)
     return repeated
+
+
+def _pair_batches(prompt_set: PromptSet, tokenizer: Any, prefix: list[int]) -> list[PromptBatch]:
+    """Pairs grouped by token length (no padding), each checked: clean and corrupt as long as each
+    other, answer and wrong one token each."""
+
+    def ids(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def pieces(tokens: list[int]) -> str:
+        return " ".join(repr(tokenizer.decode([t])) for t in tokens)
+
+    groups: dict[int, list[tuple[int, list[int], list[int], int, int]]] = {}
+    for index, pair in enumerate(prompt_set.expanded_pairs()):
+        clean, corrupt = prefix + ids(pair.clean), prefix + ids(pair.corrupt)
+        if len(clean) != len(corrupt):
+            at = next(
+                (i for i, (a, b) in enumerate(zip(clean, corrupt, strict=False)) if a != b),
+                min(len(clean), len(corrupt)),
+            )
+            raise PromptError(
+                f"pair {index} ({pair.clean!r} / {pair.corrupt!r}): clean is {len(clean)} tokens, corrupt "
+                f"{len(corrupt)}; they first differ at token {at}: clean {pieces(clean[at : at + 2])} vs corrupt "
+                f"{pieces(corrupt[at : at + 2])}; patching needs clean and corrupt of equal token length "
+                "(choose words that are one token each)"
+            )
+        answers = []
+        for key in ("answer", "wrong"):
+            text = getattr(pair, key)
+            found = ids(text)
+            if len(found) != 1:
+                raise PromptError(
+                    f"pair {index}: {key} {text!r} is {len(found)} tokens ({pieces(found) or 'none'}); it must be "
+                    "exactly one token (mind the leading space)"
+                )
+            answers.append(found[0])
+        groups.setdefault(len(clean), []).append((index, clean, corrupt, answers[0], answers[1]))
+    batches = []
+    for rows in groups.values():
+        pairs = PairBatch(
+            corrupt=torch.tensor([row[2] for row in rows], dtype=torch.long),
+            answer=torch.tensor([row[3] for row in rows], dtype=torch.long),
+            wrong=torch.tensor([row[4] for row in rows], dtype=torch.long),
+            index=tuple(row[0] for row in rows),
+        )
+        batches.append(PromptBatch(torch.tensor([row[1] for row in rows], dtype=torch.long), pairs))
+    return batches

@@ -31,10 +31,12 @@ from interp_assert.properties.head_score import HeadScore
 from interp_assert.properties.hidden_norm_ratio import HiddenNormRatio
 from interp_assert.properties.hidden_norm_trend import HiddenNormTrend
 from interp_assert.properties.layer_score import LayerScore
+from interp_assert.properties.logit_diff import LogitDiff
 from interp_assert.properties.logit_lens import LogitLensExpectation
 from interp_assert.properties.loss import NextTokenLoss
 from interp_assert.properties.massive_activation import MassiveActivation
 from interp_assert.properties.ov_copying import OvCopying
+from interp_assert.properties.patching import Patching
 from interp_assert.properties.role_fraction import RoleFraction
 from interp_assert.properties.sink_rate import SinkRate
 from interp_assert.properties.snapshot import Snapshot
@@ -59,6 +61,8 @@ BUILTIN: tuple[type[Expectation], ...] = (
     NextTokenLoss,
     Composition,
     OvCopying,
+    LogitDiff,
+    Patching,
     Snapshot,
 )
 
@@ -153,9 +157,11 @@ __all__ = [
     "HiddenNormRatio",
     "HiddenNormTrend",
     "LayerScore",
+    "LogitDiff",
     "LogitLensExpectation",
     "MassiveActivation",
     "ModelDrift",
+    "Patching",
     "PropertyPluginError",
     "RoleFraction",
     "SinkRate",

@@ -194,6 +194,20 @@ def _entries(raw: list[Any], doc: SourceDocument, header: SpecHeader | None) -> 
                     f"prompt set {prompts!r} is not defined; defined prompt sets: {', '.join(sorted(header.prompts))}",
                 )
             )
+        elif (
+            expectation is not None
+            and getattr(expectation, "needs_pairs", False)
+            and header is not None
+            and not header.prompts[expectation.prompts].is_pairs
+        ):
+            pair_sets = sorted(n for n, p in header.prompts.items() if p.is_pairs)
+            problems.append(
+                (
+                    doc.locate((*at, "prompts")),
+                    f"{expectation.property} needs a prompt set of pairs ('pairs' or 'pair_template'); "
+                    f"{prompts!r} has none; pair sets here: {', '.join(pair_sets) or 'none'}",
+                )
+            )
         entries.append(Entry(name, location, expectation if not problems else None, tuple(problems)))
     return entries
 
