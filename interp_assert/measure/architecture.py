@@ -66,6 +66,7 @@ class Family:
     norm_kind: NormKind = "rms"
     gain_offset: float = 0.0  # Gemma's RMSNorm multiplies by (1 + weight)
     attention_output_norm: str | None = None  # Gemma 2: each attention output is normed before the residual
+    mlp: str | None = "mlp"  # from a block: the feed-forward module (its output is the MLP output hook point)
     conv1d: bool = False  # GPT-2's Conv1D keeps weights as [in, out], not Linear's [out, in]
     scaled: bool = True  # False: no 1/sqrt(d_head) on the logits (GPT-Neo)
     windows: Callable[[Any, int], list[int | None]] = _config_windows
@@ -197,6 +198,16 @@ class ModelMap:
             raise CaptureError(
                 f"layer {layer} attention ({type(self.attention[layer]).__name__}) has no output projection "
                 f"'{self.layout.output}' ({self.family}): its heads cannot be ablated or patched"
+            )
+        return found
+
+    def mlp(self, layer: int) -> Any:
+        """Block ``layer``'s feed-forward module (its output is added to the residual stream)."""
+        found = _dotted(self.blocks[layer], self.layout.mlp) if self.layout.mlp else None
+        if not isinstance(found, torch.nn.Module):
+            raise CaptureError(
+                f"block {layer} ({type(self.blocks[layer]).__name__}) has no MLP module '{self.layout.mlp}' "
+                f"({self.family}): register the family's spellings with register_family"
             )
         return found
 

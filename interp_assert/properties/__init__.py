@@ -33,7 +33,10 @@ from interp_assert.properties.layer_score import LayerScore
 from interp_assert.properties.logit_lens import LogitLensExpectation
 from interp_assert.properties.loss import NextTokenLoss
 from interp_assert.properties.massive_activation import MassiveActivation
+from interp_assert.properties.probe import Probe
 from interp_assert.properties.role_fraction import RoleFraction
+from interp_assert.properties.sae_feature import SaeFeature
+from interp_assert.properties.sae_quality import SaeQuality
 from interp_assert.properties.sink_rate import SinkRate
 from interp_assert.properties.snapshot import Snapshot
 from interp_assert.properties.top_heads import TopHeads
@@ -55,6 +58,9 @@ BUILTIN: tuple[type[Expectation], ...] = (
     LogitLensExpectation,
     AblationEffect,
     NextTokenLoss,
+    SaeQuality,
+    SaeFeature,
+    Probe,
     Snapshot,
 )
 
