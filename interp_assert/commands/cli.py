@@ -144,6 +144,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     track_command.add_parser(commands, _model_options, _track)
 
+    probe = commands.add_parser("probe", help="store a probe's direction for a spec to compare against")
+    probe_commands = probe.add_subparsers(dest="probe_command", metavar="ACTION", required=True)
+    probe_save = probe_commands.add_parser(
+        "save",
+        help="measure a probe expectation's direction and write it to a safetensors file",
+        description="Measure the difference-in-means direction of the probe expectation NAME of SPEC on its "
+        "model (or --model) and write it to FILE under the expectation's key (default: its name), keeping "
+        "the file's other tensors. The spec then asserts cosine_at_least against it.",
+    )
+    probe_save.add_argument("spec", type=Path, metavar="SPEC.yaml", help="spec file")
+    probe_save.add_argument("name", metavar="NAME", help="the probe expectation's name")
+    probe_save.add_argument("-o", "--output", required=True, type=Path, metavar="FILE.safetensors")
+    probe_save.add_argument("--model", metavar="PATH_OR_ID", help="measure this model instead of the spec's")
+    _model_options(probe_save)
+    probe_save.set_defaults(handler=_probe_save)
+
     measure = commands.add_parser(
         "measure",
         help="print a model's head scores, top heads and norms (no spec, no bounds)",
@@ -310,6 +326,14 @@ def _report(args: argparse.Namespace) -> int:
         + f"; {len(summary.images)} figures"
     )
     return 0 if summary.failed == 0 and summary.invalid == 0 else 1
+
+
+def _probe_save(args: argparse.Namespace) -> int:
+    from interp_assert.commands.probe_save import save
+
+    _readable_spec(args.spec)
+    print(save(args.spec, args.name, args.output, _run_options(args), model=args.model))
+    return 0
 
 
 def _audit(args: argparse.Namespace) -> int:

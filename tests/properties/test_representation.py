@@ -123,3 +123,23 @@ def test_auroc_and_selectivity_in_closed_form() -> None:
     found = probe_math.evaluate(positive, negative, 0.5, 0, 10)
     assert found["auroc"] == 1.0 and found["selectivity"] > 0.3
     assert found == probe_math.evaluate(positive, negative, 0.5, 0, 10)  # deterministic
+
+
+def test_probe_save_then_cosine(pytester: pytest.Pytester, random_llama: Path, folder: Path) -> None:
+    from interp_assert.commands.cli import main
+
+    spec = folder / "spec.yaml"
+    spec.write_text(spec_text(random_llama))
+    out = folder / "probe.safetensors"
+    assert main(["probe", "save", str(spec), "last_word", "-o", str(out)]) == 0
+    assert main(["probe", "save", str(spec), "identity_l0", "-o", str(out)]) == 2  # not a probe
+    saved = spec_text(random_llama) + (
+        "  - name: last_word_direction\n    property: probe\n    prompts: ends_in_t50\n    negative: ends_in_t51\n"
+        "    layer: 0\n    direction: probe.safetensors\n    key: last_word\n    cosine_at_least: 0.999\n"
+        "  - name: rotated_direction\n    property: probe\n    prompts: ends_in_t50\n    negative: ends_in_t51\n"
+        "    layer: 1\n    direction: probe.safetensors\n    key: last_word\n    cosine_at_least: 0.999\n"
+    )
+    spec.write_text(saved)
+    result = pytester.runpytest(str(spec), "-p", "no:cacheprovider", "-k", "direction")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.re_match_lines([r".*cosine to the stored direction = 0\.\d+, expected at least 0\.999 \(short by"])
