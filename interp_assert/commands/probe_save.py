@@ -40,13 +40,16 @@ def save(spec_path: Path, name: str, output: Path, options: RunOptions, model: s
     if "error" in found:
         raise InterpAssertError(f"{name}: {found['error']}")
     vectors: dict[str, np.ndarray] = {}
+    metadata: dict[str, str] = {}
     if output.exists():
-        from safetensors.numpy import load_file
+        from safetensors import safe_open
 
-        vectors = dict(load_file(str(output)))
+        with safe_open(str(output), "np") as existing:
+            vectors = {name: existing.get_tensor(name) for name in existing.keys()}  # noqa: SIM118
+            metadata = dict(existing.metadata() or {})
     key = probe.key or probe.name
     vectors[key] = np.asarray(found["direction"])
-    metadata = {
+    metadata |= {
         f"{key}.model": str(model or reference),
         f"{key}.content_hash": content_hash(loaded.source),
         f"{key}.probe": f"layer {probe.layer}, position {probe.position}, {probe.prompts} minus {probe.negative}",
