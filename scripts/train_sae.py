@@ -24,6 +24,7 @@ installed packages, so a different set of installed packages gives a different c
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import random
@@ -31,6 +32,7 @@ import sys
 import sysconfig
 import time
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 STDLIB_MODULES = (
@@ -40,7 +42,7 @@ STDLIB_MODULES = (
 )  # fmt: skip
 
 
-def corpus(seed: int, chunk: int, tokenizer: object) -> tuple[list[list[int]], dict[str, object]]:
+def corpus(seed: int, chunk: int, tokenizer: Any) -> tuple[list[list[int]], dict[str, object]]:
     site = Path(sysconfig.get_paths()["purelib"])
     metadata = sorted(site.glob("*.dist-info/METADATA"))
     stdlib = Path(sysconfig.get_paths()["stdlib"])
@@ -50,7 +52,7 @@ def corpus(seed: int, chunk: int, tokenizer: object) -> tuple[list[list[int]], d
     for path in [*metadata, *code]:
         text = path.read_text(encoding="utf-8", errors="replace")
         digest.update(text.encode())
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]  # type: ignore[operator]
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         chunks += [ids[i : i + chunk] for i in range(0, len(ids) - chunk + 1, chunk)]
     random.Random(seed).shuffle(chunks)
     info = {
@@ -127,7 +129,7 @@ class _Stop(Exception):
     pass
 
 
-def collect(model: object, chunks: list[list[int]], layer: int, wanted: int) -> object:
+def collect(model: Any, chunks: list[list[int]], layer: int, wanted: int) -> Any:
     """Residual stream after block ``layer`` at positions >= 1 of each chunk, until ``wanted`` rows."""
     import torch
 
@@ -136,7 +138,7 @@ def collect(model: object, chunks: list[list[int]], layer: int, wanted: int) -> 
     block = model_map(model).blocks[layer]
     caught: list[torch.Tensor] = []
 
-    def hook(module: object, args: object, output: object) -> None:
+    def hook(module: Any, args: Any, output: Any) -> None:
         hidden = output[0] if isinstance(output, tuple) else output
         caught.append(hidden[:, 1:].reshape(-1, hidden.shape[-1]).float())
         raise _Stop  # the later blocks are not needed
@@ -147,16 +149,14 @@ def collect(model: object, chunks: list[list[int]], layer: int, wanted: int) -> 
             for start in range(0, len(chunks), 16):
                 if sum(t.shape[0] for t in caught) >= wanted:
                     break
-                try:
-                    model(input_ids=torch.tensor(chunks[start : start + 16]), use_cache=False)  # type: ignore[operator]
-                except _Stop:
-                    pass
+                with contextlib.suppress(_Stop):
+                    model(input_ids=torch.tensor(chunks[start : start + 16]), use_cache=False)
     finally:
         handle.remove()
     return torch.cat(caught)[:wanted].clone()
 
 
-def train(acts: object, width: int, k: int, epochs: int, batch: int, lr: float, seed: int) -> tuple[dict, list]:
+def train(acts: Any, width: int, k: int, epochs: int, batch: int, lr: float, seed: int) -> tuple[dict, list]:
     import torch
 
     x_all = acts
@@ -199,7 +199,7 @@ def train(acts: object, width: int, k: int, epochs: int, batch: int, lr: float, 
             loss.backward()
             optimiser.step()
             with torch.no_grad():
-                w_dec /= w_dec.norm(dim=1, keepdim=True)
+                w_dec.div_(w_dec.norm(dim=1, keepdim=True))
             if step % 50 == 0:
                 fvu = float(error.detach().pow(2).sum(1).mean() / variance)
                 log.append({"step": step, "epoch": epoch, "fvu": round(fvu, 4), "dead": int(dead.sum())})

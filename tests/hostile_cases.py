@@ -1573,7 +1573,8 @@ REPRESENTATIONS: list[Case] = [
     schema_case(
         "sae-folder-missing",
         {"property": "sae_quality", "sae": "no_such_sae", "metric": "l0", "at_most": "20"},
-        at(10, 10) + r"sae: SAE folder 'no_such_sae' not found \(looked in \S+; built-in SAEs: smollm2-135m-res14-topk\)",
+        at(10, 10)
+        + r"sae: SAE folder 'no_such_sae' not found \(looked in \S+; built-in SAEs: smollm2-135m-res14-topk\)",
     ),
     schema_case(
         "sae-metric-unknown",
@@ -1586,8 +1587,13 @@ REPRESENTATIONS: list[Case] = [
         ("pytest", "model_specs"),
         FAILED,
         r"too few prompts: 4 positive and 3 negative; each class needs at least 4 .*prompts 'pos', negative 'neg'",
-        {SPEC: spec({"property": "probe", "prompts": "pos", "negative": "neg", "layer": "0", "at_least": "0.9"},
-                    good(), prompts=TEXT_SETS)},  # fmt: skip
+        {
+            SPEC: spec(
+                {"property": "probe", "prompts": "pos", "negative": "neg", "layer": "0", "at_least": "0.9"},
+                good(),
+                prompts=TEXT_SETS,
+            )
+        },
     ),
     sae_case(
         "sae-width-mismatch",
@@ -1611,9 +1617,22 @@ REPRESENTATIONS: list[Case] = [
         (*RUN,),
         FAILED,
         r"probe\.safetensors: d has 10 entries, but the model is 64 wide there",
-        {SPEC: spec({"property": "probe", "prompts": "pos", "negative": "neg", "layer": "0", "holdout": "0.25",
-                     "direction": "probe.safetensors", "key": "d", "cosine_at_least": "0.5"}, good(),
-                    prompts=TEXT_SETS.replace('"d c b"]', '"d c b", "c b a"]'))},  # fmt: skip
+        {
+            SPEC: spec(
+                {
+                    "property": "probe",
+                    "prompts": "pos",
+                    "negative": "neg",
+                    "layer": "0",
+                    "holdout": "0.25",
+                    "direction": "probe.safetensors",
+                    "key": "d",
+                    "cosine_at_least": "0.5",
+                },
+                good(),
+                prompts=TEXT_SETS.replace('"d c b"]', '"d c b", "c b a"]'),
+            )
+        },
         direction_file("probe.safetensors", 10),
     ),
 ]

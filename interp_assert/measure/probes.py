@@ -49,7 +49,9 @@ def answer_ids(loaded: LoadedModel, answers: tuple[str, str]) -> tuple[int, int]
     for text in answers:
         tokens = loaded.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(tokens) != 1:
-            raise CheckInputError(f"answer {text!r} is {len(tokens)} tokens for this tokenizer ({tokens}); give one token")
+            raise CheckInputError(
+                f"answer {text!r} is {len(tokens)} tokens for this tokenizer ({tokens}); give one token"
+            )
         ids.append(int(tokens[0]))
     return ids[0], ids[1]
 

@@ -113,9 +113,7 @@ class Probe(Bounded):
             raise ValueError("give 'direction' (a safetensors file) and 'cosine_at_least' together")
         stated = (self.at_least, self.at_most, self.selectivity_at_least, self.cosine_at_least, self.causal)
         if all(x is None for x in stated):
-            raise ValueError(
-                "state something to check: AUROC bounds, selectivity_at_least, cosine_at_least or causal"
-            )
+            raise ValueError("state something to check: AUROC bounds, selectivity_at_least, cosine_at_least or causal")
         if self.negative == self.prompts:
             raise ValueError(f"negative is the same prompt set as prompts ({self.prompts!r}): a probe needs two")
         self._negative_texts = other_prompts(self.negative, info, "negative")

@@ -51,7 +51,7 @@ class SaeFeatureRequest:
             return {"error": str(exc)}
         best, best_cos, hint, hint_cos = sae_runs.match(sae, stored, self.hint)
         latent = hint if hint >= 0 and hint_cos >= self.match_at_least else best
-        found = {
+        found: dict[str, Any] = {
             "best": best,
             "best_cosine": best_cos,
             "hint_cosine": hint_cos,

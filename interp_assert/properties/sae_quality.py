@@ -101,7 +101,8 @@ class SaeQuality(Bounded):
             "CE recovered {ce_recovered:.4f}".format(**numbers),
             f"CE clean {found['ce_clean']:.4f}, with SAE {found['ce_with_sae']:.4f}, zero-ablated "
             f"{found['ce_zero_ablated']:.4f} nats over {found['rows']} tokens",
-            f"SAE {identity['path']} ({identity['format']}, {identity['activation']}, sha256 {identity['sha256'][:16]})",
+            f"SAE {identity['path']} ({identity['format']}, {identity['activation']}, "
+            f"sha256 {identity['sha256'][:16]})",
         )
         measured: dict[str, float | str] = {
             **{k: float(found[k]) for k in ("ce_clean", "ce_with_sae", "ce_zero_ablated")},

@@ -99,8 +99,16 @@ def test_representational_items(pytester: pytest.Pytester, random_llama: Path, f
     spec.write_text(spec_text(random_llama))
     result = pytester.runpytest(str(spec), "-p", "no:cacheprovider")
     result.assert_outcomes(passed=4, failed=2)
-    result.stdout.re_match_lines([r".*explained_variance of SAE blocks\.1\.hook_resid_pre \(64x128\) = 0\.\d+, expected at_least 0\.9: short by"])
-    result.stdout.re_match_lines([r".*feature not found in SAE blocks\.1\.hook_resid_pre: the closest decoder row, latent [01], has cosine 0\.7071; expected at least 0\.9"])
+    hook = r"SAE blocks\.1\.hook_resid_pre"
+    result.stdout.re_match_lines(
+        [rf".*explained_variance of {hook} \(64x128\) = 0\.\d+, expected at_least 0\.9: short by"]
+    )
+    result.stdout.re_match_lines(
+        [
+            rf".*feature not found in {hook}: the closest decoder row, latent [01], has cosine 0\.7071; "
+            r"expected at least 0\.9"
+        ]
+    )
 
 
 def test_probe_sets_are_checked_where_written(random_llama: Path, folder: Path) -> None:
