@@ -151,3 +151,20 @@ def test_probe_save_then_cosine(pytester: pytest.Pytester, random_llama: Path, f
     result = pytester.runpytest(str(spec), "-p", "no:cacheprovider", "-k", "direction")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.re_match_lines([r".*cosine to the stored direction = 0\.\d+, expected at least 0\.999 \(short by"])
+
+
+def test_audit_compares_base_and_checkpoint(random_llama: Path, uniform_llama: Path, folder: Path) -> None:
+    import io
+    import json
+
+    from interp_assert.commands.cli import main_audit
+
+    spec = folder / "spec.yaml"
+    spec.write_text(spec_text(random_llama))
+    out = io.StringIO()
+    status = main_audit(str(spec), str(uniform_llama), as_json=True, out=out)
+    found = json.loads(out.getvalue())
+    assert status == 1  # half_explains_too_little and not_in_the_sae fail on the checkpoint too
+    text = json.dumps(found)
+    for name in ("identity_recovers_ce", "coordinate_3", "last_word"):
+        assert name in text
