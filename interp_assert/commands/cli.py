@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     discover.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     discover.add_argument(
+        "--sae", metavar="FOLDER", help="also write the quality of this SAE (SAELens or sparsify folder, or "
+        "owner/name@revision) on the first prompt set of texts: CE recovered, explained variance, L0",
+    )  # fmt: skip
+    discover.add_argument(
         "--revision", metavar="REV", help="branch, tag or commit sha of a hub MODEL (written to the spec)"
     )
     _model_options(discover)
@@ -304,6 +308,7 @@ def _discover(args: argparse.Namespace) -> int:
             prompt_sets=prompt_sets or discover.default_prompt_sets(loaded),
             settings=settings,
             progress=step,
+            sae=args.sae,
         )
     output.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_text(output, result.text)

@@ -3,6 +3,7 @@ named relative to the spec, other prompt sets of the spec, and stored directions
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -20,12 +21,17 @@ def spec_dir(info: Any) -> Path:
     return Path(found) if found is not None else Path.cwd()
 
 
+def _normal(value: str, info: Any) -> Path:
+    """``value`` relative to the spec's folder, with ``..`` taken lexically (the folder may not exist yet)."""
+    path = Path(value).expanduser()
+    return Path(os.path.normpath(path if path.is_absolute() else spec_dir(info) / path))
+
+
 def resolve_sae(value: str, info: Any) -> str:
     """A hub id (``owner/name@revision``) as written, else the folder as an absolute path (it must exist)."""
     if HUB_ID.match(value):
         return value
-    path = Path(value).expanduser()
-    path = path if path.is_absolute() else spec_dir(info) / path
+    path = _normal(value, info)
     if not path.is_dir():
         builtin = Path(__file__).resolve().parent.parent / "builtin_saes"
         if (builtin / value).is_dir():
@@ -39,8 +45,7 @@ def resolve_sae(value: str, info: Any) -> str:
 
 
 def resolve_file(value: str, info: Any) -> str:
-    path = Path(value).expanduser()
-    path = path if path.is_absolute() else spec_dir(info) / path
+    path = _normal(value, info)
     if not path.is_file():
         raise ValueError(f"file {value!r} not found (looked in {path})")
     return str(path.resolve())

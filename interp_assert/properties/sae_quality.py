@@ -20,6 +20,7 @@ from interp_assert.errors import CheckInputError
 from interp_assert.measure.measurements import CaptureRequest
 from interp_assert.outcome import Outcome
 from interp_assert.properties.base import Bounded, CheckContext
+from interp_assert.properties.findings import DiscoverSettings, Section, lower_bound, unique_name
 from interp_assert.properties.representation import resolve_sae
 
 Metric = Literal["l0", "explained_variance", "dead_fraction", "ce_recovered"]
@@ -110,3 +111,43 @@ class SaeQuality(Bounded):
             **{f"sae_{k}": v for k, v in identity.items()},
         }
         return Outcome(passed, line, details, measured, value=value)
+
+
+# ---- what discover writes ----
+
+
+def findings(
+    prompt_name: str, sae: str, written_as: str, found: dict[str, Any], settings: DiscoverSettings, used: set[str]
+) -> Section:
+    """CE recovered and explained variance (bounds ``keep`` x measured) and L0 (within 0.5 of it)."""
+    section = Section(f"SAE quality ({prompt_name}; {written_as})")
+    if "error" in found:
+        section.notes.append(f"the SAE could not be measured: {found['error']}")
+        return section
+    identity = found["identity"]
+    numbers = (
+        f"CE clean {found['ce_clean']:.4f}, with the SAE {found['ce_with_sae']:.4f}, zero-ablated "
+        f"{found['ce_zero_ablated']:.4f} nats; sha256 {identity['sha256'][:16]}"
+    )
+    for metric in ("ce_recovered", "explained_variance", "l0"):
+        value = float(found[metric])
+        bounds: dict[str, Any]
+        if metric == "l0":
+            bounds = {"at_least": max(0.0, round(value - 0.5, 2)), "at_most": round(value + 0.5, 2)}
+        elif value > 0:
+            bounds = {"at_least": lower_bound(value, settings.keep)}
+        else:
+            section.notes.append(f"{metric} measured {value:.4f}: no lower bound written")
+            continue
+        section.expectations.append(
+            {
+                "name": unique_name(f"sae_{metric}", prompt_name, used),
+                "description": f"measured {value:.4f} over {found['rows']} tokens ({numbers})",
+                "property": "sae_quality",
+                "prompts": prompt_name,
+                "sae": written_as,
+                "metric": metric,
+                **bounds,
+            }
+        )
+    return section

@@ -168,3 +168,20 @@ def test_audit_compares_base_and_checkpoint(random_llama: Path, uniform_llama: P
     text = json.dumps(found)
     for name in ("identity_recovers_ce", "coordinate_3", "last_word"):
         assert name in text
+
+
+def test_discover_writes_sae_quality(random_llama: Path, folder: Path) -> None:
+    from interp_assert.commands.cli import main
+    from interp_assert.spec import load_spec
+
+    output = folder / "out" / "discovered.yaml"
+    assert main(["discover", str(random_llama), "-o", str(output), "--sae", str(folder / "half")]) == 0
+    text = output.read_text()
+    assert "sae: ../half" in text
+    spec = load_spec(output)
+    written = {e.name: e.expectation for e in spec.entries if e.name.startswith("sae_")}
+    # the half decoder's explained variance is below 0 on this model: noted, not written
+    assert set(written) == {"sae_ce_recovered", "sae_l0"}
+    assert "explained_variance measured -" in text
+    l0 = written["sae_l0"]
+    assert (l0.at_least, l0.at_most) == (63.5, 64.5)  # type: ignore[union-attr]
