@@ -98,3 +98,9 @@ class InternalError(InterpAssertError):
 
 class PropertyPluginError(InterpAssertError):
     """An installed property plug-in is broken (not importable, not an Expectation, a clashing tag)."""
+
+
+class SaeLoadError(InterpAssertError):
+    """A sparse autoencoder (or a stored direction) cannot be used: a missing or unreadable file, a
+    missing, mis-shaped or non-finite tensor, an unknown activation or format, a width or hook
+    point the model does not have."""

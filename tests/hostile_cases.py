@@ -1974,3 +1974,123 @@ CASES: list[Case] = [
     *PLACEMENT,
     *TRUST3,
 ]
+
+
+# ---- SAEs, stored directions and probes (issue 23) ----
+
+TEXT_SETS = """\
+prompts:
+  rep:
+    bos: prepend
+    random_tokens: {length: 8, repeats: 2, count: 2, seed: 1}
+  pos:
+    bos: none
+    texts: ["a b c", "b c d", "c d e", "d e f"]
+  neg:
+    bos: none
+    texts: ["f e d", "e d c", "d c b"]
+"""
+
+
+def sae_folder(folder: str, *, d_in: int = 64, nan: str = "", cfg: dict[str, object] | None = None) -> Setup:
+    """A SAELens folder under the spec's folder: zeros, with a NaN in ``nan`` if named."""
+
+    def setup(root: Path) -> None:
+        import torch
+
+        from tests.sae_builders import write_saelens
+
+        weights = {"W_enc": torch.zeros(d_in, 16), "b_enc": torch.zeros(16), "W_dec": torch.zeros(16, d_in),
+                   "b_dec": torch.zeros(d_in)}  # fmt: skip
+        if nan:
+            weights[nan][0] = float("nan")
+        extra = {"d_in": d_in, "d_sae": 16, "hook_name": "blocks.1.hook_resid_post", **(cfg or {})}
+        write_saelens(root / "model_specs" / folder, weights, **extra)
+
+    return setup
+
+
+def direction_file(name: str, width: int) -> Setup:
+    def setup(root: Path) -> None:
+        import numpy as np
+
+        from interp_assert.properties.representation import save_directions
+
+        save_directions(root / "model_specs" / name, {"d": np.ones(width)}, {})
+
+    return setup
+
+
+def sae_case(id: str, setup: Setup, expect: str) -> Case:
+    quality = {"property": "sae_quality", "sae": "my_sae", "metric": "l0", "at_most": "20"}
+    return Case(id, "weights", (*RUN,), FAILED, expect, {SPEC: spec(quality, good())}, setup)
+
+
+REPRESENTATIONS: list[Case] = [
+    schema_case(
+        "sae-folder-missing",
+        {"property": "sae_quality", "sae": "no_such_sae", "metric": "l0", "at_most": "20"},
+        at(10, 10)
+        + r"sae: SAE folder 'no_such_sae' not found \(looked in \S+; built-in SAEs: smollm2-135m-res14-topk\)",
+    ),
+    schema_case(
+        "sae-metric-unknown",
+        {"property": "sae_quality", "sae": "smollm2-135m-res14-topk", "metric": "sparsity", "at_most": "20"},
+        at(11, 13) + r".*'l0', 'explained_variance', 'dead_fraction' or 'ce_recovered'",
+    ),
+    Case(
+        "probe-sets-too-small",
+        "schema",
+        ("pytest", "model_specs"),
+        FAILED,
+        r"too few prompts: 4 positive and 3 negative; each class needs at least 4 .*prompts 'pos', negative 'neg'",
+        {
+            SPEC: spec(
+                {"property": "probe", "prompts": "pos", "negative": "neg", "layer": "0", "at_least": "0.9"},
+                good(),
+                prompts=TEXT_SETS,
+            )
+        },
+    ),
+    sae_case(
+        "sae-width-mismatch",
+        sae_folder("my_sae", d_in=32),
+        r"SAE \S+my_sae reads 32 features at blocks\.1\.hook_resid_post, but this model \(gpt_neo\) is 64 wide",
+    ),
+    sae_case(
+        "sae-hook-point-missing",
+        sae_folder("my_sae", cfg={"hook_name": "blocks.9.hook_resid_post"}),
+        r"hook point 'blocks\.9\.hook_resid_post' names block 9, but this model \(gpt_neo\) has blocks 0-1",
+    ),
+    sae_case("sae-nan", sae_folder("my_sae", nan="W_dec"), r"W_dec has 64 NaN or infinite value\(s\) of 1024"),
+    sae_case(
+        "sae-unknown-activation",
+        sae_folder("my_sae", cfg={"architecture": "gated"}),
+        r"unknown activation \(architecture 'gated', activation ''\); known: architecture standard \(ReLU\)",
+    ),
+    Case(
+        "probe-direction-wrong-size",
+        "weights",
+        (*RUN,),
+        FAILED,
+        r"probe\.safetensors: d has 10 entries, but the model is 64 wide there",
+        {
+            SPEC: spec(
+                {
+                    "property": "probe",
+                    "prompts": "pos",
+                    "negative": "neg",
+                    "layer": "0",
+                    "holdout": "0.25",
+                    "direction": "probe.safetensors",
+                    "key": "d",
+                    "cosine_at_least": "0.5",
+                },
+                good(),
+                prompts=TEXT_SETS.replace('"d c b"]', '"d c b", "c b a"]'),
+            )
+        },
+        direction_file("probe.safetensors", 10),
+    ),
+]
+CASES += REPRESENTATIONS

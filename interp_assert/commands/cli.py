@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     discover.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     discover.add_argument(
+        "--sae", metavar="FOLDER", help="also write the quality of this SAE (SAELens or sparsify folder, or "
+        "owner/name@revision) on the first prompt set of texts: CE recovered, explained variance, L0",
+    )  # fmt: skip
+    discover.add_argument(
         "--revision", metavar="REV", help="branch, tag or commit sha of a hub MODEL (written to the spec)"
     )
     _model_options(discover)
@@ -161,6 +165,22 @@ def build_parser() -> argparse.ArgumentParser:
     audit.set_defaults(handler=_audit)
 
     track_command.add_parser(commands, _model_options, _track)
+
+    probe = commands.add_parser("probe", help="store a probe's direction for a spec to compare against")
+    probe_commands = probe.add_subparsers(dest="probe_command", metavar="ACTION", required=True)
+    probe_save = probe_commands.add_parser(
+        "save",
+        help="measure a probe expectation's direction and write it to a safetensors file",
+        description="Measure the difference-in-means direction of the probe expectation NAME of SPEC on its "
+        "model (or --model) and write it to FILE under the expectation's key (default: its name), keeping "
+        "the file's other tensors. The spec then asserts cosine_at_least against it.",
+    )
+    probe_save.add_argument("spec", type=Path, metavar="SPEC.yaml", help="spec file")
+    probe_save.add_argument("name", metavar="NAME", help="the probe expectation's name")
+    probe_save.add_argument("-o", "--output", required=True, type=Path, metavar="FILE.safetensors")
+    probe_save.add_argument("--model", metavar="PATH_OR_ID", help="measure this model instead of the spec's")
+    _model_options(probe_save)
+    probe_save.set_defaults(handler=_probe_save)
 
     measure = commands.add_parser(
         "measure",
@@ -319,6 +339,7 @@ def _discover(args: argparse.Namespace) -> int:
             prompt_sets=prompt_sets or discover.default_prompt_sets(loaded),
             settings=settings,
             progress=step,
+            sae=args.sae,
         )
     try:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -351,6 +372,14 @@ def _doctor(args: argparse.Namespace) -> int:
 
     for line in lines():
         print(line)
+    return 0
+
+
+def _probe_save(args: argparse.Namespace) -> int:
+    from interp_assert.commands.probe_save import save
+
+    _readable_spec(args.spec)
+    print(save(args.spec, args.name, args.output, _run_options(args), model=args.model))
     return 0
 
 

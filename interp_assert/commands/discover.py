@@ -145,6 +145,7 @@ def discover(
     prompt_sets: dict[str, PromptSet],
     settings: DiscoverSettings,
     progress: Progress = lambda _: None,
+    sae: str | None = None,
 ) -> Discovered:
     """Measure ``loaded`` on ``prompt_sets`` and return the spec text (validated and self-checked)."""
     from interp_assert.measure.capture import CaptureRequest
@@ -187,6 +188,9 @@ def discover(
         sections.append(massive_activation.findings(first_set, first.activation_peaks, settings, used))
     if first.logit_lens is not None:
         sections.append(logit_lens.findings(first_set, first.logit_lens, settings, used))
+    if sae is not None:
+        progress("measuring the SAE")
+        sections.append(sae_section(loaded, sae, output, prompt_sets, measured, settings, used))
     return _finish(model, output, loaded, prompt_sets, sections, settings, measured)
 
 
@@ -216,6 +220,44 @@ def _finish(
         raise InternalError(f"internal error: the discovered spec is invalid: {problems[0][1]}")
     check_discovered(spec, measured)
     return Discovered(text, spec, len(spec.entries))
+
+
+def sae_section(
+    loaded: Any,
+    sae: str,
+    output: Path,
+    prompt_sets: dict[str, PromptSet],
+    measured: dict[str, Any],
+    settings: DiscoverSettings,
+    used: set[str],
+) -> Section:
+    """The SAE's quality on the first prompt set of texts (``sae`` written relative to the spec)."""
+    from dataclasses import replace
+
+    from interp_assert.properties import sae_quality
+    from interp_assert.properties.representation import HUB_ID
+
+    name = next((n for n, p in prompt_sets.items() if p.texts is not None), None)
+    if name is None:
+        return Section("SAE quality", notes=["no prompt set of texts to measure the SAE on"])
+    hub = HUB_ID.match(sae) is not None
+    where = sae if hub else str(Path(sae).expanduser().resolve())
+    if not hub and not Path(where).is_dir():
+        raise SpecError([(None, f"--sae {sae}: no such folder")])
+    written = sae if hub else os.path.relpath(where, output.resolve().parent)
+    request = sae_quality.SaeQualityRequest(where, None, True)
+    found = request.run(loaded, _batches(loaded, prompt_sets[name]))
+    measured[name] = replace(measured[name], extras={**measured[name].extras, request: found})
+    return sae_quality.findings(name, where, written, found, settings, used)
+
+
+def _batches(loaded: Any, prompt_set: PromptSet) -> list[Any]:
+    from interp_assert.measure.capture import max_positions
+    from interp_assert.measure.prompts import build_batches
+
+    return build_batches(
+        prompt_set, loaded.tokenizer, vocab_size=int(loaded.config.vocab_size), max_positions=max_positions(loaded)
+    )
 
 
 def ablation_sections(

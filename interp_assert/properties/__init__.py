@@ -37,7 +37,10 @@ from interp_assert.properties.loss import NextTokenLoss
 from interp_assert.properties.massive_activation import MassiveActivation
 from interp_assert.properties.ov_copying import OvCopying
 from interp_assert.properties.patching import Patching
+from interp_assert.properties.probe import Probe
 from interp_assert.properties.role_fraction import RoleFraction
+from interp_assert.properties.sae_feature import SaeFeature
+from interp_assert.properties.sae_quality import SaeQuality
 from interp_assert.properties.sink_rate import SinkRate
 from interp_assert.properties.snapshot import Snapshot
 from interp_assert.properties.top_heads import TopHeads
@@ -63,6 +66,9 @@ BUILTIN: tuple[type[Expectation], ...] = (
     OvCopying,
     LogitDiff,
     Patching,
+    SaeQuality,
+    SaeFeature,
+    Probe,
     Snapshot,
 )
 

@@ -142,7 +142,7 @@ def parse_spec(text: str, path: str, *, shown: str | None = None) -> SpecFile:
             header_problems.append((doc.locate(("offload_folder",)), str(exc)))
             header = None
     raw = doc.data.get("expectations")
-    entries = _entries(raw if isinstance(raw, list) else [], doc, header)
+    entries = _entries(raw if isinstance(raw, list) else [], doc, header, Path(path).parent)
     prompts = doc.data.get("prompts")
     prompt_locations = (
         {str(name): doc.locate(("prompts", str(name)), key=True) for name in prompts}
@@ -160,7 +160,10 @@ def parse_spec(text: str, path: str, *, shown: str | None = None) -> SpecFile:
     )
 
 
-def _entries(raw: list[Any], doc: SourceDocument, header: SpecHeader | None) -> list[Entry]:
+def _entries(raw: list[Any], doc: SourceDocument, header: SpecHeader | None, spec_dir: Path) -> list[Entry]:
+    # what a property may read while it is validated: where the spec lives (files it names are
+    # relative to it) and the spec's prompt sets (a probe's second class, a feature's control set)
+    context = {"spec_dir": spec_dir, "prompt_sets": header.prompts if header is not None else None}
     entries: list[Entry] = []
     seen: dict[str, Location] = {}
     for index, item in enumerate(raw):
@@ -171,7 +174,7 @@ def _entries(raw: list[Any], doc: SourceDocument, header: SpecHeader | None) -> 
         problems: list[tuple[Location | None, str]] = []
         expectation = None
         try:
-            expectation = properties.expectation_adapter().validate_python(item)
+            expectation = properties.expectation_adapter().validate_python(item, context=context)
         except ValidationError as exc:
             tag = item.get("property") if isinstance(item, dict) else None
             cls = properties.registered().get(tag) if isinstance(tag, str) else None

@@ -1,0 +1,186 @@
+"""``sae_feature``: a sparse-autoencoder feature, found by its decoder direction, fires where it should.
+
+Feature indices are not stable when an SAE is retrained, so a feature is named by a direction
+stored in a safetensors file (``direction``, tensor ``key``): the latent whose decoder row has the
+largest cosine with it is the feature, provided that cosine is at least ``match_at_least``
+(``index`` is a hint, taken when its own cosine clears the bar). Then, over the tokens of
+``prompts`` (those whose decoded text matches the regular expression ``tokens``, if given;
+position 0 left out when ``skip_first``) the feature's ``statistic`` (``mean`` or ``max``
+activation) is within bounds; over every token of the ``control`` prompt set it is at most
+``control_at_most``; with ``top_k``, its mean activation over those tokens ranks among the
+top k of all latents.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+
+from interp_assert.errors import CheckInputError
+from interp_assert.measure.measurements import CaptureRequest
+from interp_assert.outcome import Outcome
+from interp_assert.properties.base import Bounded, CheckContext
+from interp_assert.properties.representation import other_prompts, resolve_file, resolve_sae
+
+
+@dataclass(frozen=True)
+class SaeFeatureRequest:
+    sae: str
+    hook: str | None
+    direction: str
+    key: str
+    hint: int | None
+    match_at_least: float
+    pattern: str | None
+    skip_first: bool
+    control: tuple[str, ...] = ()
+    control_bos: str = "none"
+
+    def run(self, loaded: Any, batches: list[Any]) -> dict[str, Any]:
+        from interp_assert.errors import SaeLoadError
+        from interp_assert.measure import sae_runs
+        from interp_assert.properties.representation import load_direction
+
+        try:
+            sae = sae_runs.cached_sae(self.sae, self.hook)
+            sae.check_model(loaded.model)
+            stored = load_direction(self.direction, self.key, sae.d_in)
+        except SaeLoadError as exc:
+            return {"error": str(exc)}
+        best, best_cos, hint, hint_cos = sae_runs.match(sae, stored, self.hint)
+        latent = hint if hint >= 0 and hint_cos >= self.match_at_least else best
+        found: dict[str, Any] = {
+            "best": best,
+            "best_cosine": best_cos,
+            "hint_cosine": hint_cos,
+            "latent": latent,
+            "cosine": hint_cos if latent == hint else best_cos,
+            "identity": dict(sae.identity),
+        }
+        if found["cosine"] < self.match_at_least:
+            return found
+        found["on"] = sae_runs.latent_stats(loaded, sae, batches, latent, self.pattern, self.skip_first)
+        if self.control:
+            other = sae_runs.batches_for(loaded, self.control, self.control_bos)
+            found["control"] = sae_runs.latent_stats(loaded, sae, other, latent, None, self.skip_first)
+        return found
+
+
+class SaeFeature(Bounded):
+    property: Literal["sae_feature"]
+    reference: ClassVar[tuple[str, str]] = (
+        "`sae`, `hook`, `direction: file.safetensors`, `key` (default: the name), `index` (a hint), "
+        "`match_at_least` (0.9), `tokens: regex`, `statistic: mean\\|max` (mean), bounds, "
+        "`control: prompt set`, `control_at_most`, `top_k`, `skip_first` (true)",
+        "a latent whose decoder row has cosine >= match_at_least with the stored direction exists (the hint "
+        "first); its mean or max activation over the prompt set's tokens matching `tokens` is within bounds; "
+        "over the control set's tokens it is at most `control_at_most`; with `top_k` its mean there ranks "
+        "among the top k latents (see Sparse autoencoders)",
+    )
+    sae: str
+    hook: str | None = None
+    direction: str
+    key: str | None = None
+    index: int | None = Field(default=None, ge=0)
+    match_at_least: float = Field(default=0.9, gt=0.0, le=1.0)
+    tokens: str | None = None
+    statistic: Literal["mean", "max"] = "mean"
+    control: str | None = None
+    control_at_most: float | None = None
+    top_k: int | None = Field(default=None, ge=1)
+    skip_first: bool = True
+
+    unit_bounds: ClassVar[bool] = False
+    bounds_required: ClassVar[bool] = False
+    _control_texts: tuple[tuple[str, ...], str] = PrivateAttr(default=((), "none"))
+
+    @field_validator("sae")
+    @classmethod
+    def _sae(cls, value: str, info: ValidationInfo) -> str:
+        return resolve_sae(value, info)
+
+    @field_validator("direction")
+    @classmethod
+    def _direction(cls, value: str, info: ValidationInfo) -> str:
+        return resolve_file(value, info)
+
+    @field_validator("tokens")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        import re
+
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"tokens: {value!r} is not a regular expression: {exc}") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self, info: ValidationInfo) -> SaeFeature:
+        if (self.control is None) != (self.control_at_most is None):
+            raise ValueError("give 'control' (a prompt set) and 'control_at_most' together")
+        if self.control is not None:
+            self._control_texts = other_prompts(self.control, info, "control")
+        return self
+
+    def request(self) -> SaeFeatureRequest:
+        texts, bos = self._control_texts
+        return SaeFeatureRequest(
+            self.sae, self.hook, self.direction, self.key or self.name, self.index, self.match_at_least,
+            self.tokens, self.skip_first, texts, bos,
+        )  # fmt: skip
+
+    def requirements(self) -> CaptureRequest:
+        return CaptureRequest(extras=frozenset([self.request()]))
+
+    def check(self, context: CheckContext) -> Outcome:
+        found = context.measurements.extras.get(self.request())
+        if found is None:
+            raise CheckInputError("this SAE feature was not measured on this prompt set")
+        if "error" in found:
+            raise CheckInputError(found["error"])
+        identity = found["identity"]
+        hint = "" if self.index is None else f"; hint {self.index} has cosine {found['hint_cosine']:.4f}"
+        matched = f"latent {found['latent']} matches the stored direction with cosine {found['cosine']:.4f}{hint}"
+        measured: dict[str, float | str] = {
+            "latent": float(found["latent"]),
+            "cosine": float(found["cosine"]),
+            **{f"sae_{k}": v for k, v in identity.items()},
+        }
+        if found["cosine"] < self.match_at_least:
+            line = (
+                f"feature not found in SAE {identity['hook']}: the closest decoder row, latent {found['best']}, has "
+                f"cosine {found['best_cosine']:.4f}{hint}; expected at least {self.match_at_least:g}"
+            )
+            return Outcome(False, line, (), measured, value=float(found["best_cosine"]))
+        on = found["on"]
+        if on["rows"] == 0:
+            where = f"matching {self.tokens!r}" if self.tokens else "after position 0"
+            raise CheckInputError(f"no token of prompt set {self.prompts!r} is {where}: nothing to measure")
+        value = float(on[self.statistic])
+        where = f"tokens matching {self.tokens!r}" if self.tokens else "every token"
+        passed, line = self.within(f"{self.statistic} activation of latent {found['latent']} on {where}", value)
+        details = [matched, f"active on {on['fraction_active']:.2%} of {on['rows']} tokens; rank {on['rank']}"]
+        measured |= {"mean": on["mean"], "max": on["max"], "rank": float(on["rank"])}
+        if self.top_k is not None:
+            ok = on["rank"] < self.top_k
+            passed = passed and ok
+            details.append(f"rank {on['rank']} by mean activation among {identity['shape'].split('x')[1]} latents; "
+                           f"expected within the top {self.top_k}{'' if ok else ': FAILS'}")  # fmt: skip
+        if self.control is not None:
+            assert self.control_at_most is not None
+            control = found["control"][self.statistic]
+            ok = control <= self.control_at_most
+            passed = passed and ok
+            measured["control"] = control
+            details.append(
+                f"{self.statistic} on control set {self.control!r}: {control:.4f}, expected at most "
+                f"{self.control_at_most:g}{'' if ok else f': over by {control - self.control_at_most:.4f}'}"
+            )
+        details.append(
+            "top tokens: " + "; ".join(f"{before!r}[{token!r}] {v:.2f}" for v, before, token in on["top"][:5])
+        )
+        return Outcome(passed, line, tuple(details), measured, value=value)
