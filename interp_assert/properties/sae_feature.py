@@ -13,7 +13,9 @@ top k of all latents.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
@@ -184,3 +186,15 @@ class SaeFeature(Bounded):
             "top tokens: " + "; ".join(f"{before!r}[{token!r}] {v:.2f}" for v, before, token in on["top"][:5])
         )
         return Outcome(passed, line, tuple(details), measured, value=value)
+
+    def own_figures(self, context: CheckContext, out_dir: Path) -> list[tuple[str, str]]:
+        from interp_assert.figures import feature_figures
+
+        found = context.measurements.extras.get(self.request())
+        if not found or "on" not in found or not found["on"].get("top"):
+            return []
+        file = f"feature-{re.sub(r'[^A-Za-z0-9_.-]', '_', self.name)}.png"
+        where = f"tokens matching {self.tokens!r}" if self.tokens else "every token"
+        title = f"{self.name}: latent {found['latent']}, top activations on {self.prompts} ({where})"
+        feature_figures.top_tokens(out_dir / file, found["on"]["top"], title)
+        return [(file, f"{self.name}: where latent {found['latent']} fires most, token highlighted by activation")]

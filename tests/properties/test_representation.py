@@ -185,3 +185,13 @@ def test_discover_writes_sae_quality(random_llama: Path, folder: Path) -> None:
     assert "explained_variance measured -" in text
     l0 = written["sae_l0"]
     assert (l0.at_least, l0.at_most) == (63.5, 64.5)  # type: ignore[union-attr]
+
+
+def test_report_draws_a_features_top_tokens(random_llama: Path, folder: Path) -> None:
+    from interp_assert.commands.cli import main
+
+    spec = folder / "spec.yaml"
+    spec.write_text(spec_text(random_llama))
+    assert main(["report", str(spec), "-o", str(folder / "report")]) == 1  # two items fail by design
+    assert (folder / "report" / "feature-coordinate_3.png").stat().st_size > 1000
+    assert "feature-coordinate_3.png" in (folder / "report" / "index.html").read_text()
