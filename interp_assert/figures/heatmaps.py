@@ -248,3 +248,33 @@ def ablation_plot(
     axes.set_xlabel("loss change when ablated, nats (grey: random heads from the same layers)")
     axes.set_title(title, fontsize=10, color="black" if passed else FAILED)
     return save(figure, path)
+
+
+def effect_heatmap(
+    path: Path, table: np.ndarray, title: str, named: Iterable[str] = (), failed: Iterable[str] = ()
+) -> Path:
+    """Layers (x) by heads (y) of signed effects (patching), blue positive, red negative, white 0;
+    named heads outlined (failed ones in red) with their value written in."""
+    n_layers, n_heads = table.shape
+    limit = float(np.nanmax(np.abs(table))) or 1.0
+    figure = Figure(figsize=(max(5.0, 0.3 * n_layers + 2.2), max(2.6, 0.3 * n_heads + 1.6)))
+    axes = figure.add_subplot()
+    image = axes.imshow(
+        table.T, cmap=colormaps["RdBu"], vmin=-limit, vmax=limit, aspect="auto", interpolation="nearest"
+    )
+    axes.set_xlabel("layer")
+    axes.set_ylabel("head")
+    axes.set_xticks(range(0, n_layers, 1 if n_layers <= 40 else 2))
+    axes.set_yticks(range(n_heads))
+    axes.tick_params(labelsize=7)
+    figure.colorbar(image, ax=axes, fraction=0.04, pad=0.02)
+    failed_set = set(failed)
+    for name in dict.fromkeys([*named, *failed_set]):
+        layer, head = parse_head(name)
+        if not (0 <= layer < n_layers and 0 <= head < n_heads):
+            continue
+        colour = FAILED if name in failed_set else "black"
+        axes.add_patch(Rectangle((layer - 0.5, head - 0.5), 1, 1, fill=False, edgecolor=colour, linewidth=1.8))
+        axes.text(layer, head, f"{table[layer, head]:.2f}", ha="center", va="center", fontsize=5.5)
+    axes.set_title(title, fontsize=9, color=FAILED if failed_set else "black")
+    return save(figure, path)

@@ -9,7 +9,9 @@ clean run) ``(P - C) / (C - K)``, -1 = fully destroyed. The per-pair values are 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -195,6 +197,25 @@ class Patching(Bounded):
             if value is None:
                 return Outcome(passed, line, tuple(details), measured, tuple(top_heads), value=" ".join(top_heads))
         return Outcome(passed, line, tuple(details), measured, tuple(self.heads or ()), value=value)
+
+    def own_figures(self, context: CheckContext, out_dir: Path) -> list[tuple[str, str]]:
+        """With ``top``: the layers x heads map of single-head effects (this direction and effect)."""
+        if self.top is None:
+            return []
+        from interp_assert.figures import heatmaps
+
+        base = pair_result(context.measurements, PairRequest())
+        clean, corrupt = float(base.clean.mean()), float(base.corrupt.mean())
+        if abs(clean - corrupt) < MIN_GAP:
+            return []
+        effects = self.single_head_effects(context, clean, corrupt)
+        outcome = self.check(context)
+        wanted = self.top.include or self.top.equals or []
+        file = f"patching-{re.sub(r'[^A-Za-z0-9_.-]', '_', self.name)}.png"
+        title = f"{self.name}: single-head {self.direction} {self.effect} effects (normalised)"
+        failed = [] if outcome.passed else [name for name in wanted if name not in outcome.heads]
+        heatmaps.effect_heatmap(out_dir / file, effects, title, named=wanted, failed=failed)
+        return [(file, f"{self.name}: every head patched alone, {self.direction}, {self.effect} effect")]
 
     def normalise(self, patched: float, clean: float, corrupt: float) -> float:
         reference = corrupt if self.direction == "denoise" else clean

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from interp_assert.spec import load_spec
@@ -49,3 +51,16 @@ def test_discover_with_pairs_writes_a_spec_that_passes(
     result = pytester.runpytest("model_specs", "-p", "no:cacheprovider")
     result.assert_outcomes(passed=len(spec.entries))
     assert len(spec.entries) >= 3
+
+
+def test_report_draws_single_head_effect_maps(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    prompts = tmp_path / "prompts.yaml"
+    prompts.write_text(PAIR_PROMPTS)
+    target = tmp_path / "model_specs" / "discovered.yaml"
+    assert run(capsys, "discover", "tiny-neo", "-o", str(target), "--prompts", str(prompts))[0] == 0
+    code, _, err = run(capsys, "report", str(target), "-o", str(tmp_path / "report"))
+    assert code == 0, err
+    drawn = sorted(p.name for p in (tmp_path / "report").rglob("patching-*.png"))
+    assert drawn == ["patching-largest_direct_effect_denoise.png", "patching-largest_direct_effect_noise.png"]
+    page = next((tmp_path / "report").rglob("*.html")).read_text()
+    assert "every head patched alone, denoise, direct effect" in page

@@ -234,3 +234,33 @@ def test_attribution_tracks_the_exact_sweep(model: LoadedModel) -> None:
     moved = (exact.heads - exact.corrupt).ravel()
     correlation = np.corrcoef(moved, estimate.ravel())[0, 1]
     assert correlation > 0.75, correlation
+
+
+def test_other_properties_see_the_clean_prompts() -> None:
+    from interp_assert.measure.capture import CaptureRequest, measure
+    from interp_assert.measure.prompt_sets import PromptSet
+    from interp_assert.measure.prompts import build_batches
+
+    loaded = load_model("tiny-neo", LoadOptions())
+    prompt_set = PromptSet.model_validate(
+        {
+            "bos": "prepend",
+            "pair_template": {
+                "texts": ["{A} t9 {X} t11", "t20 {A} t21 {X} t22"],
+                "fills": [{"A": "t5", "B": "t6"}, {"A": "t7", "B": "t8"}],
+                "clean": {"X": "A"},
+                "corrupt": {"X": "B"},
+                "answer": " {A}",
+                "wrong": " {B}",
+            },
+        }
+    )
+    batches = build_batches(prompt_set, loaded.tokenizer, vocab_size=64, max_positions=128)
+    assert [b.tokens.tolist() for b in batches] == [
+        [[0, 5, 9, 5, 11], [0, 7, 9, 7, 11]],
+        [[0, 20, 5, 21, 5, 22], [0, 20, 7, 21, 7, 22]],
+    ]
+    assert batches[0].pairs is not None and batches[0].pairs.corrupt.tolist() == [[0, 5, 9, 6, 11], [0, 7, 9, 8, 11]]
+    assert batches[1].pairs is not None and batches[1].pairs.index == (2, 3)
+    measured = measure(loaded, batches, CaptureRequest(roles=frozenset({"previous_token"}), hidden_norms=True))
+    assert measured.role_scores["previous_token"].shape == (2, 4) and measured.hidden_norms is not None

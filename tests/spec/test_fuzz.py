@@ -100,6 +100,8 @@ KEYS = sorted(
         "bos",
         "texts",
         "random_tokens",
+        "pairs",
+        "pair_template",
         "generate",
     }
     | {name for cls in EXPECTATION_TYPES.values() for name in cls.model_fields}
