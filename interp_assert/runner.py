@@ -12,6 +12,7 @@ from pathlib import Path
 
 from interp_assert.errors import CheckInputError, InterpAssertError, ModelLoadError, PromptError, SpecError
 from interp_assert.measure import attribution
+from interp_assert.measure.architecture import model_map
 from interp_assert.measure.capture import generate, max_positions, measure
 from interp_assert.measure.measurements import CaptureRequest, Measurements
 from interp_assert.measure.models import LoadedModel, LoadOptions, environment, load_model
@@ -143,6 +144,11 @@ class Runner:
         assert spec.header is not None
         loaded = self.model_for(spec)
         request = _spec_request(spec, prompt_name) | self._extra.get((spec.path, prompt_name), CaptureRequest())
+        if reads_weights_only(request):  # no prompts, no tokeniser, no forward pass
+            key = (model_key(spec, self.options), "", request)
+            if key not in self._measurements:
+                self._measurements[key] = measure_weights(loaded, request)
+            return self._measurements[key]
         prompt_set = spec.header.prompts[prompt_name]
         key = (model_key(spec, self.options), prompt_set.model_dump_json(), request)
         if key not in self._measurements:
@@ -174,6 +180,23 @@ def measure_prompt_set(loaded: LoadedModel, prompt_set: PromptSet, request: Capt
             for row in batch.tokens.tolist()
         )
     return replace(measure(loaded, batches, request), generated_texts=texts)
+
+
+def reads_weights_only(request: CaptureRequest) -> bool:
+    """True when every measurement asked for reads the weights only (composition, copying scores)."""
+    return (
+        bool(request.extras)
+        and request == CaptureRequest(extras=request.extras)
+        and all(getattr(extra, "weights_only", False) for extra in request.extras)
+    )
+
+
+def measure_weights(loaded: LoadedModel, request: CaptureRequest) -> Measurements:
+    """The weight-only measurements of ``request``: no prompt is tokenised and the model never runs."""
+    mm = model_map(loaded.model)
+    return Measurements(
+        n_layers=mm.n_layers, n_heads=mm.n_heads, extras={extra: extra.run(loaded, []) for extra in request.extras}
+    )
 
 
 def measure_named(loaded: LoadedModel, name: str, prompt_set: PromptSet, request: CaptureRequest) -> Measurements:

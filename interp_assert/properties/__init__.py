@@ -24,6 +24,7 @@ from interp_assert.errors import PropertyPluginError
 from interp_assert.properties.ablation_effect import AblationEffect
 from interp_assert.properties.attention_stat import AttentionStatBounds
 from interp_assert.properties.base import Bounded, CheckContext, Expectation, FigureNeeds, ModelDrift
+from interp_assert.properties.composition import Composition
 from interp_assert.properties.dominant_layer import DominantLayer
 from interp_assert.properties.generated_text import GeneratedText
 from interp_assert.properties.head_score import HeadScore
@@ -33,6 +34,7 @@ from interp_assert.properties.layer_score import LayerScore
 from interp_assert.properties.logit_lens import LogitLensExpectation
 from interp_assert.properties.loss import NextTokenLoss
 from interp_assert.properties.massive_activation import MassiveActivation
+from interp_assert.properties.ov_copying import OvCopying
 from interp_assert.properties.role_fraction import RoleFraction
 from interp_assert.properties.sink_rate import SinkRate
 from interp_assert.properties.snapshot import Snapshot
@@ -56,6 +58,8 @@ BUILTIN: tuple[type[Expectation], ...] = (
     AblationEffect,
     NextTokenLoss,
     Snapshot,
+    Composition,
+    OvCopying,
 )
 
 _REGISTERED_BY_CALL: list[type[Expectation]] = []
@@ -137,6 +141,7 @@ def union_type(classes: tuple[type[Expectation], ...] | None = None) -> Any:
 
 __all__ = [
     "BUILTIN",
+    "Composition",
     "ENTRY_POINT_GROUP",
     "AttentionStatBounds",
     "Bounded",
@@ -152,6 +157,7 @@ __all__ = [
     "LogitLensExpectation",
     "MassiveActivation",
     "ModelDrift",
+    "OvCopying",
     "PropertyPluginError",
     "RoleFraction",
     "SinkRate",

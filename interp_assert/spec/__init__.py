@@ -75,7 +75,7 @@ class SpecHeader(Strict):
     offload_folder: str | None = Field(
         default=None, min_length=1, description="folder for weights offloaded to disk (relative to the spec file)"
     )
-    prompts: dict[str, PromptSet] = Field(min_length=1)
+    prompts: dict[str, PromptSet] = Field(default_factory=dict)  # a spec of weight properties needs none
     snapshot_tolerance: dict[ToleranceQuantity, ToleranceSpec] = Field(default_factory=dict)
     expectations: list[Any] = Field(min_length=1)
 
@@ -191,7 +191,7 @@ def _entries(raw: list[Any], doc: SourceDocument, header: SpecHeader | None) -> 
             problems.append(
                 (
                     doc.locate((*at, "prompts")),
-                    f"prompt set {prompts!r} is not defined; defined prompt sets: {', '.join(sorted(header.prompts))}",
+                    f"prompt set {prompts!r} is not defined; defined prompt sets: {', '.join(sorted(header.prompts)) or 'none'}",
                 )
             )
         entries.append(Entry(name, location, expectation if not problems else None, tuple(problems)))
