@@ -143,7 +143,8 @@ def composition(senders: torch.Tensor, receivers: torch.Tensor, blocks: torch.Te
     score = product.flatten(2).norm(dim=2) / scale
     a2 = torch.linalg.svdvals(senders) ** 2  # [A, d_head]
     b2 = torch.linalg.svdvals(receivers) ** 2  # [B, d_head]
-    null = torch.einsum("ai,nij,bj->nab", a2, blocks, b2) / (scale**2)  # squared null scores
+    through = blocks @ b2.T  # [n, d_head, B]: never an [n, A, d_head, d_head] intermediate
+    null = (a2 @ through) / (scale**2)  # [n, A, B]: squared null scores
     mean = 1.0 / d_model
     spread = ((null - mean) ** 2).mean(dim=0).sqrt()
     return PairScores(score=score, z=(score**2 - mean) / spread)
