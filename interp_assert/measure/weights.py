@@ -30,6 +30,7 @@ non-zero eigenvalues are those of the ``d_head x d_head`` matrix ``O_h (W_U' W_E
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Literal
@@ -159,11 +160,22 @@ def check_head(mm: ModelMap, head: Head) -> None:
         )
 
 
+_FACTORS: weakref.WeakKeyDictionary[Any, Factors] = weakref.WeakKeyDictionary()
+
+
+def factors_of(model: Any) -> Factors:
+    """The model's :class:`Factors`, kept while the model lives (expectations on one model share them)."""
+    found = _FACTORS.get(model)
+    if found is None:
+        found = _FACTORS[model] = Factors(model)
+    return found
+
+
 def pair_table(
     model: Any, kind: Kind, senders: list[Head], receivers: list[Head], draws: int, seed: int
 ) -> dict[tuple[Head, Head], tuple[float, float]]:
     """(sender, receiver) -> (score, z) for every listed sender in a layer before the listed receiver."""
-    factors = Factors(model)
+    factors = factors_of(model)
     mm = factors.mm
     for head in (*senders, *receivers):
         check_head(mm, head)
@@ -201,7 +213,7 @@ def _embedding_and_unembedding(mm: ModelMap, model: Any) -> tuple[torch.Tensor, 
 
 def copying_scores(model: Any) -> dict[Head, float]:
     """Head -> ``Σλ/Σ|λ|`` over the eigenvalues of ``W_E OV W_U'`` (see the module docstring)."""
-    factors = Factors(model)
+    factors = factors_of(model)
     mm = factors.mm
     embedding, w_u = _embedding_and_unembedding(mm, model)
     through = w_u @ embedding  # [d_model, d_model]: W_U' then W_E, the loop closed once
