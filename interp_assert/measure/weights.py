@@ -142,8 +142,9 @@ def composition(senders: torch.Tensor, receivers: torch.Tensor, blocks: torch.Te
     norms_b = receivers.flatten(1).norm(dim=1)
     scale = norms_a[:, None] * norms_b[None, :]
     score = product.flatten(2).norm(dim=2) / scale
-    a2 = torch.linalg.svdvals(senders) ** 2  # [A, d_head]
-    b2 = torch.linalg.svdvals(receivers) ** 2  # [B, d_head]
+    # squared singular values, from the d_head x d_head Gram matrices
+    a2 = torch.linalg.eigvalsh(senders @ senders.transpose(-1, -2)).clamp(min=0.0)  # [A, d_head]
+    b2 = torch.linalg.eigvalsh(receivers.transpose(-1, -2) @ receivers).clamp(min=0.0)  # [B, d_head]
     through = blocks @ b2.T  # [n, d_head, B]: never an [n, A, d_head, d_head] intermediate
     null = (a2 @ through) / (scale**2)  # [n, A, B]: squared null scores
     mean = 1.0 / d_model
