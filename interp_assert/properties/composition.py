@@ -188,3 +188,37 @@ class Composition(WeightExpectation):
         return Outcome(
             not missing, headline, (f"by {what}: {shown}",), measured, tuple(missing or top), value=" ".join(top)
         )
+
+
+# ---- what discover writes ----
+
+
+def findings(
+    pairs: dict[tuple[Head, Head], tuple[float, float]], max_pairs: int, keep: float, used_names: set[str]
+) -> Any:
+    """The strongest K-composition pairs (by z-score) from found previous-token heads into found
+    induction heads, each bounded at ``keep`` of its measured z-score."""
+    from interp_assert.properties.findings import Section, lower_bound, unique_name
+
+    section = Section("K-composition from previous-token into induction heads (read from the weights)")
+    ranked = sorted(pairs.items(), key=lambda kv: -kv[1][1])[:max_pairs]
+    for (sender, receiver), (raw, z) in ranked:
+        if z <= 0:
+            section.notes.append(
+                f"{head_name(sender)} -> {head_name(receiver)}: z {z:.2f}, no composition beyond the null"
+            )
+            continue
+        section.expectations.append(
+            {
+                "name": unique_name(
+                    f"{head_name(sender).lower()}_keys_{head_name(receiver).lower()}", "weights", used_names
+                ),
+                "description": f"measured raw {raw:.4f}, z-score {z:.4g} ({DEFAULT_DRAWS} null draws, seed 0)",
+                "property": "composition",
+                "composition": "K",
+                "sender": head_name(sender),
+                "receiver": head_name(receiver),
+                "at_least": lower_bound(z, keep),
+            }
+        )
+    return section

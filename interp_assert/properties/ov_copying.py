@@ -98,3 +98,27 @@ class OvCopying(WeightExpectation):
         measured: dict[str, float | str] = {f"top{self.k}": ",".join(top)}
         measured |= {n: found[parse_head(n)] for n in self.include}
         return Outcome(not missing, headline, (top_line,), measured, tuple(missing or top), value=" ".join(top))
+
+
+# ---- what discover writes ----
+
+
+def findings(scores: dict[Head, float], max_heads: int, keep: float, used_names: set[str]) -> Any:
+    """The strongest copying heads, each bounded at ``keep`` of its measured score."""
+    from interp_assert.properties.findings import Section, lower_bound, unique_name
+
+    section = Section("copying heads (read from the weights: Σλ/Σ|λ| of W_E OV W_U)")
+    ranked = sorted(scores.items(), key=lambda hv: -hv[1])
+    for rank, (head, value) in enumerate(ranked[:max_heads], start=1):
+        if value <= 0:
+            break
+        section.expectations.append(
+            {
+                "name": unique_name(f"{head_name(head).lower()}_copies", "weights", used_names),
+                "description": f"measured {value:.4f} (rank {rank} of {len(ranked)})",
+                "property": "ov_copying",
+                "head": head_name(head),
+                "at_least": lower_bound(value, keep),
+            }
+        )
+    return section

@@ -85,7 +85,9 @@ def test_copying_scores_agree_with_explicit_eigenvalues(which: str, tiny_neo: An
     final = model.transformer.ln_f if which.startswith("tiny-neo") else model.model.norm
     for (layer, head), score in found.items():
         circuits = _explicit(model, layer, head)
-        w_u = circuits["centring"] @ torch.diag(final.weight.detach().double()) @ model.lm_head.weight.detach().double().T
+        w_u = (
+            circuits["centring"] @ torch.diag(final.weight.detach().double()) @ model.lm_head.weight.detach().double().T
+        )
         eigenvalues = torch.linalg.eigvals(embedding @ circuits["OV"] @ w_u)  # vocab x vocab
         assert score == pytest.approx(float(eigenvalues.sum().real / eigenvalues.abs().sum()), abs=1e-6)
 

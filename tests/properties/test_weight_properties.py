@@ -76,13 +76,17 @@ def test_a_spec_of_weight_properties_runs_no_forward_pass(spec_and_runner: tuple
     finally:
         handle.remove()
     failed = [name for name, outcome in outcomes.items() if not outcome.passed]
-    assert failed == ["fails_v_composition"]  # measured z -3.58: the previous-token head's OV is not read by L1H0's values
+    assert failed == [
+        "fails_v_composition"
+    ]  # measured z -3.58: the previous-token head's OV is not read by L1H0's values
     pair = outcomes["prev_feeds_induction"]
     assert set(pair.measured) == {"score", "z"}  # JUnit measured.score, measured.z
     assert pair.measured["score"] == pytest.approx(0.4839, abs=1e-3)
     assert pair.measured["z"] == pytest.approx(pair.value)
     assert outcomes["prev_feeds_induction_raw"].value == pytest.approx(0.4839, abs=1e-3)
-    assert "z-score" in outcomes["fails_v_composition"].headline and "short by" in outcomes["fails_v_composition"].headline
+    assert (
+        "z-score" in outcomes["fails_v_composition"].headline and "short by" in outcomes["fails_v_composition"].headline
+    )
 
 
 def test_the_tokenizer_is_never_asked(spec_and_runner: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
