@@ -98,7 +98,7 @@ def test_tiny_neo_previous_token_head_feeds_the_induction_heads_keys(tiny_neo: A
     ranked = sorted(table.items(), key=lambda kv: -kv[1][1])
     assert ranked[0][0][0] == (0, 0)
     score, z = table[((0, 0), (1, 0))]
-    assert score == pytest.approx(0.4839, abs=1e-3) and z > 30
+    assert score == pytest.approx(0.4839, abs=1e-3) and z > 30  # measured 48.9
     assert all(z_other < 5 for (s, _), (_, z_other) in table.items() if s != (0, 0))
     copying = weights.copying_scores(tiny_neo)
     assert max(copying, key=lambda h: copying[h]) == (1, 0) and copying[(1, 0)] > 0.99

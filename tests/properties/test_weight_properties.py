@@ -78,7 +78,7 @@ def test_a_spec_of_weight_properties_runs_no_forward_pass(spec_and_runner: tuple
     failed = [name for name, outcome in outcomes.items() if not outcome.passed]
     assert failed == [
         "fails_v_composition"
-    ]  # measured z -3.58: the previous-token head's OV is not read by L1H0's values
+    ]  # measured z -3.97: the previous-token head's OV is not read by L1H0's values
     pair = outcomes["prev_feeds_induction"]
     assert set(pair.measured) == {"score", "z"}  # JUnit measured.score, measured.z
     assert pair.measured["score"] == pytest.approx(0.4839, abs=1e-3)
