@@ -141,11 +141,11 @@ def union_type(classes: tuple[type[Expectation], ...] | None = None) -> Any:
 
 __all__ = [
     "BUILTIN",
-    "Composition",
     "ENTRY_POINT_GROUP",
     "AttentionStatBounds",
     "Bounded",
     "CheckContext",
+    "Composition",
     "DominantLayer",
     "Expectation",
     "FigureNeeds",

@@ -191,7 +191,8 @@ def _entries(raw: list[Any], doc: SourceDocument, header: SpecHeader | None) -> 
             problems.append(
                 (
                     doc.locate((*at, "prompts")),
-                    f"prompt set {prompts!r} is not defined; defined prompt sets: {', '.join(sorted(header.prompts)) or 'none'}",
+                    f"prompt set {prompts!r} is not defined; defined prompt sets: "
+                    f"{', '.join(sorted(header.prompts)) or 'none'}",
                 )
             )
         entries.append(Entry(name, location, expectation if not problems else None, tuple(problems)))
