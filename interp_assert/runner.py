@@ -12,11 +12,12 @@ from pathlib import Path
 
 from interp_assert.errors import CheckInputError, InterpAssertError, ModelLoadError, PromptError, SpecError
 from interp_assert.measure import attribution
+from interp_assert.measure.architecture import model_map
 from interp_assert.measure.capture import generate, max_positions, measure
 from interp_assert.measure.measurements import CaptureRequest, Measurements
 from interp_assert.measure.models import LoadedModel, LoadOptions, environment, load_model
 from interp_assert.measure.placement import check_device_map, check_max_memory
-from interp_assert.measure.prompt_sets import WEIGHTS_ONLY, limited
+from interp_assert.measure.prompt_sets import limited
 from interp_assert.measure.prompts import PromptBatch, build_batches
 from interp_assert.outcome import Outcome
 from interp_assert.properties import CheckContext
@@ -149,9 +150,7 @@ class Runner:
             reference, load = model_key(spec, self.options)
             identity = model_identity(reference, load, Path(spec.path).parent, self._results.hashes)
             name = entry.expectation.prompts
-            prompt_json = (
-                "" if name == WEIGHTS_ONLY else limited(spec.header.prompts[name], self.options.limit).model_dump_json()
-            )
+            prompt_json = "" if not name else limited(spec.header.prompts[name], self.options.limit).model_dump_json()
             key = None if identity is None else outcome_key(identity, spec, entry, prompt_json)
             self._keys[memo] = key
         return self._keys[memo]
@@ -214,11 +213,11 @@ class Runner:
     def measurements(self, spec: SpecFile, prompt_name: str) -> Measurements:
         assert spec.header is not None
         loaded = self.model_for(spec)
-        if prompt_name == WEIGHTS_ONLY:  # read from the weights: no tokens, no forward pass
-            request = _spec_request(spec, prompt_name)
-            key = (model_key(spec, self.options), WEIGHTS_ONLY, request)
+        weights_request = _spec_request(spec, prompt_name) | self._extra.get((spec.path, prompt_name), CaptureRequest())
+        if reads_weights_only(weights_request):  # no prompts, no tokeniser, no forward pass
+            key = (model_key(spec, self.options), "", weights_request)
             if key not in self._measurements:
-                self._measurements[key] = measure(loaded, [], request)
+                self._measurements[key] = measure_weights(loaded, weights_request)
             return self._measurements[key]
         request = _spec_request(spec, prompt_name) | self._extra.get((spec.path, prompt_name), CaptureRequest())
         prompt_set = limited(spec.header.prompts[prompt_name], self.options.limit)
@@ -280,6 +279,23 @@ def prompt_batches(loaded: LoadedModel, prompt_set: PromptSet) -> tuple[list[Pro
             for row in batch.tokens.tolist()
         )
     return batches, texts
+
+
+def reads_weights_only(request: CaptureRequest) -> bool:
+    """True when every measurement asked for reads the weights only (composition, copying scores)."""
+    return (
+        bool(request.extras)
+        and request == CaptureRequest(extras=request.extras)
+        and all(getattr(extra, "weights_only", False) for extra in request.extras)
+    )
+
+
+def measure_weights(loaded: LoadedModel, request: CaptureRequest) -> Measurements:
+    """The weight-only measurements of ``request``: no prompt is tokenised and the model never runs."""
+    mm = model_map(loaded.model)
+    return Measurements(
+        n_layers=mm.n_layers, n_heads=mm.n_heads, extras={extra: extra.run(loaded, []) for extra in request.extras}
+    )
 
 
 def measure_named(loaded: LoadedModel, name: str, prompt_set: PromptSet, request: CaptureRequest) -> Measurements:

@@ -74,7 +74,8 @@ def spec(*expectations: dict[str, str], model: str = "tiny-neo", header: str = "
         prompt_set = fields.pop("prompts", "rep")
         lines.append(f"  - name: {name}")
         lines.append(f"    property: {prop}")
-        lines.append(f"    prompts: {prompt_set}")
+        if prompt_set:  # "": none (weight properties read no prompts)
+            lines.append(f"    prompts: {prompt_set}")
         lines += [f"    {key}: {value}" for key, value in fields.items()]
     return "\n".join(lines) + "\n"
 
@@ -259,6 +260,7 @@ YAML: list[Case] = [
 HNR = {"property": "hidden_norm_ratio"}
 HS = {"property": "head_score", "head": "L0H0", "role": "previous_token"}
 TOP = {"property": "top_heads", "role": "previous_token"}
+KCOMP = {"property": "composition", "prompts": "", "composition": "K"}
 
 SCHEMA: list[Case] = [
     schema_case(
@@ -414,6 +416,42 @@ SCHEMA: list[Case] = [
         "generated-sequence-negative",
         {"property": "generated_text", "contains": "x", "sequence": "-1"},
         at(11, 15) + r"sequence: Input should be greater than or equal to 0",
+    ),
+    # ---- read from the weights: composition and ov_copying (no prompts) ----
+    schema_case(
+        "composition-receiver-not-later",
+        {**KCOMP, "sender": "L1H0", "receiver": "L0H0", "at_least": "4"},
+        r"receiver L0H0 is not in a later layer than sender L1H0: a head reads only what earlier layers wrote",
+    ),
+    schema_case(
+        "composition-unknown-head",
+        {**KCOMP, "sender": "L0H0", "receiver": "L1H9", "at_least": "4"},
+        at(7, 5) + r"e0: head L1H9 is out of range: this model has layers 0-1 and heads 0-3 \(L0H0 to L1H3\)",
+    ),
+    schema_case(
+        "composition-zero-null-draws",
+        {**KCOMP, "sender": "L0H0", "receiver": "L1H0", "at_least": "4", "null_draws": "0"},
+        r"null_draws must be between 10 and 100000; got 0",
+    ),
+    schema_case(
+        "composition-absurd-null-draws",
+        {**KCOMP, "sender": "L0H0", "receiver": "L1H0", "at_least": "4", "null_draws": "100000000"},
+        r"null_draws must be between 10 and 100000; got 100000000",
+    ),
+    schema_case(
+        "composition-with-prompts",
+        {**KCOMP, "prompts": "rep", "sender": "L0H0", "receiver": "L1H0", "at_least": "4"},
+        r"composition reads the weights only and takes no prompts; remove 'prompts: rep'",
+    ),
+    schema_case(
+        "composition-top-k-without-include",
+        {**KCOMP, "receiver": "L1H0", "k": "2"},
+        r"with only a sender \(or only a receiver\), give 'k' and 'include: \[heads\]'",
+    ),
+    schema_case(
+        "ov-copying-bound-outside",
+        {"property": "ov_copying", "prompts": "", "head": "L1H0", "at_least": "2"},
+        r"at_least: 2\.0 is outside \[-1, 1\], the range of a copying score",
     ),
     # ---- what heads do: ablation_effect, loss, snapshot parts ----
     schema_case(

@@ -88,7 +88,6 @@ LAYERS: tuple[tuple[str, ...], ...] = (
         "measure.hub",
         "measure.placement",
         "measure.prompt_sets",
-        "measure.weight_requests",
     ),
     ("measure.*",),  # models, prompts, capture and what it runs
     ("properties",),

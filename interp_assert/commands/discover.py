@@ -175,6 +175,8 @@ def discover(
             sections.append(head_findings(name, role, measured[name].role_scores[role], settings, used))
     flag_token_driven(sections, loaded, prompt_sets)
     sections += ablation_sections(loaded, prompt_sets, sections, measured, settings, used)
+    progress("reading composition and copying scores from the weights")
+    sections += weight_sections(loaded, sections, measured, settings, used)
     first_set = next((n for n, p in prompt_sets.items() if not p.is_pairs), "")
     if not first_set:  # only pair sets: nothing else to write
         return _finish(model, output, loaded, prompt_sets, sections, settings, measured)
@@ -392,6 +394,39 @@ def _pair_sections(
         for expectation in section.expectations:
             request = request | adapter.validate_python(expectation).requirements()
     return sections, measure_named(loaded, name, prompt_set, request)
+
+
+def weight_sections(
+    loaded: Any, sections: list[Section], measured: dict[str, Any], settings: DiscoverSettings, used: set[str]
+) -> list[Section]:
+    """K-composition from the found previous-token heads into the found induction heads, and the
+    strongest copying heads; their measurements are kept under ``measured[""]`` (no prompt set)."""
+    from interp_assert.measure.measurements import CaptureRequest
+    from interp_assert.properties import composition, ov_copying
+    from interp_assert.runner import measure_weights
+    from interp_assert.vocab import parse_head
+
+    found: dict[str, list[tuple[int, int]]] = {"previous_token": [], "induction": []}
+    for section in sections:
+        for expectation in section.expectations:
+            role = expectation.get("role")
+            if expectation.get("property") == "head_score" and role in found:
+                found[role].append(parse_head(expectation["head"]))
+    senders, receivers = sorted(set(found["previous_token"])), sorted(set(found["induction"]))
+    requests: list[Any] = [ov_copying.CopyingRequest()]
+    pairs = [(s, r) for s in senders for r in receivers if s[0] < r[0]]
+    for sender, receiver in pairs:
+        requests.append(composition.CompositionRequest("K", (sender,), (receiver,), composition.DEFAULT_DRAWS, 0))
+    weights = measure_weights(loaded, CaptureRequest(extras=frozenset(requests)))
+    measured[""] = weights
+    out = []
+    if pairs:
+        table = {}
+        for request in requests[1:]:
+            table.update(weights.extras[request])
+        out.append(composition.findings(table, settings.max_heads, settings.keep, used))
+    out.append(ov_copying.findings(weights.extras[requests[0]], settings.max_heads, settings.keep, used))
+    return out
 
 
 def check_discovered(spec: SpecFile, measured: dict[str, Any]) -> None:

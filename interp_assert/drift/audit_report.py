@@ -83,7 +83,7 @@ def write_audit_report(audit: Audit, spec: SpecFile, directory: Path) -> Path:
 
 
 def _prompt_sets(spec: SpecFile) -> list[str]:
-    used = [e.expectation.prompts for e in spec.entries if e.expectation is not None]
+    used = [e.expectation.prompts for e in spec.entries if e.expectation is not None and e.expectation.prompts]
     return list(dict.fromkeys(used))
 
 

@@ -13,8 +13,6 @@ from pydantic import Field, model_validator
 from interp_assert.strict import Strict
 from interp_assert.vocab import BosPolicy
 
-# The ``prompts`` of expectations read from the weights alone: no prompt set, no forward pass.
-WEIGHTS_ONLY = "(weights)"
 MAX_SEQUENCE_TOKENS = 1 << 20  # length * repeats of one random-token sequence (models' contexts are far shorter)
 MAX_BATCH_TOKENS = 1 << 20  # count * length * repeats: one batch, measured in one pass
 

@@ -1,207 +1,229 @@
-"""Circuit scores read from the weights alone (Elhage et al. 2021): composition between two heads
-and a head's OV copying score. No forward pass, no prompts.
+"""Circuit structure read from the weights, with no forward pass: composition and copying scores.
 
-Conventions (the README's "Weight scores" says the same):
+Conventions (row vectors: the residual stream ``x`` is ``[d_model]``, a head reads ``x @ W``):
 
-- A head reads the residual stream through its layer's attention norm: the norm's gain
-  (LayerNorm or RMSNorm gamma, Gemma's ``1 + weight``) is folded into its query, key and value
-  weights, and for LayerNorm the centring too (the mean over the residual dimension is removed
-  from each reading weight's column). The norm's division by the RMS or standard deviation,
-  biases and rotary embeddings are left out: they depend on the input, not on the weights.
-- Grouped-query heads read their key/value group (query head h reads group ``h // group``).
-- A head writes with its slice of the output projection, ``W_O[h]`` (``[d_head, d_model]``).
-  Gemma 2's norm of each attention output is not folded in.
-- The unembedding reads through the final norm: its gain is folded in (and LayerNorm's centring).
+- Reading weights carry their norm: the attention norm's gain ``γ`` (Gemma's +1 included) is
+  folded in, ``W' = diag(γ) W``; for LayerNorm the centring is folded in too, ``W' = P diag(γ) W``
+  with ``P = I - 11ᵀ/d_model`` (the division by the norm is a per-position scalar and is left
+  out: every score here is scale-free). Biases are left out.
+- Rotary position embeddings are left out (the scores are of the bare ``W_Q W_Kᵀ``).
+- Grouped-query heads read their key/value group: query head ``h`` pairs with group
+  ``h // (n_heads // n_kv_heads)``.
+- The unembedding carries the final norm's gain (and centring, for LayerNorm).
 
-Composition of a sender A into a later receiver B: ``||OV_A X_B||_F / (||OV_A||_F ||X_B||_F)``
-with ``OV_A = W_V^A W_O^A`` and ``X_B = W_Q^B W_K^B^T`` (Q), ``W_K^B W_Q^B^T`` (K) or
-``W_V^B W_O^B`` (V), all ``[d_model, d_model]`` maps of the residual stream. It is computed in
-factored form: ``||V_A M R_B||_F^2 = tr(G_A M G_B M^T)`` with the ``d_head x d_head`` middle
-``M = W_O^A Y_B`` (``Y_B`` the receiver's factor next to the sender) and Gram matrices of the
-outer factors, so no ``d_model x d_model`` matrix is ever formed.
+Per head: ``OV = V' O`` (``[d_model, d_model]``, never formed), ``QK = Q' K'ᵀ``. The composition
+score of sender A into receiver B is ``||OV_A X_B||_F / (||OV_A||_F ||X_B||_F)`` with ``X_B`` =
+``QK_Bᵀ`` (K), ``QK_B`` (Q) or ``OV_B`` (V). Writing ``OV_A = U R O_A`` (QR of ``V'_A``) and
+``X_B = Y_B Sᵀ Wᵀ`` (QR of its right factor), the score is that of the ``d_head x d_head``
+product ``(R O_A)(Y_B Sᵀ)``: only ``d_head x d_head`` matrices are formed.
 
-The null: the same score with a Haar-random rotation R of the residual basis between A's output
-and B's input, ``||OV_A R X_B||``. Its square has mean exactly ``1 / d_model`` (E||A R B||^2 =
-||A||^2 ||B||^2 / d); the spread comes from ``draws`` seeded rotations, one set shared by every
-pair, applied to the single head's factor (the receiver's when many senders are scored into one
-receiver, the sender's when one sender is scored into many). ``z = (score^2 - 1/d) / sd``, where
-``sd`` is the root mean square of ``score_R^2 - 1/d`` over the draws.
+The null: a Haar-random rotation ``G`` of the residual basis between A's output and B's input,
+``||L_A G R_B||``. With ``L_A = U_a diag(a) V_aᵀ`` and ``R_B = V_b diag(b) U_bᵀ`` (SVDs),
+``V_aᵀ G V_b`` is distributed as the top-left ``d_head x d_head`` block ``C`` of a Haar matrix,
+so a null draw of the squared score is ``Σ a_i² C_ij² b_j² / (Σa² Σb²)``: its mean is exactly
+``1 / d_model``, and one shared set of seeded blocks serves every pair. The z-score is
+``(score² - 1/d_model) / sd``, ``sd² = mean over draws of (null² - 1/d_model)²``.
 
-OV copying (Elhage et al.): ``sum(Re lambda) / sum(|lambda|)`` over the eigenvalues of
-``W_E OV W_U`` (``[vocab, vocab]``), whose non-zero eigenvalues are those of the ``d_head x
-d_head`` matrix ``W_O (W_U W_E) W_V``: 1 for a head that copies every token it attends to, -1
-for one that suppresses them.
+The copying score of head h is ``Σλ / Σ|λ|`` over the eigenvalues of ``W_E OV_h W_U'``, whose
+non-zero eigenvalues are those of the ``d_head x d_head`` matrix ``O_h (W_U' W_E) V'_h``.
 """
 
 from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from typing import Any, Literal
 
 import torch
 
+from interp_assert.errors import CheckInputError
 from interp_assert.measure.architecture import ModelMap, model_map
 
 Kind = Literal["Q", "K", "V"]
 Head = tuple[int, int]
+MIN_DRAWS, MAX_DRAWS = 10, 100_000
 
 
 @dataclass(frozen=True)
-class Circuits:
-    """Per layer, float64 on the CPU, one entry per query head: reading weights ``[H, d_model,
-    d_head]`` with the norm folded in (keys and values: the head's group) and writing weights
-    ``[H, d_head, d_model]``."""
+class HeadFactors:
+    """One layer's per-query-head factors in float64: ``reads_q/k/v`` ``[H, d_model, d_head]``
+    (norm folded in; key/value expanded to query heads), ``writes`` ``[H, d_head, d_model]``."""
 
-    query: list[torch.Tensor]
-    key: list[torch.Tensor]
-    value: list[torch.Tensor]
-    output: list[torch.Tensor]
-    d_model: int
+    reads_q: torch.Tensor
+    reads_k: torch.Tensor
+    reads_v: torch.Tensor
+    writes: torch.Tensor
 
 
-def circuits(parts: ModelMap) -> Circuits:
-    query, key, value, output = [], [], [], []
-    group = parts.group_size
-    with torch.no_grad():
-        for layer in range(parts.n_layers):
-            weights = parts.layer_weights(layer)
-
-            query.append(_reading(weights.query, weights.gain, weights.centred))
-            key.append(_reading(weights.key, weights.gain, weights.centred).repeat_interleave(group, dim=0))
-            value.append(_reading(weights.value, weights.gain, weights.centred).repeat_interleave(group, dim=0))
-            output.append(weights.output.double())
-    return Circuits(query, key, value, output, parts.d_model)
+def fold_norm(weight: torch.Tensor, gain: torch.Tensor | None, centred: bool) -> torch.Tensor:
+    """``P diag(γ) W`` for reading weights ``[..., d_model, d]`` (``P``: centring, LayerNorm only)."""
+    folded = weight.double()
+    if gain is not None:
+        folded = gain.double()[:, None] * folded
+    if centred:
+        folded = folded - folded.mean(dim=-2, keepdim=True)
+    return folded
 
 
-def _reading(tensor: torch.Tensor, gain: torch.Tensor | None, centred: bool) -> torch.Tensor:
-    """Reading weights ``[..., d_model, d_head]`` with the norm's gain (and LayerNorm's centring) folded in."""
-    folded = tensor.double() * (gain.double()[:, None] if gain is not None else 1.0)
-    return folded - folded.mean(dim=-2, keepdim=True) if centred else folded
+def layer_factors(mm: ModelMap, layer: int) -> HeadFactors:
+    w = mm.layer_weights(layer)
+    group = torch.arange(mm.n_heads) // mm.group_size
+    return HeadFactors(
+        reads_q=fold_norm(w.query, w.gain, w.centred),
+        reads_k=fold_norm(w.key, w.gain, w.centred)[group],
+        reads_v=fold_norm(w.value, w.gain, w.centred)[group],
+        writes=w.output.double(),
+    )
 
 
-_CIRCUITS: weakref.WeakKeyDictionary[Any, Circuits] = weakref.WeakKeyDictionary()
+def _r(matrix: torch.Tensor) -> torch.Tensor:
+    """R of the reduced QR of ``[..., d_model, d]``: ``||M Y|| = ||R Y||`` for every Y."""
+    return torch.linalg.qr(matrix, mode="r").R
 
 
-def for_model(model: Any) -> tuple[ModelMap, Circuits]:
-    """The model's map and its circuits, computed once per model object."""
-    parts = model_map(model)
-    if model not in _CIRCUITS:
-        _CIRCUITS[model] = circuits(parts)
-    return parts, _CIRCUITS[model]
+class Factors:
+    """Per-head factors of a model, read one layer at a time and kept (float64)."""
+
+    def __init__(self, model: Any) -> None:
+        self.mm = model_map(model)
+        self._layers: dict[int, HeadFactors] = {}
+        self._senders: dict[int, torch.Tensor] = {}
+
+    def layer(self, layer: int) -> HeadFactors:
+        if layer not in self._layers:
+            self._layers[layer] = layer_factors(self.mm, layer)
+        return self._layers[layer]
+
+    def sender(self, layer: int) -> torch.Tensor:
+        """``R_V O`` per head: ``[H, d_head, d_model]``, with ``||OV X|| = ||sender X||``."""
+        if layer not in self._senders:
+            f = self.layer(layer)
+            self._senders[layer] = _r(f.reads_v) @ f.writes
+        return self._senders[layer]
+
+    def receiver(self, layer: int, kind: Kind) -> torch.Tensor:
+        """The reading factor of ``X_B`` per head ``[H, d_model, d_head]``: ``||Y X_B|| = ||Y receiver||``."""
+        f = self.layer(layer)
+        if kind == "K":  # QK^T = K' Q'^T
+            return f.reads_k @ _r(f.reads_q).transpose(-1, -2)
+        if kind == "Q":  # QK = Q' K'^T
+            return f.reads_q @ _r(f.reads_k).transpose(-1, -2)
+        return f.reads_v @ _r(f.writes.transpose(-1, -2)).transpose(-1, -2)  # OV = V' O
 
 
-def _outer(c: Circuits, kind: Kind, receiver: Head) -> tuple[torch.Tensor, torch.Tensor]:
-    """The receiver's factor next to the sender (``Y_B``, ``[d_model, d_head]``) and the Gram
-    matrix of its far factor (``[d_head, d_head]``)."""
-    layer, head = receiver
-    q, k, v, o = (t[layer][head] for t in (c.query, c.key, c.value, c.output))
-    if kind == "Q":
-        return q, k.T @ k
-    if kind == "K":
-        return k, q.T @ q
-    return v, o @ o.T
-
-
-def _squared(left_gram: torch.Tensor, middle: torch.Tensor, right_gram: torch.Tensor) -> torch.Tensor:
-    """``tr(G_L M G_R M^T)`` for a stack of middles ``[..., d_head, d_head]``."""
-    return ((left_gram @ middle @ right_gram) * middle).sum(dim=(-1, -2))
-
-
-def _sender_gram(c: Circuits, sender: Head) -> tuple[torch.Tensor, torch.Tensor]:
-    layer, head = sender
-    v, o = c.value[layer][head], c.output[layer][head]
-    return v.T @ v, o
-
-
-@lru_cache(maxsize=4)  # one set serves every pair of a run
-def rotations(d_model: int, draws: int, seed: int) -> torch.Tensor:
-    """``[draws, d, d]`` Haar-random orthogonal matrices (QR of a Gaussian, signs fixed)."""
+@cache
+def haar_blocks(d_model: int, d_head: int, draws: int, seed: int) -> torch.Tensor:
+    """``[draws, d_head, d_head]``: the top-left blocks of seeded Haar-random rotations of ``d_model``,
+    squared elementwise (what a null draw of a squared score needs)."""
+    if not MIN_DRAWS <= draws <= MAX_DRAWS:
+        raise CheckInputError(f"null draws must be between {MIN_DRAWS} and {MAX_DRAWS}; got {draws}")
     generator = torch.Generator().manual_seed(seed)
-    gaussian = torch.randn(draws, d_model, d_model, generator=generator, dtype=torch.float64)
-    q, r = torch.linalg.qr(gaussian)
-    return q * torch.sign(torch.diagonal(r, dim1=-2, dim2=-1)).unsqueeze(-2)
+    gaussian = torch.randn(draws, d_model, d_head, generator=generator, dtype=torch.float64)
+    # Q of the QR of a Gaussian (R with a positive diagonal) is a Haar-random frame: the first d_head
+    # columns of a Haar rotation. Q = G R⁻¹ with Rᵀ R = GᵀG (Cholesky); only its first d_head rows are formed
+    lower = torch.linalg.cholesky(gaussian.transpose(1, 2) @ gaussian)
+    rows = torch.linalg.solve_triangular(lower.transpose(1, 2), gaussian[:, :d_head, :], upper=True, left=False)
+    return rows**2
 
 
 @dataclass(frozen=True)
-class Composition:
-    """Raw scores and z-scores, ``[senders]`` into one receiver or ``[receivers]`` from one sender."""
+class PairScores:
+    """Raw scores and z-scores ``[senders, receivers]`` for one kind of composition."""
 
     score: torch.Tensor
     z: torch.Tensor
 
 
-def into_receiver(c: Circuits, kind: Kind, senders: list[Head], receiver: Head, rotated: torch.Tensor) -> Composition:
-    """Every sender's composition into ``receiver``; the rotations turn the receiver's factor."""
-    near, far_gram = _outer(c, kind, receiver)
-    grams, outs = zip(*(_sender_gram(c, s) for s in senders), strict=True)
-    gram, out = torch.stack(grams), torch.stack(outs)  # [S, k, k], [S, k, d]
-    scale = (gram * (out @ out.transpose(-1, -2))).sum(dim=(-1, -2))  # ||OV_A||^2 = tr(G_V O O^T)
-    receiver_norm = (near.T @ near * far_gram).sum()  # ||X_B||^2
-    actual = _squared(gram, out @ near, far_gram) / (scale * receiver_norm)
-    null = _null(rotated, lambda r: _squared(gram, out @ (r @ near), far_gram) / (scale * receiver_norm))
-    return _scored(actual, null, c.d_model)
+def composition(senders: torch.Tensor, receivers: torch.Tensor, blocks: torch.Tensor, d_model: int) -> PairScores:
+    """Scores of every sender factor ``[A, d_head, d_model]`` into every receiver ``[B, d_model, d_head]``."""
+    product = torch.einsum("aim,bmj->abij", senders, receivers)
+    norms_a = senders.flatten(1).norm(dim=1)
+    norms_b = receivers.flatten(1).norm(dim=1)
+    scale = norms_a[:, None] * norms_b[None, :]
+    score = product.flatten(2).norm(dim=2) / scale
+    # squared singular values, from the d_head x d_head Gram matrices
+    a2 = torch.linalg.eigvalsh(senders @ senders.transpose(-1, -2)).clamp(min=0.0)  # [A, d_head]
+    b2 = torch.linalg.eigvalsh(receivers.transpose(-1, -2) @ receivers).clamp(min=0.0)  # [B, d_head]
+    through = blocks @ b2.T  # [n, d_head, B]: never an [n, A, d_head, d_head] intermediate
+    null = (a2 @ through) / (scale**2)  # [n, A, B]: squared null scores
+    mean = 1.0 / d_model
+    spread = ((null - mean) ** 2).mean(dim=0).sqrt()
+    return PairScores(score=score, z=(score**2 - mean) / spread)
 
 
-def from_sender(c: Circuits, kind: Kind, sender: Head, receivers: list[Head], rotated: torch.Tensor) -> Composition:
-    """``sender``'s composition into every receiver; the rotations turn the sender's factor."""
-    gram, out = _sender_gram(c, sender)
-    scale = (gram * (out @ out.T)).sum()
-    nears, fars = zip(*(_outer(c, kind, r) for r in receivers), strict=True)
-    near, far_gram = torch.stack(nears), torch.stack(fars)  # [R, d, k], [R, k, k]
-    receiver_norm = (near.transpose(-1, -2) @ near * far_gram).sum(dim=(-1, -2))
-    actual = _squared(gram, out @ near, far_gram) / (scale * receiver_norm)
-    null = _null(rotated, lambda r: _squared(gram, (out @ r) @ near, far_gram) / (scale * receiver_norm))
-    return _scored(actual, null, c.d_model)
+def check_head(mm: ModelMap, head: Head) -> None:
+    layer, index = head
+    if not (0 <= layer < mm.n_layers and 0 <= index < mm.n_heads):
+        raise CheckInputError(
+            f"head L{layer}H{index} is out of range: this model has layers 0-{mm.n_layers - 1} and heads "
+            f"0-{mm.n_heads - 1} (L0H0 to L{mm.n_layers - 1}H{mm.n_heads - 1})"
+        )
 
 
-def _null(rotated: torch.Tensor, score: Any) -> torch.Tensor:
-    """``[draws, N]``: squared scores under each rotation (none: raw scores only)."""
-    return torch.stack([score(r) for r in rotated]) if len(rotated) else torch.empty(0)
+_FACTORS: weakref.WeakKeyDictionary[Any, Factors] = weakref.WeakKeyDictionary()
 
 
-def _scored(actual_squared: torch.Tensor, null_squared: torch.Tensor, d_model: int) -> Composition:
-    if null_squared.numel() == 0:
-        return Composition(actual_squared.sqrt(), torch.full_like(actual_squared, float("nan")))
-    spread = ((null_squared - 1.0 / d_model) ** 2).mean(dim=0).sqrt()
-    return Composition(actual_squared.sqrt(), (actual_squared - 1.0 / d_model) / spread)
-
-
-def all_pairs(c: Circuits, kind: Kind) -> torch.Tensor:
-    """``[L, H, L, H]``: the raw score of every sender (first two indices) into every receiver in a
-    later layer (last two; 0 elsewhere), one batched product per receiver layer."""
-    n_layers, n_heads = len(c.output), c.output[0].shape[0]
-    found = torch.zeros(n_layers, n_heads, n_layers, n_heads, dtype=torch.float64)
-    value = torch.stack(c.value)  # [L, H, d, k]
-    output = torch.stack(c.output)  # [L, H, k, d]
-    sender_gram = value.transpose(-1, -2) @ value  # [L, H, k, k]
-    sender_norm = (sender_gram * (output @ output.transpose(-1, -2))).sum(dim=(-1, -2))  # ||OV||^2
-    for layer in range(1, n_layers):
-        pairs = [_outer(c, kind, (layer, h)) for h in range(n_heads)]
-        near = torch.stack([p[0] for p in pairs])  # [H, d, k]
-        far = torch.stack([p[1] for p in pairs])  # [H, k, k]
-        receiver_norm = (near.transpose(-1, -2) @ near * far).sum(dim=(-1, -2))  # [H]
-        middle = torch.einsum("lskd,hdj->lshkj", output[:layer], near)  # [l, S, H, k, k]
-        squared = ((sender_gram[:layer, :, None] @ middle @ far) * middle).sum(dim=(-1, -2))
-        found[:layer, :, layer] = (squared / (sender_norm[:layer, :, None] * receiver_norm)).sqrt()
+def factors_of(model: Any) -> Factors:
+    """The model's :class:`Factors`, kept while the model lives (expectations on one model share them)."""
+    found = _FACTORS.get(model)
+    if found is None:
+        found = _FACTORS[model] = Factors(model)
     return found
 
 
-def copying_scores(parts: ModelMap, c: Circuits) -> torch.Tensor:
-    """``[L, H]``: each head's OV copying score (see the module docstring)."""
-    embedding = parts.base.get_input_embeddings().weight.detach().double().cpu()  # [vocab, d]
-    _, unembedding = parts.norm_and_unembedding()
-    reading = unembedding.weight.detach().double().cpu().T  # [d, vocab]
-    gain = getattr(parts.final_norm, "weight", None)
-    if gain is not None:
-        reading = reading * (gain.detach().double().cpu() + parts.layout.gain_offset)[:, None]
-    if parts.layout.norm_kind == "layer":
-        reading = reading - reading.mean(dim=0, keepdim=True)
-    through = reading @ embedding  # [d, d]: W_U W_E, read right to left
-    scores = torch.zeros(parts.n_layers, parts.n_heads, dtype=torch.float64)
-    for layer in range(parts.n_layers):
-        small = c.output[layer] @ through @ c.value[layer]  # [H, k, k]
-        eigenvalues = torch.linalg.eigvals(small)
-        scores[layer] = eigenvalues.real.sum(-1) / eigenvalues.abs().sum(-1)
-    return scores
+def pair_table(
+    model: Any, kind: Kind, senders: list[Head], receivers: list[Head], draws: int, seed: int
+) -> dict[tuple[Head, Head], tuple[float, float]]:
+    """(sender, receiver) -> (score, z) for every listed sender in a layer before the listed receiver."""
+    factors = factors_of(model)
+    mm = factors.mm
+    for head in (*senders, *receivers):
+        check_head(mm, head)
+    blocks = haar_blocks(mm.d_model, mm.head_dim, draws, seed)
+    found: dict[tuple[Head, Head], tuple[float, float]] = {}
+    by_layer: dict[int, list[Head]] = {}
+    for head in receivers:
+        by_layer.setdefault(head[0], []).append(head)
+    for layer, heads in sorted(by_layer.items()):
+        earlier = [s for s in senders if s[0] < layer]
+        if not earlier:
+            continue
+        a = torch.stack([factors.sender(s[0])[s[1]] for s in earlier])
+        b = factors.receiver(layer, kind)[[h[1] for h in heads]]
+        table = composition(a, b, blocks, mm.d_model)
+        for i, s in enumerate(earlier):
+            for j, r in enumerate(heads):
+                found[(s, r)] = (float(table.score[i, j]), float(table.z[i, j]))
+    return found
+
+
+def all_heads(mm: ModelMap) -> list[Head]:
+    return [(layer, h) for layer in range(mm.n_layers) for h in range(mm.n_heads)]
+
+
+def _embedding_and_unembedding(mm: ModelMap, model: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``W_E`` ``[vocab, d_model]`` and the unembedding with the final norm folded in ``[d_model, vocab]``."""
+    embedding = model.get_input_embeddings().weight.detach().double().cpu()
+    final_norm, unembedding = mm.norm_and_unembedding()
+    gain = getattr(final_norm, "weight", None)
+    gain = None if gain is None else gain.detach().cpu() + mm.layout.gain_offset
+    w_u = fold_norm(unembedding.weight.detach().cpu().T, gain, mm.layout.norm_kind == "layer")
+    return embedding, w_u
+
+
+def copying_scores(model: Any) -> dict[Head, float]:
+    """Head -> ``Σλ/Σ|λ|`` over the eigenvalues of ``W_E OV W_U'`` (see the module docstring)."""
+    factors = factors_of(model)
+    mm = factors.mm
+    embedding, w_u = _embedding_and_unembedding(mm, model)
+    through = w_u @ embedding  # [d_model, d_model]: W_U' then W_E, the loop closed once
+    found: dict[Head, float] = {}
+    for layer in range(mm.n_layers):
+        f = factors.layer(layer)
+        circuits = f.writes @ through @ f.reads_v  # [H, d_head, d_head]
+        eigenvalues = torch.linalg.eigvals(circuits)
+        ratio = eigenvalues.sum(dim=-1).real / eigenvalues.abs().sum(dim=-1)
+        for h in range(mm.n_heads):
+            found[(layer, h)] = float(ratio[h])
+    return found

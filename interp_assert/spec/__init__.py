@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, Field, TypeAdapter, ValidationEr
 from interp_assert import properties
 from interp_assert.errors import Location, SpecError
 from interp_assert.measure import hub, placement
-from interp_assert.measure.prompt_sets import WEIGHTS_ONLY, PromptSet, RandomTokens
+from interp_assert.measure.prompt_sets import PromptSet, RandomTokens
 from interp_assert.properties import (
     AttentionStatBounds,
     DominantLayer,
@@ -75,7 +75,7 @@ class SpecHeader(Strict):
     offload_folder: str | None = Field(
         default=None, min_length=1, description="folder for weights offloaded to disk (relative to the spec file)"
     )
-    prompts: dict[str, PromptSet] = Field(min_length=1)
+    prompts: dict[str, PromptSet] = Field(default_factory=dict)  # a spec of weight properties needs none
     snapshot_tolerance: dict[ToleranceQuantity, ToleranceSpec] = Field(default_factory=dict)
     expectations: list[Any] = Field(min_length=1)
 
@@ -190,11 +190,12 @@ def _entries(raw: list[Any], doc: SourceDocument, header: SpecHeader | None, spe
         else:
             seen[name] = location
         prompts = item.get("prompts") if isinstance(item, dict) else None
-        if isinstance(prompts, str) and header is not None and prompts not in (*header.prompts, WEIGHTS_ONLY):
+        if isinstance(prompts, str) and header is not None and prompts not in header.prompts:
             problems.append(
                 (
                     doc.locate((*at, "prompts")),
-                    f"prompt set {prompts!r} is not defined; defined prompt sets: {', '.join(sorted(header.prompts))}",
+                    f"prompt set {prompts!r} is not defined; defined prompt sets: "
+                    f"{', '.join(sorted(header.prompts)) or 'none'}",
                 )
             )
         elif (

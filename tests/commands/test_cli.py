@@ -169,6 +169,9 @@ def test_discover_finds_tiny_neo_heads(pytester: pytest.Pytester, capsys: pytest
     # what the induction head does: zeroing it costs nats on the repeats, random heads do not
     assert "property: ablation_effect\n    heads: [L1H0]\n    prompts: repeated\n    positions: [52, -1]" in text
     assert "control: {samples: 5, seed: 0, at_least_times: 10.0}" in text
+    # read from the weights: the previous-token head feeds the induction head's keys; it copies
+    assert "property: composition\n    composition: K\n    sender: L0H0\n    receiver: L1H0\n    at_least: 41.0" in text
+    assert "property: ov_copying\n    head: L1H0\n    at_least: 0.84" in text
 
 
 @pytest.mark.slow

@@ -211,5 +211,7 @@ def test_the_shipped_phase_change_forms_at_step_250(monkeypatch: pytest.MonkeyPa
     assert status == 0, out.getvalue()
     for name in ("l1h2_induction", "loss_on_the_repeats", "layer_1_heads_carry_the_copy"):
         assert re.search(rf"^{name} +forms at step 250; holds to the last checkpoint$", out.getvalue(), re.M)
+    # read from the weights: K-composition into the induction head rises with it, one checkpoint ahead
+    assert re.search(r"^l0h3_keys_l1h2 +forms at step 200; holds to the last checkpoint$", out.getvalue(), re.M)
     document = json.loads((tmp_path / "track.json").read_text())
     assert len(document["checkpoints"]) == 13
