@@ -1682,7 +1682,7 @@ TRUST3: list[Case] = [
         "gguf-cache-group-writable",
         "filesystem",
         ("interp-assert", "measure", "./tiny.gguf"),
-        CLI_ERROR,
+        CLI_INFRA,  # the model cannot be loaded safely from here: infrastructure, not the spec
         r"converted-model cache \S*cache/gguf is refused: \S*cache/gguf is writable by other users \(mode drwxrwx---\)"
         r", so a model found there could have been swapped; make it yours alone \(chmod go-w\), or point "
         r"INTERP_ASSERT_CACHE at a folder only you can write",

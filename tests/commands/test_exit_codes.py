@@ -196,13 +196,13 @@ def test_audit_of_several_checkpoints_measures_the_base_once(
     save_file(weights, broken / "model.safetensors", metadata={"format": "pt"})
 
     measured = []
-    real = runner_module.measure_prompt_set
+    real = runner_module.measure
 
     def counting(loaded: object, *args: object) -> object:
         measured.append(getattr(loaded, "source", "?"))
         return real(loaded, *args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(runner_module, "measure_prompt_set", counting)
+    monkeypatch.setattr(runner_module, "measure", counting)  # the runner's one capture call
     argv = ["audit", "holds.yaml", "--checkpoint", "./same", "--checkpoint", "./zeroed", "--markdown", "pr.md"]
     status = main(argv)
     out = capsys.readouterr().out

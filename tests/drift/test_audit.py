@@ -126,7 +126,8 @@ def test_audit_against_another_base(spec_dir: Path, checkpoints: dict[str, Path]
     code = main_audit(str(spec_dir), str(checkpoints["zeroed"]), out=out, base=str(checkpoints["noisy"]))
     assert code == 1
     table = out.getvalue()
-    assert f"base {str(checkpoints['noisy'])!r} vs checkpoint {str(checkpoints['zeroed'])!r}" in table
+    said = " ".join(table.split())  # prose is wrapped at 120 columns
+    assert f"base {str(checkpoints['noisy'])!r} vs checkpoint {str(checkpoints['zeroed'])!r}" in said
     row = next(line for line in table.splitlines() if line.startswith("l16h0_previous_token"))
     base_value, checkpoint_value, change = (float(v) for v in row.split()[2:5])
     assert base_value > 0.6 > checkpoint_value and change == pytest.approx(checkpoint_value - base_value, abs=2e-4)
