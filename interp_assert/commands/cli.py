@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     probe_save.add_argument("name", metavar="NAME", help="the probe expectation's name")
     probe_save.add_argument("-o", "--output", required=True, type=Path, metavar="FILE.safetensors")
     probe_save.add_argument("--model", metavar="PATH_OR_ID", help="measure this model instead of the spec's")
+    probe_save.add_argument("--force", action="store_true", help="replace a direction of the same name in FILE")
     _model_options(probe_save)
     probe_save.set_defaults(handler=_probe_save)
 
@@ -379,7 +380,7 @@ def _probe_save(args: argparse.Namespace) -> int:
     from interp_assert.commands.probe_save import save
 
     _readable_spec(args.spec)
-    print(save(args.spec, args.name, args.output, _run_options(args), model=args.model))
+    print(save(args.spec, args.name, args.output, _run_options(args), model=args.model, force=args.force))
     return 0
 
 

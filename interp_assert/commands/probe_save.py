@@ -22,7 +22,9 @@ from interp_assert.runner import measure_named, model_key
 from interp_assert.spec import load_spec
 
 
-def save(spec_path: Path, name: str, output: Path, options: RunOptions, model: str | None = None) -> str:
+def save(
+    spec_path: Path, name: str, output: Path, options: RunOptions, model: str | None = None, *, force: bool = False
+) -> str:
     spec = load_spec(spec_path)
     entry = next((e for e in spec.entries if e.name == name), None)
     if entry is None:
@@ -48,6 +50,8 @@ def save(spec_path: Path, name: str, output: Path, options: RunOptions, model: s
             vectors = {name: existing.get_tensor(name) for name in existing.keys()}  # noqa: SIM118
             metadata = dict(existing.metadata() or {})
     key = probe.key or probe.name
+    if key in vectors and not force:  # a stored direction is a reference, like a snapshot
+        raise InterpAssertError(f"{output} already holds a direction {key!r}; pass --force to replace it")
     vectors[key] = np.asarray(found["direction"])
     metadata |= {
         f"{key}.model": str(model or reference),

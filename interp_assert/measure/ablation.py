@@ -25,6 +25,7 @@ import torch
 from interp_assert.errors import CaptureError
 from interp_assert.measure import blockwise
 from interp_assert.measure.architecture import base_model, model_map
+from interp_assert.measure.head_tables import draw_controls
 from interp_assert.measure.measurements import AblatedLosses, AblationRequest, Head
 from interp_assert.measure.models import LoadedModel, input_device
 from interp_assert.measure.prompts import PromptBatch
@@ -93,32 +94,6 @@ def token_losses(loaded: LoadedModel, hidden: torch.Tensor, tokens: torch.Tensor
     if not np.isfinite(losses).all():
         raise CaptureError("the model's next-token loss is not finite on this prompt set")
     return losses
-
-
-def draw_controls(heads: tuple[Head, ...], n_heads: int, count: int, seed: int) -> tuple[tuple[Head, ...], ...]:
-    """``count`` random head sets with as many heads in each layer as ``heads`` has, drawn
-    (seeded, without replacement) from that layer's other heads. Raises ``ValueError`` when a
-    layer has no other heads to draw from."""
-    if count == 0:
-        return ()
-    per_layer: dict[int, list[int]] = {}
-    for layer, head in heads:
-        per_layer.setdefault(layer, []).append(head)
-    for layer, named in per_layer.items():
-        if len(named) * 2 > n_heads:
-            raise ValueError(
-                f"layer {layer} has {n_heads} heads and {len(named)} of them are ablated: too few others to draw "
-                f"a control of {len(named)} from"
-            )
-    generator = np.random.default_rng(seed)
-    drawn = []
-    for _ in range(count):
-        chosen: list[Head] = []
-        for layer, named in sorted(per_layer.items()):
-            others = [h for h in range(n_heads) if h not in named]
-            chosen += [(layer, int(h)) for h in sorted(generator.choice(others, size=len(named), replace=False))]
-        drawn.append(tuple(chosen))
-    return tuple(drawn)
 
 
 def run(

@@ -45,3 +45,31 @@ def label_fraction(labels: np.ndarray, label: Label, first: int, last: int) -> f
     """Fraction of heads in layers ``first..last`` (inclusive) carrying ``label``."""
     chosen = labels[first : last + 1]
     return float((chosen == label).mean())
+
+
+def draw_controls(
+    heads: tuple[tuple[int, int], ...], n_heads: int, count: int, seed: int, *, verb: str = "ablated"
+) -> tuple[tuple[tuple[int, int], ...], ...]:
+    """``count`` random head sets with as many heads in each layer as ``heads`` has, drawn
+    (seeded, without replacement) from that layer's other heads. Raises ``ValueError`` when a
+    layer has no other heads to draw from."""
+    if count == 0:
+        return ()
+    per_layer: dict[int, list[int]] = {}
+    for layer, head in heads:
+        per_layer.setdefault(layer, []).append(head)
+    for layer, named in per_layer.items():
+        if len(named) * 2 > n_heads:
+            raise ValueError(
+                f"layer {layer} has {n_heads} heads and {len(named)} of them are {verb}: too few others to draw "
+                f"a control of {len(named)} from"
+            )
+    generator = np.random.default_rng(seed)
+    drawn = []
+    for _ in range(count):
+        chosen: list[tuple[int, int]] = []
+        for layer, named in sorted(per_layer.items()):
+            others = [h for h in range(n_heads) if h not in named]
+            chosen += [(layer, int(h)) for h in sorted(generator.choice(others, size=len(named), replace=False))]
+        drawn.append(tuple(chosen))
+    return tuple(drawn)

@@ -48,28 +48,3 @@ class PairResult:
     control_sets: tuple[tuple[tuple[int, int], ...], ...] = ()
     control_patched: tuple[np.ndarray, ...] = ()
     control_problem: str = ""  # why no control could be drawn, or ""
-
-
-def draw_controls(
-    heads: tuple[tuple[int, int], ...], n_heads: int, count: int, seed: int
-) -> tuple[tuple[tuple[int, int], ...], ...]:
-    """``count`` random head sets with as many heads in each layer as ``heads``, drawn (seeded,
-    without replacement) from that layer's other heads; ``ValueError`` when a layer has too few."""
-    per_layer: dict[int, list[int]] = {}
-    for layer, head in heads:
-        per_layer.setdefault(layer, []).append(head)
-    for layer, named in per_layer.items():
-        if len(named) * 2 > n_heads:
-            raise ValueError(
-                f"layer {layer} has {n_heads} heads and {len(named)} of them are named: too few others to draw "
-                f"a control of {len(named)} from"
-            )
-    generator = np.random.default_rng(seed)
-    drawn = []
-    for _ in range(count):
-        chosen: list[tuple[int, int]] = []
-        for layer, named in sorted(per_layer.items()):
-            others = [h for h in range(n_heads) if h not in named]
-            chosen += [(layer, int(h)) for h in sorted(generator.choice(others, size=len(named), replace=False))]
-        drawn.append(tuple(chosen))
-    return tuple(drawn)

@@ -31,8 +31,9 @@ import torch
 from interp_assert.errors import CaptureError
 from interp_assert.measure import blockwise
 from interp_assert.measure.architecture import ModelMap, base_model, model_map
+from interp_assert.measure.head_tables import draw_controls
 from interp_assert.measure.models import LoadedModel, input_device
-from interp_assert.measure.pair_requests import Component, PairResult, draw_controls
+from interp_assert.measure.pair_requests import Component, PairResult
 from interp_assert.measure.prompts import PromptBatch
 
 
@@ -119,7 +120,11 @@ def run(request: PairRequest, loaded: LoadedModel, batches: list[PromptBatch]) -
         named = request.sets[0]
         try:
             control_sets = draw_controls(
-                tuple(sorted((c.layer, c.head) for c in named)), parts.n_heads, request.controls, request.seed
+                tuple(sorted((c.layer, c.head) for c in named)),
+                parts.n_heads,
+                request.controls,
+                request.seed,
+                verb="named",
             )
         except ValueError as exc:
             problem = str(exc)

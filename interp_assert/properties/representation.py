@@ -88,4 +88,7 @@ def load_direction(path: str, key: str, width: int | None = None) -> np.ndarray:
 def save_directions(path: str | Path, vectors: dict[str, np.ndarray], metadata: dict[str, str]) -> None:
     from safetensors.numpy import save_file
 
-    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in vectors.items()}, str(path), metadata)
+    from interp_assert import atomic
+
+    with atomic.replacing(Path(path)) as scratch:  # a cut-short write never replaces the stored directions
+        save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in vectors.items()}, str(scratch), metadata)

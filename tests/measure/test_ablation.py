@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from interp_assert.errors import CheckInputError
-from interp_assert.measure import ablation
+from interp_assert.measure import head_tables
 from interp_assert.measure.architecture import base_model
 from interp_assert.measure.capture import describe, measure
 from interp_assert.measure.measurements import AblationRequest, CaptureRequest, Measurements
@@ -145,16 +145,16 @@ def test_the_clean_run_serves_attention_and_ablation(model: LoadedModel) -> None
 
 def test_controls_keep_each_layers_count_and_avoid_the_named_heads() -> None:
     named = ((0, 1), (2, 0), (2, 5))
-    drawn = ablation.draw_controls(named, 9, 20, seed=7)
-    assert drawn == ablation.draw_controls(named, 9, 20, seed=7)  # seeded
-    assert drawn != ablation.draw_controls(named, 9, 20, seed=8)
+    drawn = head_tables.draw_controls(named, 9, 20, seed=7)
+    assert drawn == head_tables.draw_controls(named, 9, 20, seed=7)  # seeded
+    assert drawn != head_tables.draw_controls(named, 9, 20, seed=8)
     for heads in drawn:
         assert [layer for layer, _ in heads] == [0, 2, 2]
         assert not set(heads) & set(named)
         assert len(set(heads)) == 3
     with pytest.raises(ValueError, match="layer 2 has 4 heads and 3 of them"):
-        ablation.draw_controls(((2, 0), (2, 1), (2, 2)), 4, 1, seed=0)
-    assert ablation.draw_controls(((2, 0), (2, 1), (2, 2)), 4, 0, seed=0) == ()
+        head_tables.draw_controls(((2, 0), (2, 1), (2, 2)), 4, 1, seed=0)
+    assert head_tables.draw_controls(((2, 0), (2, 1), (2, 2)), 4, 0, seed=0) == ()
 
 
 # ---- the property's check, on hand-made measurements ----

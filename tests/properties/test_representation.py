@@ -133,7 +133,9 @@ def test_auroc_and_selectivity_in_closed_form() -> None:
     assert found == probe_math.evaluate(positive, negative, 0.5, 0, 10)  # deterministic
 
 
-def test_probe_save_then_cosine(pytester: pytest.Pytester, random_llama: Path, folder: Path) -> None:
+def test_probe_save_then_cosine(
+    pytester: pytest.Pytester, random_llama: Path, folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from interp_assert.commands.cli import main
 
     spec = folder / "spec.yaml"
@@ -141,6 +143,11 @@ def test_probe_save_then_cosine(pytester: pytest.Pytester, random_llama: Path, f
     out = folder / "probe.safetensors"
     assert main(["probe", "save", str(spec), "last_word", "-o", str(out)]) == 0
     assert main(["probe", "save", str(spec), "identity_l0", "-o", str(out)]) == 2  # not a probe
+    stored = out.read_bytes()
+    assert main(["probe", "save", str(spec), "last_word", "-o", str(out)]) == 2  # the stored one stays
+    assert out.read_bytes() == stored
+    assert "already holds a direction 'last_word'; pass --force to replace it" in capsys.readouterr().err
+    assert main(["probe", "save", str(spec), "last_word", "-o", str(out), "--force"]) == 0
     saved = spec_text(random_llama) + (
         "  - name: last_word_direction\n    property: probe\n    prompts: ends_in_t50\n    negative: ends_in_t51\n"
         "    layer: 0\n    direction: probe.safetensors\n    key: last_word\n    cosine_at_least: 0.999\n"
