@@ -121,3 +121,18 @@ def test_a_failed_build_is_said_once(env: dict[str, str]) -> None:
     assert done.stdout.splitlines()[-1] == "False"
     warnings = [line for line in done.stderr.splitlines() if "NativeKernelWarning" in line]
     assert len(warnings) == 1 and "/bin/false failed" in warnings[0]
+
+
+def test_doctor_says_which_kernel_and_path_a_run_uses(env: dict[str, str]) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "interp_assert.commands.cli", "doctor"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env, "PYTHONPATH": str(REPO)},
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"cache folder: {env['INTERP_ASSERT_CACHE']}" in done.stdout
+    assert "native attention kernel: built and signed by this user" in done.stdout
+    assert "cpu attention path: fused" in done.stdout
