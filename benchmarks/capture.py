@@ -204,7 +204,7 @@ def token_ids(loaded: Any, tokens: int, batch: int) -> Any:
 def load(model_name: str) -> Any:
     import torch
 
-    from interp_assert.measure.models import LoadedModel, LoadOptions, load_model
+    from interp_assert.measure.loading.models import LoadedModel, LoadOptions, load_model
 
     if model_name == "smollm2":
         return load_model("smollm2-135m-instruct", LoadOptions())
@@ -225,7 +225,7 @@ def load(model_name: str) -> Any:
 
 def runners(path: str, cuda: bool = False) -> dict[str, Any]:
     """method -> function(loaded, ids) running it."""
-    from interp_assert.measure.capture import CaptureRequest
+    from interp_assert.measure.capture.run import CaptureRequest
     from interp_assert.vocab import ROLES
 
     positional = {"previous_token", "first_token", "self"} | ({"induction", "duplicate_token"} if cuda else set())
@@ -242,8 +242,8 @@ def runners(path: str, cuda: bool = False) -> dict[str, Any]:
 def plain(loaded: Any, ids: Any) -> None:
     import torch
 
-    from interp_assert.measure import blockwise
-    from interp_assert.measure.architecture import base_model
+    from interp_assert.measure.attention import blockwise
+    from interp_assert.measure.loading.architecture import base_model
 
     with torch.inference_mode(), blockwise.attention_implementation(loaded.model, "sdpa"):
         base_model(loaded.model)(input_ids=ids, use_cache=False)
@@ -252,8 +252,10 @@ def plain(loaded: Any, ids: Any) -> None:
 def naive(loaded: Any, ids: Any) -> None:
     import torch
 
-    from interp_assert.measure import blockwise, capture, scores
-    from interp_assert.measure.architecture import base_model
+    from interp_assert.measure.attention import blockwise
+    from interp_assert.measure.capture import run as capture
+    from interp_assert.measure.capture import scores
+    from interp_assert.measure.loading.architecture import base_model
     from interp_assert.vocab import ROLES
 
     windows = capture.describe(loaded).windows
@@ -268,8 +270,8 @@ def naive(loaded: Any, ids: Any) -> None:
 
 
 def ours(loaded: Any, ids: Any, request: Any, path: Any) -> None:
-    from interp_assert.measure import capture
-    from interp_assert.measure.prompts import PromptBatch
+    from interp_assert.measure.capture import run as capture
+    from interp_assert.measure.capture.prompts import PromptBatch
 
     capture.measure(loaded, [PromptBatch(ids)], request, attention=path)
 
@@ -309,7 +311,7 @@ def llama_1b_shaped() -> Any:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from interp_assert.measure.models import LoadedModel, LoadOptions
+    from interp_assert.measure.loading.models import LoadedModel, LoadOptions
 
     config = LlamaConfig(
         vocab_size=128256,

@@ -3,7 +3,7 @@
     python benchmarks/load_memory.py            # SmolLM2 and a Llama-3.2-1B-shaped model (about 3 minutes)
     python benchmarks/load_memory.py --small    # a ~500M-parameter Llama instead of the 1B one
 
-Each case loads the model with ``interp_assert.measure.models.load_model`` in a fresh subprocess and
+Each case loads the model with ``interp_assert.measure.loading.models.load_model`` in a fresh subprocess and
 reads the process's resident-set high-water mark (``getrusage(RUSAGE_SELF).ru_maxrss``) just
 before the load (after importing torch and transformers) and just after it. Printed per case:
 
@@ -113,7 +113,7 @@ def child(mode: str, dtype: str, path: str) -> int:
     import transformers  # noqa: F401
     from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401
 
-    from interp_assert.measure.models import LoadOptions, input_device, load_model
+    from interp_assert.measure.loading.models import LoadOptions, input_device, load_model
 
     size = sum(f.stat().st_size for f in Path(path).glob("*.safetensors"))
     options = LoadOptions(dtype=dtype)  # type: ignore[arg-type]
@@ -147,7 +147,7 @@ def child(mode: str, dtype: str, path: str) -> int:
 
 def smollm2() -> Path:
     sys.path.insert(0, str(ROOT))
-    from interp_assert.measure.models import ALIASES, LoadOptions, gguf_as_safetensors
+    from interp_assert.measure.loading.models import ALIASES, LoadOptions, gguf_as_safetensors
 
     return gguf_as_safetensors(ALIASES["smollm2-135m-instruct"](), LoadOptions())
 

@@ -22,13 +22,13 @@ from typing import Any
 import numpy as np
 import yaml
 
-from interp_assert.measure import patching
-from interp_assert.measure.architecture import model_map
-from interp_assert.measure.models import LoadOptions, load_model
-from interp_assert.measure.pair_request import PairRequest
+from interp_assert.measure.capture.prompts import build_batches
+from interp_assert.measure.counterfactual import patching
+from interp_assert.measure.counterfactual.pair_request import PairRequest
+from interp_assert.measure.loading.architecture import model_map
+from interp_assert.measure.loading.models import LoadOptions, load_model
 from interp_assert.measure.pair_requests import Component
 from interp_assert.measure.prompt_sets import PromptSet
-from interp_assert.measure.prompts import build_batches
 
 SPEC = Path(__file__).resolve().parent.parent / "model_specs" / "smollm2-ioi.yaml"
 

@@ -38,12 +38,12 @@ def main() -> None:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from interp_assert.measure import capture
+    from interp_assert.measure.capture import run as capture
 
     benchmark = importlib.import_module("capture")  # benchmarks/capture.py: the same model and plain forward
     llama_1b_shaped, plain = benchmark.llama_1b_shaped, benchmark.plain
+    from interp_assert.measure.capture.prompts import PromptBatch
     from interp_assert.measure.measurements import CaptureRequest
-    from interp_assert.measure.prompts import PromptBatch
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, nargs="+", default=[1024, 4096])

@@ -40,7 +40,7 @@ def _one_b(layers: int) -> Any:
 
 
 def main() -> None:
-    from interp_assert.measure import weights
+    from interp_assert.measure.weights import circuits as weights
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--one-b", action="store_true")
@@ -52,7 +52,7 @@ def main() -> None:
     if args.one_b:
         model, name = _one_b(args.layers), f"1B-shape Llama ({args.layers} layers, random init)"
     else:
-        from interp_assert.measure.models import LoadOptions, load_model
+        from interp_assert.measure.loading.models import LoadOptions, load_model
 
         model, name = load_model("smollm2-135m-instruct", LoadOptions()).model, "SmolLM2-135M"
     loaded_s = time.perf_counter() - start

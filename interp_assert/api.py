@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from interp_assert.errors import CheckInputError, InterpAssertError
+from interp_assert.measure.loading.models import LoadedModel, LoadOptions, environment, load_model
 from interp_assert.measure.measurements import CaptureRequest, Measurements
-from interp_assert.measure.models import LoadedModel, LoadOptions, environment, load_model
 from interp_assert.outcome import Outcome
 from interp_assert.properties import CheckContext, expectation_adapter
 from interp_assert.run_options import RunOptions

@@ -90,7 +90,7 @@ def model_identity(reference: str, load: Any, base_dir: Path | None, hashes: Pat
     """What identifies the numbers a model gives, found without loading it: its weights' hash and
     the hash of its small files. ``None`` (never cached) for a hub id, an adapter (its base is found
     at load time), and a model placed on an accelerator or spread by a device map."""
-    from interp_assert.measure.models import resolve
+    from interp_assert.measure.loading.models import resolve
 
     if load.device != "cpu" or load.device_map is not None or load.revision is not None:
         return None

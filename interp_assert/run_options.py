@@ -1,7 +1,7 @@
 """A run's options: what the command line (pytest's ``--interp-*`` flags, or an ``interp-assert``
 verb's) says about loading models, in one place.
 
-:class:`RunOptions` holds the run-wide :class:`~interp_assert.measure.models.LoadOptions` (trust, pickles,
+:class:`RunOptions` holds the run-wide :class:`~interp_assert.measure.loading.models.LoadOptions` (trust, pickles,
 the ``--interp-model`` and ``--interp-revision`` maps) and the settings that replace a spec's own
 (device, dtype, placement). :func:`from_flags` is the one function that turns flags into
 options, for the pytest plugin and every command alike; :meth:`RunOptions.load_options` is the one
@@ -15,10 +15,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from interp_assert.errors import UsageError
-from interp_assert.measure import placement
-from interp_assert.measure.hub import revision_problem
-from interp_assert.measure.models import LoadOptions
-from interp_assert.measure.placement import DeviceMap, MaxMemory
+from interp_assert.measure.loading import placement
+from interp_assert.measure.loading.hub import revision_problem
+from interp_assert.measure.loading.models import LoadOptions
+from interp_assert.measure.loading.placement import DeviceMap, MaxMemory
 from interp_assert.vocab import DType
 
 
@@ -181,7 +181,7 @@ def result_cache_folder() -> Path:
     under the cache folder (``INTERP_ASSERT_CACHE``, default ``~/.cache/interp_assert``)."""
     import os
 
-    from interp_assert.measure.models import cache_root
+    from interp_assert.measure.loading.models import cache_root
 
     given = os.environ.get("INTERP_ASSERT_RESULT_CACHE")
     return Path(given).expanduser() if given else cache_root(LoadOptions()) / "results"

@@ -11,14 +11,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from interp_assert.errors import CheckInputError, InterpAssertError, ModelLoadError, PromptError, SpecError
-from interp_assert.measure import attribution
-from interp_assert.measure.architecture import model_map
-from interp_assert.measure.capture import generate, max_positions, measure
+from interp_assert.measure.capture import attribution
+from interp_assert.measure.capture.prompts import PromptBatch, build_batches
+from interp_assert.measure.capture.run import generate, max_positions, measure
+from interp_assert.measure.loading.architecture import model_map
+from interp_assert.measure.loading.models import LoadedModel, LoadOptions, environment, load_model
+from interp_assert.measure.loading.placement import check_device_map, check_max_memory
 from interp_assert.measure.measurements import CaptureRequest, Measurements
-from interp_assert.measure.models import LoadedModel, LoadOptions, environment, load_model
-from interp_assert.measure.placement import check_device_map, check_max_memory
 from interp_assert.measure.prompt_sets import limited
-from interp_assert.measure.prompts import PromptBatch, build_batches
 from interp_assert.outcome import Outcome
 from interp_assert.properties import CheckContext
 from interp_assert.result_cache import ResultCache, model_identity, outcome_key
@@ -242,7 +242,7 @@ class Runner:
 
 def model_record(loaded: LoadedModel) -> dict[str, str]:
     """Where a model came from, as the JUnit record names it (kept beside a cached outcome)."""
-    from interp_assert.measure.models import content_hash
+    from interp_assert.measure.loading.models import content_hash
 
     record = {"model_source": loaded.source, "weights_sha256": content_hash(loaded.source)}
     if loaded.options.revision is not None:

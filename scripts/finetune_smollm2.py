@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(REPO_ROOT))
-    from interp_assert.measure.models import ALIASES, LoadOptions, gguf_as_safetensors
+    from interp_assert.measure.loading.models import ALIASES, LoadOptions, gguf_as_safetensors
     from tests.finetunes import train_full, train_lora
 
     base = args.base or gguf_as_safetensors(ALIASES["smollm2-135m-instruct"](), LoadOptions())

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from safetensors.torch import save_file
 
-    from interp_assert.measure.models import LoadOptions, load_model
+    from interp_assert.measure.loading.models import LoadOptions, load_model
 
     torch.manual_seed(args.seed)
     started = time.perf_counter()
@@ -133,7 +133,7 @@ def collect(model: Any, chunks: list[list[int]], layer: int, wanted: int) -> Any
     """Residual stream after block ``layer`` at positions >= 1 of each chunk, until ``wanted`` rows."""
     import torch
 
-    from interp_assert.measure.architecture import model_map
+    from interp_assert.measure.loading.architecture import model_map
 
     block = model_map(model).blocks[layer]
     caught: list[torch.Tensor] = []

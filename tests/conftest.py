@@ -41,7 +41,7 @@ def random_llama(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
     """SmolLM2's GGUF converted (once, cached) to a safetensors directory."""
-    from interp_assert.measure.models import ALIASES, LoadOptions, gguf_as_safetensors
+    from interp_assert.measure.loading.models import ALIASES, LoadOptions, gguf_as_safetensors
 
     return gguf_as_safetensors(ALIASES["smollm2-135m-instruct"](), LoadOptions())
 
@@ -55,7 +55,7 @@ QUICK = (
     "tests/drift/test_drift_summary.py",
     "tests/test_layering.py",
     "tests/commands/test_exit_codes.py",
-    "tests/drift/test_track_state.py",
+    "tests/commands/test_track_state.py",
     "tests/test_result_cache.py",
     "tests/measure/test_hygiene.py",
     "tests/pytest_plugin/test_gates.py::test_gate_rules",

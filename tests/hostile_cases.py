@@ -1556,7 +1556,7 @@ TRUST_ONLY_TYPED = (
 def _gguf_cache(root: Path, *, mode: int = 0o700, plant: bool = False) -> None:
     """A tiny .gguf at ``root/tiny.gguf`` and a cache folder for it: group-writable (``mode``), or
     holding its conversion with another model's weights planted in it."""
-    from interp_assert.measure.models import LoadOptions, gguf_as_safetensors
+    from interp_assert.measure.loading.models import LoadOptions, gguf_as_safetensors
     from tests.builders import tiny_gguf
 
     gguf = tiny_gguf(root / "tiny.gguf")

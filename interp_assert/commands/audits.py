@@ -35,10 +35,10 @@ def main_audits(
     force: bool = False,
     checkpoint_revision: str | None = None,
 ) -> int:
+    from interp_assert.commands.audit import print_table, run_audit, to_json
+    from interp_assert.commands.audit_report import refuse_overwrite, write_audit_report
     from interp_assert.commands.markdown import audit_markdown
-    from interp_assert.drift.audit import print_table, run_audit, to_json
-    from interp_assert.drift.audit_report import refuse_overwrite, write_audit_report
-    from interp_assert.drift.track import refuse_overwrite_file
+    from interp_assert.commands.tracking import refuse_overwrite_file
     from interp_assert.spec import load_spec
 
     out = out or sys.stdout

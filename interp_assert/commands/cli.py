@@ -242,7 +242,7 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
 
 def _run_options(args: argparse.Namespace) -> Any:
     """The verb's model flags, checked and turned into options the way pytest's are (one function)."""
-    from interp_assert.measure.hub import revision_problem
+    from interp_assert.measure.loading.hub import revision_problem
     from interp_assert.option_table import flag_values
     from interp_assert.run_options import Flags, from_flags
 
@@ -352,8 +352,8 @@ def _discover(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from interp_assert.commands.audit_report import refuse_overwrite
     from interp_assert.commands.report import build_report
-    from interp_assert.drift.audit_report import refuse_overwrite
 
     spec_path: Path = args.spec
     _readable_spec(spec_path)
@@ -426,8 +426,8 @@ def main_audit(
     checkpoint_revision: str | None = None,
 ) -> int:
     """Print the audit (and write its report); return 1 if any expectation fails on the checkpoint."""
-    from interp_assert.drift.audit import print_table, run_audit, to_json
-    from interp_assert.drift.audit_report import refuse_overwrite, write_audit_report
+    from interp_assert.commands.audit import print_table, run_audit, to_json
+    from interp_assert.commands.audit_report import refuse_overwrite, write_audit_report
     from interp_assert.spec import load_spec
 
     out = out or sys.stdout
@@ -446,7 +446,7 @@ def main_audit(
 
 
 def _track(args: argparse.Namespace) -> int:
-    from interp_assert.drift import checkpoints
+    from interp_assert.measure.loading import checkpoints
 
     _readable_spec(args.spec)
     # --checkpoint entries are paths, --checkpoints entries globs; under --order given, paths come first
@@ -514,7 +514,7 @@ def _readable_spec(path: Path) -> None:
 
 
 def _load(reference: str, args: argparse.Namespace) -> Any:
-    from interp_assert.measure.models import load_model
+    from interp_assert.measure.loading.models import load_model
 
     options = _run_options(args)
     load = options.load_options(reference, revision=args.revision)
@@ -526,7 +526,7 @@ def _progress(total: int | None) -> Iterator[Callable[[str], None]]:
     """A progress bar of named steps on a terminal; silent in CI logs and when piped."""
     from tqdm import tqdm
 
-    from interp_assert.measure.models import show_progress
+    from interp_assert.measure.loading.models import show_progress
 
     bar = tqdm(total=total, disable=not show_progress(), file=sys.stderr, leave=False, unit="step")
     started = False

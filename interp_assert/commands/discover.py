@@ -110,8 +110,8 @@ def roles_for(prompt_set: PromptSet) -> tuple[Role, ...]:
 def flag_token_driven(sections: list[Section], loaded: Any, prompt_sets: dict[str, PromptSet]) -> None:
     """Say in a head expectation's description when its score comes mostly from one frequent
     query token (commas attending to earlier commas), so no one mistakes it for a mechanism."""
-    from interp_assert.measure import attribution
-    from interp_assert.measure.capture import CaptureRequest
+    from interp_assert.measure.capture import attribution
+    from interp_assert.measure.capture.run import CaptureRequest
     from interp_assert.runner import measure_named
     from interp_assert.vocab import TARGET_ROLES, parse_head
 
@@ -148,7 +148,7 @@ def discover(
     sae: str | None = None,
 ) -> Discovered:
     """Measure ``loaded`` on ``prompt_sets`` and return the spec text (validated and self-checked)."""
-    from interp_assert.measure.capture import CaptureRequest
+    from interp_assert.measure.capture.run import CaptureRequest
     from interp_assert.runner import measure_named
 
     used: set[str] = set()
@@ -254,8 +254,8 @@ def sae_section(
 
 
 def _batches(loaded: Any, prompt_set: PromptSet) -> list[Any]:
-    from interp_assert.measure.capture import max_positions
-    from interp_assert.measure.prompts import build_batches
+    from interp_assert.measure.capture.prompts import build_batches
+    from interp_assert.measure.capture.run import max_positions
 
     return build_batches(
         prompt_set, loaded.tokenizer, vocab_size=int(loaded.config.vocab_size), max_positions=max_positions(loaded)
@@ -274,7 +274,7 @@ def ablation_sections(
     the loss counts from the second copy's second token (its first cannot be predicted)."""
     from dataclasses import replace
 
-    from interp_assert.measure.capture import CaptureRequest
+    from interp_assert.measure.capture.run import CaptureRequest
     from interp_assert.measure.measurements import AblationRequest
     from interp_assert.runner import measure_named
     from interp_assert.vocab import parse_head
@@ -317,8 +317,8 @@ def pair_sections(
     directions, the top candidates (and the largest direct effects) confirmed by exact patching;
     returns the sections and the measurements the written expectations are checked against."""
     from interp_assert.errors import PromptError
-    from interp_assert.measure.capture import _quiet, max_positions
-    from interp_assert.measure.prompts import build_batches
+    from interp_assert.measure.capture.prompts import build_batches
+    from interp_assert.measure.capture.run import _quiet, max_positions
 
     try:
         batches = build_batches(
@@ -341,9 +341,9 @@ def _pair_sections(
 ) -> tuple[list[Section], Any]:
     import numpy as np
 
-    from interp_assert.measure import patching as sweep
-    from interp_assert.measure.capture import CaptureRequest
-    from interp_assert.measure.pair_request import PairRequest
+    from interp_assert.measure.capture.run import CaptureRequest
+    from interp_assert.measure.counterfactual import patching as sweep
+    from interp_assert.measure.counterfactual.pair_request import PairRequest
     from interp_assert.measure.pair_requests import Component
     from interp_assert.properties import expectation_adapter
     from interp_assert.properties import patching as patching_property
@@ -443,7 +443,7 @@ def check_discovered(spec: SpecFile, measured: dict[str, Any]) -> None:
 
 def spec_model_reference(model: str, output: Path) -> str:
     """``model`` as given; a relative path is rewritten relative to the spec's folder, where it is resolved."""
-    from interp_assert.measure.models import ALIASES
+    from interp_assert.measure.loading.models import ALIASES
 
     path = Path(model).expanduser()
     if model in ALIASES or path.is_absolute() or not path.exists():

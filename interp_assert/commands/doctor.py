@@ -11,7 +11,7 @@ def lines() -> list[str]:
     import torch
     import transformers
 
-    from interp_assert.measure import native
+    from interp_assert.measure.attention import native
     from interp_assert.version import package_version
 
     cache = os.environ.get("INTERP_ASSERT_CACHE") or str(Path.home() / ".cache" / "interp_assert")

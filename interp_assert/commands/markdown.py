@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from interp_assert.drift.track import Track, milestones
+from interp_assert.commands.tracking import Track, milestones
 
 MAX_TEXT = 160
 

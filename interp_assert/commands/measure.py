@@ -2,7 +2,7 @@
 
 Per prompt set: the top heads of each role with their scores, layer means, the scores of
 heads asked for by name, hidden norms by depth, and a flag on any top head whose score comes
-mostly from one frequent token (see :mod:`interp_assert.measure.attribution`).
+mostly from one frequent token (see :mod:`interp_assert.measure.capture.attribution`).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from interp_assert.measure import attribution, scores
-from interp_assert.measure.capture import CaptureRequest
+from interp_assert.measure.capture import attribution, scores
+from interp_assert.measure.capture.run import CaptureRequest
 from interp_assert.runner import measure_named
 from interp_assert.spec import PromptSet
 from interp_assert.vocab import ROLES, TARGET_ROLES, Role, parse_head

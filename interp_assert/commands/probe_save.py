@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from interp_assert.errors import InterpAssertError
-from interp_assert.measure.models import content_hash, load_model
+from interp_assert.measure.loading.models import content_hash, load_model
 from interp_assert.properties.probe import Probe
 from interp_assert.properties.representation import save_directions
 from interp_assert.run_options import RunOptions

@@ -146,7 +146,7 @@ class _Plan:
         return not (self.roles or self.heads) and all(part is None for part in (self.norms, self.fractions, self.stats))
 
     def request(self, n_layers: int, n_heads: int) -> Any:
-        from interp_assert.measure.capture import CaptureRequest
+        from interp_assert.measure.capture.run import CaptureRequest
 
         roles = set(self.roles)
         if self.fractions is not None:
@@ -258,7 +258,7 @@ def _draw_prompt_set(prompt_name: str, plan: _Plan, measured: Any, out_dir: Path
         )
         add(file, "Hidden-state norms", f"norms on {prompt_name}", plan.norms)
     if plan.fractions is not None:
-        from interp_assert.measure import scores
+        from interp_assert.measure.capture import scores
 
         thresholds = {r.entry.expectation.label_threshold for r in plan.fractions}  # type: ignore[union-attr]
         threshold = thresholds.pop() if len(thresholds) == 1 else 0.5
@@ -334,7 +334,7 @@ def spec_folder_name(spec_path: str | Path) -> str:
 def write_failure_artifacts(runner: Any, spec: SpecFile, entry: Entry, outcome: Any, directory: Path) -> list[Path]:
     """The heatmaps of a failed expectation: the attention pattern of the head concerned
     (``outcome.heads[0]``) and, for a role, the layers x heads scores with that head outlined."""
-    from interp_assert.measure.capture import CaptureRequest
+    from interp_assert.measure.capture.run import CaptureRequest
     from interp_assert.runner import measure_named
 
     expectation: Any = entry.expectation
@@ -441,7 +441,7 @@ def _revision_words(loaded: Any) -> str:
 def _placement_words(loaded: Any) -> str:
     if loaded.options.device_map is None:
         return str(loaded.options.device)
-    from interp_assert.measure.placement import describe
+    from interp_assert.measure.loading.placement import describe
 
     return f"device_map {describe(loaded.options.device_map)}"
 

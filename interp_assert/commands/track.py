@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:
-    from interp_assert.drift.checkpoints import Checkpoint
+    from interp_assert.measure.loading.checkpoints import Checkpoint
     from interp_assert.run_options import RunOptions
 
 Handler = Callable[[argparse.Namespace], int]
@@ -158,9 +158,9 @@ def main_track(
 ) -> int:
     """Print the track (and write its JSON, Markdown and report); return its exit status."""
     from interp_assert.commands.track_state import run_with_state
-    from interp_assert.drift.checkpoints import check_architectures
-    from interp_assert.drift.track import checked_spec
+    from interp_assert.commands.tracking import checked_spec
     from interp_assert.errors import UsageError
+    from interp_assert.measure.loading.checkpoints import check_architectures
     from interp_assert.run_options import RunOptions
 
     out = out or sys.stdout
@@ -210,8 +210,8 @@ def main_merge(
 
 
 def refuse_outputs(json_path: Path | None, report_dir: Path | None, markdown_path: Path | None, *, force: bool) -> None:
-    from interp_assert.drift.audit_report import refuse_overwrite
-    from interp_assert.drift.track import refuse_overwrite_file
+    from interp_assert.commands.audit_report import refuse_overwrite
+    from interp_assert.commands.tracking import refuse_overwrite_file
 
     for path in (json_path, markdown_path):
         if path is not None:
@@ -226,7 +226,7 @@ def finish(
     """Print the track, write what was asked for, and return its exit status."""
     from interp_assert import atomic, exit_codes
     from interp_assert.commands.markdown import track_markdown
-    from interp_assert.drift.track import print_track, write_json
+    from interp_assert.commands.tracking import print_track, write_json
 
     print_track(track, out)
     if json_path is not None:
@@ -236,7 +236,7 @@ def finish(
         atomic.write_text(markdown_path, track_markdown(track))
         print(f"wrote {markdown_path}", file=out)
     if report_dir is not None:
-        from interp_assert.drift.track_report import write_track_report
+        from interp_assert.commands.track_report import write_track_report
 
         print(f"wrote {write_track_report(track, report_dir)}", file=out)
     if track.unavailable:
@@ -258,7 +258,7 @@ def exit_codes_for_shard(code: int) -> int:
 
 def _check_spec_shape(spec_path: str, found: Sequence[Checkpoint], options: RunOptions | None) -> None:
     """Checkpoints of another layers x heads shape than the spec's model, refused before any loads."""
-    from interp_assert.drift.checkpoints import check_against_spec
+    from interp_assert.measure.loading.checkpoints import check_against_spec
     from interp_assert.spec import load_spec
 
     header = load_spec(spec_path).header

@@ -25,9 +25,18 @@ from typing import Any
 
 from interp_assert import atomic, exit_codes
 from interp_assert.commands.shards import Shard
-from interp_assert.drift.checkpoints import Checkpoint, same_architecture
-from interp_assert.drift.track import Cell, Column, Row, Track, assemble, finite, measure_checkpoint, unavailable_column
+from interp_assert.commands.tracking import (
+    Cell,
+    Column,
+    Row,
+    Track,
+    assemble,
+    finite,
+    measure_checkpoint,
+    unavailable_column,
+)
 from interp_assert.errors import InfrastructureError, InterpAssertError, UsageError
+from interp_assert.measure.loading.checkpoints import Checkpoint, same_architecture
 from interp_assert.output_schema import SCHEMA_VERSION, versioned
 from interp_assert.result_cache import code_digest, file_digest
 from interp_assert.run_options import RunOptions
@@ -63,7 +72,7 @@ def versions() -> dict[str, str]:
 
 def checkpoint_key(spec: SpecFile, checkpoint: Checkpoint, options: RunOptions, limit: int | None) -> dict[str, Any]:
     """Everything that can change a cell: ``None`` weights (a hub id) never match, so never reuse."""
-    from interp_assert.measure.models import content_hash, resolve
+    from interp_assert.measure.loading.models import content_hash, resolve
     from interp_assert.runner import model_key
 
     assert spec.header is not None

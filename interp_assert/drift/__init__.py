@@ -1,1 +1,1 @@
-"""Comparing a model with its past and with other checkpoints: fingerprints, snapshots, audit, track."""
+"""The pure snapshot layer: fingerprints, their drift summaries and the snapshot files.\n\nNumbers in, numbers and files out: it imports nothing above :mod:`interp_assert.measure` (a test\nchecks every import, lazy ones too). The verbs that compare models (``audit``, ``track``) live in\n:mod:`interp_assert.commands`."""

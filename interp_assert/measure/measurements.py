@@ -1,7 +1,7 @@
 """What a capture is asked for and what it returns: numbers only, no torch.
 
 Properties, checks, fingerprints and reports depend on these two types; only
-:mod:`interp_assert.measure.capture` (which runs the model) fills them in.
+:mod:`interp_assert.measure.capture.run` (which runs the model) fills them in.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ class CaptureRequest:
 @dataclass(frozen=True)
 class LogitLens:
     """Per hidden-state index k (0 = embeddings): each depth read through the final norm and
-    unembedding, over query positions >= 1 (see :mod:`interp_assert.measure.lens`)."""
+    unembedding, over query positions >= 1 (see :mod:`interp_assert.measure.capture.lens`)."""
 
     agreement: np.ndarray  # [L + 1]: fraction of positions whose top-1 token is the final top-1
     kl: np.ndarray  # [L + 1]: mean KL(final || lens_k) in nats

@@ -1,8 +1,8 @@
 """What ``logit_diff`` and ``patching`` measure, as data: components and results, no torch.
 
-The request itself is :class:`interp_assert.measure.pair_request.PairRequest`; one per
+The request itself is :class:`interp_assert.measure.counterfactual.pair_request.PairRequest`; one per
 (direction, effect, component sets); every request on a prompt set shares the clean and corrupt
-runs and the all-heads sweeps through the memo in :mod:`interp_assert.measure.patching`.
+runs and the all-heads sweeps through the memo in :mod:`interp_assert.measure.counterfactual.patching`.
 
 Logit difference of a prompt: ``logit(answer) - logit(wrong)`` at its last position, in nats.
 """

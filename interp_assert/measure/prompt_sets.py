@@ -1,6 +1,6 @@
 """A spec's prompt sets, as data: literal texts, repeated random tokens or prompt pairs, and the BOS policy.
 
-Torch-free, and below the properties: :mod:`interp_assert.measure.prompts` turns these into
+Torch-free, and below the properties: :mod:`interp_assert.measure.capture.prompts` turns these into
 token batches without importing the spec (or, through it, the property registry).
 """
 

@@ -5,7 +5,7 @@ the next-token losses at ``positions`` (token positions t whose loss ``-log p(to
 before t)`` counts; Python-style, negative from the end, default ``[1, -1]``: every token that
 has a predecessor). ``mode: zero`` sets the heads' inputs to the attention output projection to
 0, ``mode: mean`` to their mean over the prompt set's positions (see
-:mod:`interp_assert.measure.ablation`). With ``control``, the same number of heads per layer is drawn
+:mod:`interp_assert.measure.counterfactual.ablation`). With ``control``, the same number of heads per layer is drawn
 at random (seeded) from the other heads of the same layers, ``samples`` times, and
 ``at_least_times: k`` asserts that the named heads' effect is at least k times the mean
 control effect (and positive).

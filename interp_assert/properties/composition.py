@@ -5,7 +5,7 @@ The score of sender A into receiver B (a later layer) is ``||OV_A X_B||_F / (||O
 with ``X_B`` = ``QK_Bᵀ`` (K), ``QK_B`` (Q) or ``OV_B`` (V); the z-score compares the squared score
 with its null under a Haar-random rotation of the residual basis (mean exactly 1/d_model, spread
 from ``null_draws`` seeded rotations shared by every pair). Conventions and the factored
-computation: :mod:`interp_assert.measure.weights`. A spec asserts one pair's z-score (or raw
+computation: :mod:`interp_assert.measure.weights.circuits`. A spec asserts one pair's z-score (or raw
 score, ``score: raw``) within bounds, or that the ``k`` strongest senders into a receiver (or
 receivers from a sender) include listed heads.
 """
@@ -25,7 +25,7 @@ from interp_assert.vocab import parse_head
 
 Head = tuple[int, int]
 DEFAULT_DRAWS = 500
-MIN_DRAWS, MAX_DRAWS = 10, 100_000  # as interp_assert.measure.weights checks them
+MIN_DRAWS, MAX_DRAWS = 10, 100_000  # as interp_assert.measure.weights.circuits checks them
 
 
 def head_name(head: Head) -> str:
@@ -44,7 +44,7 @@ class CompositionRequest:
     weights_only: ClassVar[bool] = True  # reads no activations: the runner skips the forward pass
 
     def run(self, loaded: Any, batches: list[Any]) -> dict[tuple[Head, Head], tuple[float, float]]:
-        from interp_assert.measure import weights
+        from interp_assert.measure.weights import circuits as weights
 
         heads = weights.all_heads(weights.model_map(loaded.model))
         senders = list(self.senders) if self.senders is not None else heads

@@ -10,8 +10,8 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from interp_assert.errors import CheckInputError
+from interp_assert.measure.counterfactual.pair_request import PairRequest
 from interp_assert.measure.measurements import CaptureRequest, Measurements
-from interp_assert.measure.pair_request import PairRequest
 from interp_assert.measure.pair_requests import PairResult
 from interp_assert.outcome import Outcome
 from interp_assert.properties.base import Bounded, CheckContext

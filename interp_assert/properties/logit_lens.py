@@ -1,7 +1,7 @@
 """``logit_lens``: when the model's answer becomes readable from its residual stream.
 
 Each hidden-state index k is read through the final norm and unembedding (see
-:mod:`interp_assert.measure.lens`): ``agreement[k]`` is the fraction of positions whose top-1 token
+:mod:`interp_assert.measure.capture.lens`): ``agreement[k]`` is the fraction of positions whose top-1 token
 already is the model's final top-1 token, ``kl[k]`` the mean KL(final || lens_k) in nats.
 A spec states any of:
 

@@ -2,7 +2,7 @@
 Elhage et al. 2021: ``Σλ / Σ|λ|`` over the eigenvalues of ``W_E OV W_U`` (1: the head copies the
 token it attends to into the logits; -1: it suppresses it). Computed through the ``d_head x
 d_head`` matrix ``O (W_U W_E) V`` (same non-zero eigenvalues); conventions in
-:mod:`interp_assert.measure.weights`.
+:mod:`interp_assert.measure.weights.circuits`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class CopyingRequest:
     weights_only: ClassVar[bool] = True  # reads no activations: the runner skips the forward pass
 
     def run(self, loaded: Any, batches: list[Any]) -> dict[Head, float]:
-        from interp_assert.measure import weights
+        from interp_assert.measure.weights import circuits as weights
 
         return weights.copying_scores(loaded.model)
 

@@ -1,5 +1,5 @@
 """``patching``: patch components from one run of a prompt pair into the other and measure how
-much of the logit difference moves (see :mod:`interp_assert.measure.patching`).
+much of the logit difference moves (see :mod:`interp_assert.measure.counterfactual.patching`).
 
 Normalised over the means of the pairs, as TransformerLens does (``P`` the mean patched, ``C``
 the mean clean, ``K`` the mean corrupt logit difference): ``denoise`` (clean components into the
@@ -18,8 +18,8 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from interp_assert.errors import CheckInputError
+from interp_assert.measure.counterfactual.pair_request import PairRequest
 from interp_assert.measure.measurements import CaptureRequest
-from interp_assert.measure.pair_request import PairRequest
 from interp_assert.measure.pair_requests import Component, PairResult
 from interp_assert.outcome import Outcome
 from interp_assert.properties.base import Bounded, CheckContext, HeadName, Strict, head_index

@@ -16,7 +16,7 @@ of it); the direction is ``mean(positive) - mean(negative)`` over the fitting pa
   residual stream at that layer, at every position of the negative prompts, moves the mean logit
   difference ``logit(answers[0]) - logit(answers[1])`` at the last token by at least
   ``at_least``, while ``samples`` random directions of the same norm move it by at most
-  ``random_at_most`` in absolute value (see :mod:`interp_assert.measure.probes`).
+  ``random_at_most`` in absolute value (see :mod:`interp_assert.measure.features.probes`).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class ProbeRequest:
     causal: tuple[tuple[str, str], float, int, int] | None  # answers, alpha, samples, seed
 
     def run(self, loaded: Any, batches: list[Any]) -> dict[str, Any]:
-        from interp_assert.measure import probes, sae_runs
+        from interp_assert.measure.features import probes, sae_runs
 
         negative = sae_runs.batches_for(loaded, self.negative, self.bos)
         try:

@@ -42,7 +42,7 @@ class SaeFeatureRequest:
 
     def run(self, loaded: Any, batches: list[Any]) -> dict[str, Any]:
         from interp_assert.errors import SaeLoadError
-        from interp_assert.measure import sae_runs
+        from interp_assert.measure.features import sae_runs
         from interp_assert.properties.representation import load_direction
 
         try:

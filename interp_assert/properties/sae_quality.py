@@ -1,6 +1,6 @@
 """``sae_quality``: how well a sparse autoencoder reconstructs the model's activations on a prompt set.
 
-``metric`` picks one number (see :mod:`interp_assert.measure.sae_runs` for the definitions):
+``metric`` picks one number (see :mod:`interp_assert.measure.features.sae_runs` for the definitions):
 ``l0`` (active latents per token), ``explained_variance``, ``dead_fraction`` (latents never
 active on the set) or ``ce_recovered`` (``(CE_zero - CE_sae) / (CE_zero - CE_clean)``, the
 reconstruction spliced into the forward pass). Expectations on the same SAE, hook and prompt
@@ -37,7 +37,7 @@ class SaeQualityRequest:
 
     def run(self, loaded: Any, batches: list[Any]) -> dict[str, Any]:
         from interp_assert.errors import SaeLoadError
-        from interp_assert.measure import sae_runs
+        from interp_assert.measure.features import sae_runs
 
         try:
             sae = sae_runs.cached_sae(self.sae, self.hook)

@@ -387,7 +387,7 @@ def check_run(session: pytest.Session, items: list[pytest.Item]) -> None:
         check_shapes(specs, overrides, checkpoints)
     device = options.get(config, "interp_device")
     if device is not None and specs:
-        from interp_assert.measure.models import device_problem
+        from interp_assert.measure.loading.models import device_problem
 
         problem = device_problem(device)
         if problem:
@@ -399,7 +399,7 @@ def check_shapes(specs: list[SpecFile], overrides: dict[str, str], checkpoints: 
     spec's model is a usage error, before anything loads (read from config.json or the GGUF header)."""
     from pathlib import Path
 
-    from interp_assert.drift.checkpoints import check_against_spec
+    from interp_assert.measure.loading.checkpoints import check_against_spec
 
     for spec in {spec.path: spec for spec in specs}.values():
         header = spec.header
@@ -446,7 +446,7 @@ def _adapter_base(reference: str, base_dir: Any) -> str | None:
     here; loading it says what is wrong)."""
     from pathlib import Path
 
-    from interp_assert.measure.models import adapter_base_name
+    from interp_assert.measure.loading.models import adapter_base_name
 
     for folder in (base_dir / reference, Path(reference).expanduser()):
         try:

@@ -58,7 +58,7 @@ class Verdict:
 
 
 def verdict(row: Any, checkpoints: Sequence[Any], gate: Gate) -> Verdict:
-    """Whether ``row`` (a :class:`~interp_assert.drift.track.Row`) passes ``gate`` over ``checkpoints``."""
+    """Whether ``row`` (a :class:`~interp_assert.commands.tracking.Row`) passes ``gate`` over ``checkpoints``."""
     cells = row.cells
     if gate.kind == "last":
         needed = [len(cells) - 1]

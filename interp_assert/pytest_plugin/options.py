@@ -117,8 +117,8 @@ def trusted(config: pytest.Config, name: str) -> bool:
 def configure_checkpoints(config: pytest.Config, *, updating: bool) -> None:
     """Resolve ``--interp-checkpoints`` once, before collection: a missing checkpoint, a glob that
     matches nothing, a repeated step or another architecture is a usage error naming it."""
-    from interp_assert.drift import checkpoints
     from interp_assert.errors import InterpAssertError
+    from interp_assert.measure.loading import checkpoints
     from interp_assert.pytest_plugin.stash import CHECKPOINTS_KEY
 
     if updating:

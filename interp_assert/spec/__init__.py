@@ -15,7 +15,7 @@ from pydantic import AfterValidator, BaseModel, Field, TypeAdapter, ValidationEr
 
 from interp_assert import properties
 from interp_assert.errors import Location, SpecError
-from interp_assert.measure import hub, placement
+from interp_assert.measure.loading import hub, placement
 from interp_assert.measure.prompt_sets import PromptSet, RandomTokens
 from interp_assert.properties import (
     AttentionStatBounds,

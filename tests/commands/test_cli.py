@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from interp_assert.commands.cli import main
-from interp_assert.measure.models import BUILTIN_MODELS
+from interp_assert.measure.loading.models import BUILTIN_MODELS
 from interp_assert.properties.findings import monotone_runs, robust_top_set, round_outward
 from interp_assert.spec import load_spec
 

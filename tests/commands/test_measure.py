@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from interp_assert.commands.cli import main
-from interp_assert.measure import attribution
+from interp_assert.measure.capture import attribution
 
 COMMAS = """\
 prompts:

@@ -81,7 +81,7 @@ def tiny_neo_without_its_induction_output(tmp_path_factory: pytest.TempPathFacto
     """tiny-neo with L1H0's 16 columns of the attention output projection zeroed."""
     from transformers import AutoModelForCausalLM
 
-    from interp_assert.measure.models import BUILTIN_MODELS
+    from interp_assert.measure.loading.models import BUILTIN_MODELS
 
     source = BUILTIN_MODELS / "tiny-neo"
     model = AutoModelForCausalLM.from_pretrained(source)
@@ -97,7 +97,7 @@ def tiny_neo_without_its_induction_output(tmp_path_factory: pytest.TempPathFacto
 def test_tiny_neo_audit_of_a_cut_induction_head(tiny_neo_without_its_induction_output: Path) -> None:
     """The same story on tiny-neo, through audit: patterns unchanged to 4 decimals, both ablation
     findings gone (L0H0 matters only through L1H0), the causal snapshot moved."""
-    from interp_assert.drift.audit import run_audit
+    from interp_assert.commands.audit import run_audit
 
     audit = run_audit(str(REPO / "model_specs" / "tiny-neo.yaml"), str(tiny_neo_without_its_induction_output))
     rows = {row.name: row for row in audit.rows}

@@ -14,11 +14,11 @@ import torch
 
 from interp_assert.errors import CheckInputError
 from interp_assert.measure import head_tables
-from interp_assert.measure.architecture import base_model
-from interp_assert.measure.capture import describe, measure
+from interp_assert.measure.capture.prompts import PromptBatch
+from interp_assert.measure.capture.run import describe, measure
+from interp_assert.measure.loading.architecture import base_model
+from interp_assert.measure.loading.models import LoadedModel, LoadOptions, load_model
 from interp_assert.measure.measurements import AblationRequest, CaptureRequest, Measurements
-from interp_assert.measure.models import LoadedModel, LoadOptions, load_model
-from interp_assert.measure.prompts import PromptBatch
 from interp_assert.properties.ablation_effect import AblationEffect, mean_loss
 from interp_assert.properties.base import CheckContext
 from tests.builders import ARCHITECTURES, save_model, tiny_config
@@ -235,7 +235,7 @@ def test_tiny_neo_induction_circuit_is_causal() -> None:
     """tiny-neo's previous-token head L0H0 feeds its induction head L1H0: cutting either wrecks the
     loss on the predictable tokens of the repeated copies (measured: 0.015 clean, 14.55 without
     L0H0, 4.26 without L1H0), and no other single head comes close (L0H3 0.98, the rest < 0.02)."""
-    from interp_assert.measure.prompts import build_batches
+    from interp_assert.measure.capture.prompts import build_batches
     from interp_assert.spec import PromptSet
 
     loaded = load_model("tiny-neo", LoadOptions())

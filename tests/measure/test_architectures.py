@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from interp_assert.errors import CaptureError
-from interp_assert.measure.capture import CaptureRequest, describe, measure
-from interp_assert.measure.models import LoadedModel, LoadOptions, load_model
-from interp_assert.measure.prompts import PromptBatch
+from interp_assert.measure.capture.prompts import PromptBatch
+from interp_assert.measure.capture.run import CaptureRequest, describe, measure
+from interp_assert.measure.loading.models import LoadedModel, LoadOptions, load_model
 from tests.builders import ARCHITECTURES, save_model, tiny_config
 
 T = 20

@@ -19,10 +19,12 @@ import pytest
 import torch
 
 from interp_assert.errors import CaptureError
-from interp_assert.measure import blockwise, capture, scores
-from interp_assert.measure.capture import CaptureRequest, Measurements
-from interp_assert.measure.models import LoadedModel, LoadOptions, load_model
-from interp_assert.measure.prompts import PromptBatch
+from interp_assert.measure.attention import blockwise
+from interp_assert.measure.capture import run as capture
+from interp_assert.measure.capture import scores
+from interp_assert.measure.capture.prompts import PromptBatch
+from interp_assert.measure.capture.run import CaptureRequest, Measurements
+from interp_assert.measure.loading.models import LoadedModel, LoadOptions, load_model
 from interp_assert.vocab import ROLES, TARGET_ROLES, Role
 from tests.builders import VOCAB, llama_config, save_model, tiny_config
 

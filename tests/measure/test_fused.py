@@ -1,7 +1,7 @@
 """The fused path (scores from the softmax normaliser) against the eager reference.
 
 Its three kernels run here: the CPU flash kernel (``aten``), the one-pass kernel of
-:mod:`interp_assert.measure.native` (``native``, where a C++ compiler builds it), and FlexAttention's maths
+:mod:`interp_assert.measure.attention.native` (``native``, where a C++ compiler builds it), and FlexAttention's maths
 (``flex``: on CUDA compiled; here its reference implementation, which materialises the logits,
 with the row maximum from the sharpened pass, since only CUDA returns ``max_scores``).
 """
@@ -16,10 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from interp_assert.measure import blockwise, capture, fused, kernels, native, scores
-from interp_assert.measure.capture import CaptureRequest, Measurements
-from interp_assert.measure.models import LoadedModel, LoadOptions, load_model
-from interp_assert.measure.prompts import PromptBatch
+from interp_assert.measure.attention import blockwise, fused, kernels, native
+from interp_assert.measure.capture import run as capture
+from interp_assert.measure.capture import scores
+from interp_assert.measure.capture.prompts import PromptBatch
+from interp_assert.measure.capture.run import CaptureRequest, Measurements
+from interp_assert.measure.loading.models import LoadedModel, LoadOptions, load_model
 from interp_assert.vocab import ROLES
 from tests.builders import VOCAB, save_model, tiny_config
 from tests.measure.test_capture_paths import (

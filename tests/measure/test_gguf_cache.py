@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from interp_assert.errors import ModelLoadError
-from interp_assert.measure.gguf_cache import RECORD
-from interp_assert.measure.models import LoadOptions, gguf_as_safetensors, gguf_conversion
+from interp_assert.measure.loading.gguf_cache import RECORD
+from interp_assert.measure.loading.models import LoadOptions, gguf_as_safetensors, gguf_conversion
 from tests.builders import tiny_gguf
 
 

@@ -18,11 +18,11 @@ import pytest
 
 from interp_assert.drift.snapshot import revision_change
 from interp_assert.errors import ModelLoadError
-from interp_assert.measure import hub
-from interp_assert.measure.capture import measure
+from interp_assert.measure.capture.prompts import PromptBatch
+from interp_assert.measure.capture.run import measure
+from interp_assert.measure.loading import hub
+from interp_assert.measure.loading.models import LoadedModel, LoadOptions, content_hash, environment, load_model
 from interp_assert.measure.measurements import CaptureRequest
-from interp_assert.measure.models import LoadedModel, LoadOptions, content_hash, environment, load_model
-from interp_assert.measure.prompts import PromptBatch
 from tests.builders import hub_cache, llama_config, save_model
 
 REPO = "tiny-org/tiny-llama"

@@ -8,8 +8,8 @@ import torch
 import transformers
 
 from interp_assert.errors import CaptureError
-from interp_assert.measure import architecture
-from interp_assert.measure.architecture import Family, model_map, register_family
+from interp_assert.measure.loading import architecture
+from interp_assert.measure.loading.architecture import Family, model_map, register_family
 from tests.builders import ARCHITECTURES, tiny_config
 
 

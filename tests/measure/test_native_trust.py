@@ -41,7 +41,7 @@ def run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess[st
 
 
 def library_path(env: dict[str, str]) -> Path:
-    done = run_python("from interp_assert.measure import native; print(native.library_path())", env)
+    done = run_python("from interp_assert.measure.attention import native; print(native.library_path())", env)
     assert done.returncode == 0, done.stderr
     return Path(done.stdout.strip())
 
@@ -64,7 +64,7 @@ def env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-CHECK = "from interp_assert.measure import native; print(native.available(), native.build_error())"
+CHECK = "from interp_assert.measure.attention import native; print(native.available(), native.build_error())"
 
 
 def test_a_planted_library_is_not_loaded_but_rebuilt(tmp_path: Path, env: dict[str, str]) -> None:

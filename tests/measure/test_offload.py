@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from interp_assert.errors import ModelLoadError
-from interp_assert.measure.capture import measure
+from interp_assert.measure.capture.prompts import PromptBatch
+from interp_assert.measure.capture.run import measure
+from interp_assert.measure.loading.models import LoadedModel, LoadOptions, environment, input_device, load_model
 from interp_assert.measure.measurements import CaptureRequest, Measurements
-from interp_assert.measure.models import LoadedModel, LoadOptions, environment, input_device, load_model
-from interp_assert.measure.prompts import PromptBatch
 from interp_assert.vocab import ROLES
 from tests.builders import llama_config, save_model, tiny_config
 

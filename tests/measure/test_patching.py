@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from interp_assert.errors import CheckInputError
-from interp_assert.measure import patching
-from interp_assert.measure.architecture import base_model, model_map
+from interp_assert.measure.capture.prompts import PairBatch, PromptBatch
+from interp_assert.measure.counterfactual import patching
+from interp_assert.measure.counterfactual.pair_request import PairRequest
+from interp_assert.measure.loading.architecture import base_model, model_map
+from interp_assert.measure.loading.models import LoadedModel, LoadOptions, load_model
 from interp_assert.measure.measurements import Measurements
-from interp_assert.measure.models import LoadedModel, LoadOptions, load_model
-from interp_assert.measure.pair_request import PairRequest
 from interp_assert.measure.pair_requests import Component
-from interp_assert.measure.prompts import PairBatch, PromptBatch
 from interp_assert.properties.base import CheckContext
 from interp_assert.properties.patching import Patching
 from tests.builders import save_model, tiny_config
@@ -237,9 +237,9 @@ def test_attribution_tracks_the_exact_sweep(model: LoadedModel) -> None:
 
 
 def test_other_properties_see_the_clean_prompts() -> None:
-    from interp_assert.measure.capture import CaptureRequest, measure
+    from interp_assert.measure.capture.prompts import build_batches
+    from interp_assert.measure.capture.run import CaptureRequest, measure
     from interp_assert.measure.prompt_sets import PromptSet
-    from interp_assert.measure.prompts import build_batches
 
     loaded = load_model("tiny-neo", LoadOptions())
     prompt_set = PromptSet.model_validate(

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from interp_assert.errors import SaeLoadError
-from interp_assert.measure import sae_runs
-from interp_assert.measure.models import LoadedModel, LoadOptions, load_model
-from interp_assert.measure.prompts import PromptBatch
-from interp_assert.measure.saes import load_sae
+from interp_assert.measure.capture.prompts import PromptBatch
+from interp_assert.measure.features import sae_runs
+from interp_assert.measure.features.saes import load_sae
+from interp_assert.measure.loading.models import LoadedModel, LoadOptions, load_model
 from tests.sae_builders import identity_weights, write_saelens, write_sparsify
 
 WIDTH = 64  # tests/builders.py SMALL_DECODER

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from interp_assert.measure import scores
+from interp_assert.measure.capture import scores
 
 T = 8
 

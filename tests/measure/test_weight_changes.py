@@ -7,8 +7,8 @@ import copy
 import pytest
 import torch
 
-from interp_assert.measure.models import LoadOptions, load_model
-from interp_assert.measure.weight_changes import weight_changes
+from interp_assert.measure.loading.models import LoadOptions, load_model
+from interp_assert.measure.weights.changes import weight_changes
 
 
 def test_one_heads_query_edit_is_found_and_located() -> None:

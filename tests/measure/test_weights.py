@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from interp_assert.errors import CheckInputError
-from interp_assert.measure import weights
-from interp_assert.measure.models import LoadOptions, load_model
+from interp_assert.measure.loading.models import LoadOptions, load_model
+from interp_assert.measure.weights import circuits as weights
 from tests.builders import llama_config
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from interp_assert.measure.counterfactual.pair_request import PairRequest
 from interp_assert.measure.measurements import Measurements
-from interp_assert.measure.pair_request import PairRequest
 from interp_assert.measure.pair_requests import PairResult
 from interp_assert.properties.base import CheckContext
 from interp_assert.properties.logit_diff import LogitDiff

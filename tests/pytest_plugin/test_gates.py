@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from interp_assert.drift.checkpoints import Checkpoint
-from interp_assert.drift.track import Cell, Row
+from interp_assert.commands.tracking import Cell, Row
+from interp_assert.measure.loading.checkpoints import Checkpoint
 from interp_assert.pytest_plugin.gates import parse_gate, verdict
 
 REPO = Path(__file__).resolve().parents[2]

@@ -410,7 +410,7 @@ SIZES = st.one_of(
 def test_max_memory_sizes(pairs: list[tuple[str, str]]) -> None:
     """``--interp-max-memory`` gives whole byte counts a machine could hold, or a ValueError of one
     line that says what would be valid; never an OverflowError."""
-    from interp_assert.measure.placement import MAX_SIZE, parse_max_memory_flag
+    from interp_assert.measure.loading.placement import MAX_SIZE, parse_max_memory_flag
 
     text = ",".join(f"{device}={size}" for device, size in pairs)
     try:

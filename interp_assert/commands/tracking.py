@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from interp_assert import atomic
-from interp_assert.drift.checkpoints import Checkpoint, architecture, same_architecture
 from interp_assert.errors import CheckpointError, InfrastructureError, InterpAssertError, SpecError
+from interp_assert.measure.loading.checkpoints import Checkpoint, architecture, same_architecture
 from interp_assert.outcome import format_value
 from interp_assert.run_options import RunOptions
 from interp_assert.runner import Runner

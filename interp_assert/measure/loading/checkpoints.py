@@ -60,7 +60,7 @@ def resolve(entries: Sequence[Entry], order: Order = "step", *, here: Path | Non
     or a glob; relative paths are relative to ``here`` (the working directory). Ordered by step
     number (``order="step"``: every checkpoint needs one, and steps are unique) or as given, a
     glob's matches by step where they all have one, else by name."""
-    from interp_assert.measure.models import ALIASES
+    from interp_assert.measure.loading.models import ALIASES
 
     if order not in ORDERS:
         raise CheckpointError(f"checkpoint order {order!r} is not valid; choose step or given")
@@ -210,8 +210,8 @@ def reference_shape(
 ) -> tuple[int, int] | None:
     """:func:`declared_shape` of a model as a spec or a flag names it: an alias, a path (relative to
     ``base_dir`` first) or a hub id found in the local cache."""
-    from interp_assert.measure import hub
-    from interp_assert.measure.models import ALIASES, resolve
+    from interp_assert.measure.loading import hub
+    from interp_assert.measure.loading.models import ALIASES, resolve
 
     try:
         source = resolve(reference, base_dir)

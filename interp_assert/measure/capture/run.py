@@ -1,6 +1,7 @@
-"""Capture: runs the model for a :class:`CaptureRequest` (with :mod:`~interp_assert.measure.blockwise`,
-:mod:`~interp_assert.measure.fused`, :mod:`~interp_assert.measure.ablation` and :mod:`~interp_assert.measure.lens`,
-and the measurements property modules bring, which it calls).
+"""Capture: runs the model for a :class:`CaptureRequest`, with the attention paths
+(:mod:`~interp_assert.measure.attention.blockwise`, :mod:`~interp_assert.measure.attention.fused`),
+:mod:`~interp_assert.measure.counterfactual.ablation`, :mod:`~interp_assert.measure.capture.lens`
+and the measurements property modules bring, which it calls.
 
 Capture is driven by a :class:`CaptureRequest`: the roles whose scores are
 needed, attention statistics, hidden-state norms, patterns. Only those are
@@ -22,13 +23,11 @@ import numpy as np
 import torch
 
 from interp_assert.errors import CaptureError
-from interp_assert.measure import ablation, blockwise, fused, kernels, lens, native
-from interp_assert.measure.architecture import ModelMap, base_model, model_map
-from interp_assert.measure.measurements import CaptureRequest, Measurements
-from interp_assert.measure.models import LoadedModel, input_device
-from interp_assert.measure.peaks import PeakAccumulator
-from interp_assert.measure.prompts import PromptBatch
-from interp_assert.measure.scores import (
+from interp_assert.measure.attention import blockwise, fused, kernels, native
+from interp_assert.measure.capture import lens
+from interp_assert.measure.capture.peaks import PeakAccumulator
+from interp_assert.measure.capture.prompts import PromptBatch
+from interp_assert.measure.capture.scores import (
     BlockSums,
     BlockTargets,
     block_targets,
@@ -39,6 +38,10 @@ from interp_assert.measure.scores import (
     score_block,
     score_rows,
 )
+from interp_assert.measure.counterfactual import ablation
+from interp_assert.measure.loading.architecture import ModelMap, base_model, model_map
+from interp_assert.measure.loading.models import LoadedModel, input_device
+from interp_assert.measure.measurements import CaptureRequest, Measurements
 from interp_assert.vocab import Role
 
 AttentionPath = Literal["auto", "fused", "blockwise", "eager"]
@@ -47,7 +50,8 @@ TARGET_MASK_ELEMENTS = 1 << 22
 
 
 def describe(loaded: LoadedModel) -> ModelMap:
-    """Where the model keeps its blocks, attention modules and windows (:mod:`interp_assert.measure.architecture`)."""
+    """Where the model keeps its blocks, attention modules and windows
+    (:mod:`interp_assert.measure.loading.architecture`)."""
     return model_map(loaded.model)
 
 
@@ -59,7 +63,7 @@ def max_positions(loaded: LoadedModel) -> int | None:
 def measure(
     loaded: LoadedModel, batches: list[PromptBatch], request: CaptureRequest, *, attention: AttentionPath = "auto"
 ) -> Measurements:
-    """:func:`measure_internals`, plus the logit lens (:mod:`interp_assert.measure.lens`, a pass of its
+    """:func:`measure_internals`, plus the logit lens (:mod:`interp_assert.measure.capture.lens`, a pass of its
     own) and each :class:`~interp_assert.measure.measurements.MeasureRequest` (their own passes) when asked."""
     result = measure_internals(loaded, batches, request, attention=attention)
     if request.logit_lens:
@@ -79,8 +83,8 @@ def measure_internals(
     Four ways, cheapest first (``attention="auto"``): no attention needed -> SDPA, no weights
     computed at all; attention through transformers' ``AttentionInterface`` -> ``fused`` where
     it is the cheaper (a fused kernel's output and log-sum-exp, every score from the normaliser,
-    see :mod:`interp_assert.measure.fused`) or else ``blockwise`` (weights computed and scored a row block
-    at a time, see :mod:`interp_assert.measure.blockwise`); otherwise ``eager`` attention with a forward
+    see :mod:`interp_assert.measure.attention.fused`) or else ``blockwise`` (weights computed and scored a row block
+    at a time, see :mod:`interp_assert.measure.attention.blockwise`); otherwise ``eager`` attention with a forward
     hook that scores each layer's weights and drops them. ``attention`` forces one of the last
     three (for comparisons and benchmarks).
     """
@@ -133,11 +137,12 @@ def _clean_run(
 
 
 def fused_is_cheaper(request: CaptureRequest, device: torch.device, head_dim: int | None = None) -> bool:
-    """Whether :mod:`interp_assert.measure.fused` beats :mod:`interp_assert.measure.blockwise` for ``request``.
+    """Whether :mod:`~interp_assert.measure.attention.fused` beats
+    :mod:`~interp_assert.measure.attention.blockwise` for ``request``.
 
     With FlexAttention (CUDA) one pass gives every statistic. On CPU the flash kernel gives the
     output and ``lse`` at SDPA's cost, and each of breadth and the row maximum (focus, ``max``)
-    takes one more pass of the same cost, unless :mod:`interp_assert.measure.native` (one pass for all)
+    takes one more pass of the same cost, unless :mod:`interp_assert.measure.attention.native` (one pass for all)
     is built and takes the head size; blockwise computes everything from one pass that costs
     about 2.3 of them, so it is the cheaper when both are wanted without the native kernel."""
     if device.type == "cuda":
@@ -245,7 +250,7 @@ class _Run:
     ) -> None:
         """Score rows ``row_start ..`` of ``layer``'s attention (``weights[B, H, R, K]``, K >= last row + 1).
 
-        ``masked``: the weights come from :mod:`interp_assert.measure.blockwise`, which gives hidden keys
+        ``masked``: the weights come from :mod:`interp_assert.measure.attention.blockwise`, which gives hidden keys
         weight exactly 0 and rows that sum to 1 by construction (checked all the same)."""
         n_rows, n_keys = weights.shape[2], weights.shape[3]
         tokens = self.tokens_on(weights.device)
@@ -303,7 +308,7 @@ class _Run:
         return sorted(head for wanted, head in self.request.patterns if wanted == layer) if self.first_batch else []
 
     def score_normaliser(self, layer: int, rows: fused.LayerRows) -> None:
-        """Score a whole layer from :mod:`interp_assert.measure.fused`'s per-row reductions."""
+        """Score a whole layer from :mod:`interp_assert.measure.attention.fused`'s per-row reductions."""
         problems = check_normaliser(rows.lse)
         if problems:
             raise CaptureError(f"invalid attention captured at layer {layer}: " + "; ".join(problems))

@@ -17,9 +17,10 @@ import numpy as np
 import torch
 
 from interp_assert.errors import CheckInputError
-from interp_assert.measure import hook_points, probe_math
-from interp_assert.measure.models import LoadedModel, input_device
-from interp_assert.measure.prompts import PromptBatch
+from interp_assert.measure import probe_math
+from interp_assert.measure.capture.prompts import PromptBatch
+from interp_assert.measure.features import hook_points
+from interp_assert.measure.loading.models import LoadedModel, input_device
 
 
 def resid_point(loaded: LoadedModel, layer: int) -> hook_points.HookPoint:

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from interp_assert.errors import CheckInputError
-from interp_assert.measure.architecture import model_map
+from interp_assert.measure.loading.architecture import model_map
 
 Head = tuple[int, int]
 

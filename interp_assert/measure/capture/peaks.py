@@ -1,5 +1,5 @@
 """Largest activations per hidden state, reduced as the hidden states are produced (for
-``massive_activation``). Used by :mod:`interp_assert.measure.capture` from its hidden-state hooks."""
+``massive_activation``). Used by :mod:`interp_assert.measure.capture.run` from its hidden-state hooks."""
 
 from __future__ import annotations
 

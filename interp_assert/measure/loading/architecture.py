@@ -215,7 +215,7 @@ class ModelMap:
         if self.final_norm is None or self.unembedding is None:
             raise CaptureError(
                 f"{self.family}: no final norm '{self.layout.final_norm}' or unembedding found; "
-                "register the family's spellings with interp_assert.measure.architecture.register_family"
+                "register the family's spellings with interp_assert.measure.loading.architecture.register_family"
             )
         return self.final_norm, self.unembedding
 
@@ -315,7 +315,7 @@ def _build(model: Any) -> ModelMap:
         raise CaptureError(
             f"{type(model).__name__} ({model_type}): no known layout of transformer blocks and attention modules; "
             f"known families: {', '.join(sorted(families()))}; register this one with "
-            "interp_assert.measure.architecture.register_family"
+            "interp_assert.measure.loading.architecture.register_family"
         )
     family, layout = found
     blocks = _dotted(base, layout.blocks)

@@ -1,7 +1,7 @@
 """The logit lens (nostalgebraist 2020): read each depth's residual stream through the model's
 final norm and unembedding, and compare with the model's own final distribution.
 
-Part of capture (it runs the model; :mod:`interp_assert.measure.capture` calls it for requests that
+Part of capture (it runs the model; :mod:`interp_assert.measure.capture.run` calls it for requests that
 ask). Per hidden-state index k (0 = embeddings), over every query position >= 1 of every
 sequence: ``agreement[k]``, the fraction of positions whose top-1 token at depth k is the
 model's final top-1 token, and ``kl[k]``, the mean KL divergence ``KL(final || lens_k)`` in
@@ -15,11 +15,11 @@ import numpy as np
 import torch
 
 from interp_assert.errors import CaptureError
-from interp_assert.measure import blockwise
-from interp_assert.measure.architecture import model_map
+from interp_assert.measure.attention import blockwise
+from interp_assert.measure.capture.prompts import PromptBatch
+from interp_assert.measure.loading.architecture import model_map
+from interp_assert.measure.loading.models import LoadedModel, input_device
 from interp_assert.measure.measurements import LogitLens
-from interp_assert.measure.models import LoadedModel, input_device
-from interp_assert.measure.prompts import PromptBatch
 
 POSITION_CHUNK = 512  # positions unembedded at a time: [B, chunk, vocab] floats, not [B, T, vocab]
 

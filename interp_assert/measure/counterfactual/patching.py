@@ -29,16 +29,16 @@ import numpy as np
 import torch
 
 from interp_assert.errors import CaptureError
-from interp_assert.measure import blockwise
-from interp_assert.measure.architecture import ModelMap, base_model, model_map
+from interp_assert.measure.attention import blockwise
+from interp_assert.measure.capture.prompts import PromptBatch
 from interp_assert.measure.head_tables import draw_controls
-from interp_assert.measure.models import LoadedModel, input_device
+from interp_assert.measure.loading.architecture import ModelMap, base_model, model_map
+from interp_assert.measure.loading.models import LoadedModel, input_device
 from interp_assert.measure.pair_requests import Component, PairResult
-from interp_assert.measure.prompts import PromptBatch
 
 
 class PairRequest(Protocol):
-    """What :class:`interp_assert.measure.pair_request.PairRequest` carries (named here, not
+    """What :class:`interp_assert.measure.counterfactual.pair_request.PairRequest` carries (named here, not
     imported: that module imports this one when it runs)."""
 
     @property

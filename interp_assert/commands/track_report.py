@@ -3,7 +3,7 @@ checkpoints (x = step), its bounds drawn as lines over a shaded band, failed che
 
 An expectation whose value is not a number (a list of top heads, a generated text) is drawn as
 a pass/fail strip with the value written at each checkpoint. Numbers come from the
-:class:`~interp_assert.drift.track.Track` itself (no model is loaded), so the page shows what the
+:class:`~interp_assert.commands.tracking.Track` itself (no model is loaded), so the page shows what the
 table said. Every file is written atomically.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from interp_assert import atomic
-from interp_assert.drift.track import Row, Track, milestones, print_track
+from interp_assert.commands.tracking import Row, Track, milestones, print_track
 from interp_assert.figures.heatmaps import FAILED, PASSED, save
 from interp_assert.figures.page import BASE_STYLE
 

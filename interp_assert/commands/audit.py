@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from interp_assert.drift import fingerprint as fp
-from interp_assert.drift.checkpoints import check_against_spec
 from interp_assert.errors import InterpAssertError, SpecError
+from interp_assert.measure.loading.checkpoints import check_against_spec
 from interp_assert.outcome import Outcome
 from interp_assert.run_options import RunOptions
 from interp_assert.runner import Runner
@@ -180,7 +180,7 @@ def _cell(text: str, limit: int = MAX_CELL) -> str:
 def print_table(audit: Audit, out: TextIO) -> None:
     """The audit as a CI log shows it: every line within 120 columns (long values cut in the table,
     prose wrapped); the JSON and the report keep everything."""
-    from interp_assert.drift.track import MAX_WIDTH, wrapped
+    from interp_assert.commands.tracking import MAX_WIDTH, wrapped
 
     out.write(wrapped(f"audit of {audit.spec}: base {audit.base!r} vs checkpoint {audit.checkpoint!r}"))
     for note in audit.notes:  # one line each (a path in it stays whole, to be copied)

@@ -17,14 +17,15 @@ the model caps them). Any single weight is then ``A[i, j] = exp(s_ij - lse_i)``,
 Only what a request needs is computed: a request without breadth, focus or ``max`` costs one
 kernel pass, the same as the plain forward, plus a few dot products per row.
 
-Kernels (:mod:`interp_assert.measure.kernels`, :mod:`interp_assert.measure.native`): on CPU the flash kernel behind
+Kernels (:mod:`~interp_assert.measure.attention.kernels`,
+:mod:`~interp_assert.measure.attention.native`): on CPU the flash kernel behind
 SDPA (``aten._scaled_dot_product_flash_attention_for_cpu``, ``lse`` at SDPA's cost) where only
 dot products are needed, and where breadth, focus or ``max`` are wanted the one-pass kernel of
-:mod:`interp_assert.measure.native` (built on first use with the system's C++ compiler; without one, the
+:mod:`interp_assert.measure.attention.native` (built on first use with the system's C++ compiler; without one, the
 flash kernel's extra passes). On CUDA, compiled ``flex_attention`` (block masks for causal and
 sliding windows, ``score_mod`` for soft-capping, ``enable_gqa``, ``max_scores``). Soft-capping on
 CPU, and breadth with soft-capping anywhere (``sum_j A_ij s_ij`` is no longer ``q_i . o'_i``),
-cannot be fused: those layers are computed by :mod:`interp_assert.measure.blockwise` instead, in the same run.
+cannot be fused: those layers are computed by :mod:`interp_assert.measure.attention.blockwise` instead, in the same run.
 """
 
 from __future__ import annotations
@@ -37,9 +38,9 @@ from typing import Any, Literal
 
 import torch
 
-from interp_assert.measure import blockwise, kernels, native
-from interp_assert.measure.kernels import one_thread
-from interp_assert.measure.scores import BlockTargets, weights_from_normaliser
+from interp_assert.measure.attention import blockwise, kernels, native
+from interp_assert.measure.attention.kernels import one_thread
+from interp_assert.measure.capture.scores import BlockTargets, weights_from_normaliser
 from interp_assert.vocab import POSITIONAL_LABELS
 
 IMPLEMENTATION = "interp_assert_fused"
@@ -98,7 +99,7 @@ def forcing(backend: Backend | None) -> Iterator[None]:
 
 def backend_for(device: torch.device, statistics: bool, head_dim: int, value_dim: int) -> Backend:
     """The kernel for a layer: FlexAttention off the CPU; on the CPU the flash kernel, unless
-    ``statistics`` (breadth, focus or ``max``) are wanted and :mod:`interp_assert.measure.native` (one pass
+    ``statistics`` (breadth, focus or ``max``) are wanted and :mod:`interp_assert.measure.attention.native` (one pass
     for all of them) takes this head size."""
     forced = _FORCED.get()
     if forced is not None:
@@ -117,7 +118,7 @@ def register() -> None:
 @contextmanager
 def capturing(model: Any, capture: FusedCapture) -> Iterator[bool]:
     """Run ``model`` with :func:`fused_attention` feeding ``capture`` (and ``capture.fallback`` for the
-    layers it hands to :mod:`interp_assert.measure.blockwise`); yields False if the model cannot use it."""
+    layers it hands to :mod:`interp_assert.measure.attention.blockwise`); yields False if the model cannot use it."""
     register()
     with blockwise.attention_implementation(model, IMPLEMENTATION) as switched, blockwise.active(capture.fallback):
         token = _ACTIVE.set(capture)

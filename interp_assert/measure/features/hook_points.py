@@ -1,4 +1,4 @@
-"""Named places in a model's forward pass, resolved through :mod:`interp_assert.measure.architecture`.
+"""Named places in a model's forward pass, resolved through :mod:`interp_assert.measure.loading.architecture`.
 
 A hook point is written as SAELens (TransformerLens) names it or as EleutherAI's sparsify does:
 
@@ -23,7 +23,7 @@ from typing import Any, Literal
 import torch
 
 from interp_assert.errors import SaeLoadError
-from interp_assert.measure.architecture import model_map
+from interp_assert.measure.loading.architecture import model_map
 
 HookKind = Literal["resid_pre", "resid_post", "mlp_out"]
 _PATTERNS: tuple[tuple[str, HookKind], ...] = (

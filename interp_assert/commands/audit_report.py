@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from interp_assert import atomic
-from interp_assert.drift.audit import Audit, AuditRow, print_table
+from interp_assert.commands.audit import Audit, AuditRow, print_table
 from interp_assert.drift.drift_summary import beyond_by_layer
 from interp_assert.drift.fingerprint import DEFAULT_TOLERANCES
 from interp_assert.errors import InterpAssertError

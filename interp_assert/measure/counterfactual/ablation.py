@@ -1,7 +1,7 @@
-"""Head ablation: part of capture (it runs the model; :mod:`interp_assert.measure.capture` calls it).
+"""Head ablation: part of capture (it runs the model; :mod:`interp_assert.measure.capture.run` calls it).
 
 A head's contribution to its layer's output is its slice of the input of the attention output
-projection (where :mod:`interp_assert.measure.architecture` says it is): heads are concatenated there,
+projection (where :mod:`interp_assert.measure.loading.architecture` says it is): heads are concatenated there,
 head h at features ``h*d .. (h+1)*d``, in every supported architecture (GQA included: those
 are query heads). Ablating a head replaces that slice, by a forward pre-hook on the
 projection, with zeros (``zero``) or with its mean over every position of the prompt set on the
@@ -23,12 +23,12 @@ import numpy as np
 import torch
 
 from interp_assert.errors import CaptureError
-from interp_assert.measure import blockwise
-from interp_assert.measure.architecture import base_model, model_map
+from interp_assert.measure.attention import blockwise
+from interp_assert.measure.capture.prompts import PromptBatch
 from interp_assert.measure.head_tables import draw_controls
+from interp_assert.measure.loading.architecture import base_model, model_map
+from interp_assert.measure.loading.models import LoadedModel, input_device
 from interp_assert.measure.measurements import AblatedLosses, AblationRequest, Head
-from interp_assert.measure.models import LoadedModel, input_device
-from interp_assert.measure.prompts import PromptBatch
 
 POSITION_CHUNK = 512  # positions unembedded at a time: [B, chunk, vocab] floats, not [B, T, vocab]
 

@@ -38,7 +38,7 @@ from typing import Any, Literal
 import torch
 
 from interp_assert.errors import CheckInputError
-from interp_assert.measure.architecture import ModelMap, model_map
+from interp_assert.measure.loading.architecture import ModelMap, model_map
 
 Kind = Literal["Q", "K", "V"]
 Head = tuple[int, int]

@@ -1,6 +1,6 @@
 """The measurement ``logit_diff`` and ``patching`` bring to capture (a
 :class:`~interp_assert.measure.measurements.MeasureRequest`): torch-free; its :meth:`PairRequest.run`
-imports :mod:`interp_assert.measure.patching`, which runs the model."""
+imports :mod:`interp_assert.measure.counterfactual.patching`, which runs the model."""
 
 from __future__ import annotations
 
@@ -25,6 +25,6 @@ class PairRequest:
     seed: int = 0
 
     def run(self, loaded: Any, batches: list[Any]) -> PairResult:
-        from interp_assert.measure import patching
+        from interp_assert.measure.counterfactual import patching
 
         return patching.run(self, loaded, batches)

@@ -189,7 +189,7 @@ def test_generated_prompts_compare_the_same_tokens(tmp_path: Path, random_llama:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from interp_assert.drift.audit import run_audit
+    from interp_assert.commands.audit import run_audit
     from interp_assert.spec import load_spec
 
     other = tmp_path / "other_head"

@@ -32,8 +32,8 @@ from typing import Any, Literal
 import torch
 
 from interp_assert.errors import SaeLoadError
-from interp_assert.measure import hook_points
-from interp_assert.measure.architecture import model_map
+from interp_assert.measure.features import hook_points
+from interp_assert.measure.loading.architecture import model_map
 
 Activation = Literal["relu", "topk", "jumprelu"]
 ACTIVATIONS = ("relu", "topk", "jumprelu")

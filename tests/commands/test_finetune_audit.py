@@ -134,7 +134,7 @@ def test_adapter_base_found_next_to_the_adapter(trained: FineTune, tmp_path: Pat
     moved = tmp_path / "shipped-adapter"
     shutil.copytree(trained.path, moved)
     os.symlink(smollm2_dir, moved / "smollm2-base")
-    from interp_assert.measure.models import LoadOptions, load_model
+    from interp_assert.measure.loading.models import LoadOptions, load_model
 
     loaded = load_model(str(moved), LoadOptions())
     assert loaded.base_source == str(smollm2_dir.resolve())
@@ -144,7 +144,7 @@ def test_adapter_base_found_next_to_the_adapter(trained: FineTune, tmp_path: Pat
 def test_adapter_of_the_hub_model_runs_on_the_embedded_copy_with_a_note(smollm2_dir: Path, tmp_path: Path) -> None:
     run = train_lora(smollm2_dir, tmp_path / "hub-training", steps=2, base_name=HUB_ID, keep_base_link=False)
     assert not (tmp_path / "hub-training" / HUB_ID).exists()
-    from interp_assert.measure.models import LoadOptions, load_model
+    from interp_assert.measure.loading.models import LoadOptions, load_model
 
     loaded = load_model(str(run.path), LoadOptions())
     assert any(

@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from interp_assert.measure import hook_points
-from interp_assert.measure.models import LoadedModel, input_device
+from interp_assert.measure.capture.prompts import PromptBatch, build_batches
+from interp_assert.measure.features import hook_points
+from interp_assert.measure.features.saes import Sae, load_sae
+from interp_assert.measure.loading.models import LoadedModel, input_device
 from interp_assert.measure.prompt_sets import PromptSet
-from interp_assert.measure.prompts import PromptBatch, build_batches
-from interp_assert.measure.saes import Sae, load_sae
 
 _LOADED: dict[tuple[str, str | None], Sae] = {}
 TOP_EXAMPLES = 12

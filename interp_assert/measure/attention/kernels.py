@@ -1,4 +1,4 @@
-"""The fused attention kernels behind :mod:`interp_assert.measure.fused`: each computes a layer's output
+"""The fused attention kernels behind :mod:`interp_assert.measure.attention.fused`: each computes a layer's output
 and, per query row, the softmax normaliser ``lse`` and, where asked for, the entropy and the largest
 logit. All return the output ``[B, T, H, Dv]`` and ``(lse, entropy, row_max)`` as ``[B, KV, G, T]``
 float32 (grouped-query heads ``h = kv * G + g``), ``None`` for what was not asked for.
@@ -9,7 +9,7 @@ float32 (grouped-query heads ``h = kv * G + g``), ``None`` for what was not aske
 - :func:`flex`: FlexAttention (compiled on CUDA): one pass gives the output, ``lse``, the row
   maximum (``max_scores``, CUDA only; elsewhere the sharpened pass) and, with values ``[V | K - mean(K)]``,
   ``o'`` for the entropy; block masks for causal and sliding windows, ``score_mod`` for soft-capping.
-- :mod:`interp_assert.measure.native`: the one-pass CPU kernel (its own module).
+- :mod:`interp_assert.measure.attention.native`: the one-pass CPU kernel (its own module).
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from typing import Any
 
 import torch
 
-from interp_assert.measure.scores import entropy_from_normaliser
+from interp_assert.measure.capture.scores import entropy_from_normaliser
 
 # Multiplies the logits for the row-maximum pass: lse / SHARPNESS overestimates the largest logit by
 # at most log(keys) / SHARPNESS (6e-7 at 100k keys), below float32's own rounding of a logit near 10.
 SHARPNESS = float(2**24)
 # Query rows per kernel call on a sliding-window layer (CPU): each call sees rows + window - 1 keys.
 WINDOW_ROWS = 256
-# Float32 scratch for row-wise products (and, in :mod:`interp_assert.measure.fused`, gathered dot products).
+# Float32 scratch for row-wise products (and, in :mod:`interp_assert.measure.attention.fused`, gathered dot products).
 GATHER_BYTES = 8 << 20
 
 FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu

@@ -1,7 +1,8 @@
-"""Finding and loading models: aliases, local directories, .gguf files, hub ids (:mod:`interp_assert.measure.hub`).
+"""Finding and loading models: aliases, local directories, .gguf files, hub ids
+(:mod:`interp_assert.measure.loading.hub`).
 
-Loading is not running: this module builds the model object; ``capture`` is
-the only module that runs it. Safetensors are required unless the user allows
+Loading is not running: this module builds the model object and never calls its forward
+(:mod:`interp_assert.measure.capture` and the measurements it dispatches do). Safetensors are required unless the user allows
 pickled weights; remote code is never trusted unless the user says so.
 """
 
@@ -21,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from interp_assert.errors import ModelLoadError, UsageError
-from interp_assert.measure import hub, placement
-from interp_assert.measure.gguf_cache import cached_conversion, file_sha256
-from interp_assert.measure.placement import DeviceMap, MaxMemory
+from interp_assert.measure.loading import hub, placement
+from interp_assert.measure.loading.gguf_cache import cached_conversion, file_sha256
+from interp_assert.measure.loading.placement import DeviceMap, MaxMemory
 from interp_assert.vocab import DType
 
-BUILTIN_MODELS = Path(__file__).parent.parent / "builtin_models"
+BUILTIN_MODELS = Path(__file__).parent.parent.parent / "builtin_models"
 
 
 def _not_publisher_trust_notice(record: logging.LogRecord) -> bool:
@@ -72,7 +73,7 @@ class LoadOptions:
     revision: str | None = None  # of a hub id: a branch, tag or commit sha
     # --interp-revision NAME=REV pairs, consulted for the base model an adapter names
     revisions: tuple[tuple[str, str], ...] = ()
-    # big models (interp_assert.measure.placement): weights placed by accelerate instead of ``.to(device)``
+    # big models (interp_assert.measure.loading.placement): weights placed by accelerate instead of ``.to(device)``
     device_map: DeviceMap | None = None
     max_memory: MaxMemory | None = None
     offload_folder: Path | None = None
@@ -116,7 +117,7 @@ def environment(loaded: LoadedModel) -> dict[str, str]:
     if loaded.commit is not None:
         recorded["commit"] = loaded.commit
     if loaded.options.device_map is not None:
-        from interp_assert.measure.placement import describe
+        from interp_assert.measure.loading.placement import describe
 
         recorded["device_map"] = describe(loaded.options.device_map)
     return recorded
@@ -414,7 +415,7 @@ def _refuse_pickles(reference: str, directory: Path, options: LoadOptions) -> No
 
 def gguf_as_safetensors(gguf: Path, options: LoadOptions) -> Path:
     """Dequantise a .gguf once into a cached safetensors directory (reloads in well under a second);
-    :mod:`~interp_assert.measure.gguf_cache` checks what it finds there before it is used."""
+    :mod:`~interp_assert.measure.loading.gguf_cache` checks what it finds there before it is used."""
     return gguf_conversion(gguf, options)[0]
 
 

@@ -1,0 +1,1 @@
+"""Capture: running the model on prompt batches and scoring what it computes."""

@@ -1,0 +1,1 @@
+"""Counterfactual measurements: head ablation and activation patching on prompt pairs."""

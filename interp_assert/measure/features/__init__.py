@@ -1,0 +1,1 @@
+"""Representations: sparse autoencoders, their hook points and difference-in-means probes."""

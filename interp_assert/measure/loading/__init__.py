@@ -1,0 +1,1 @@
+"""Loading models: finding, converting and placing them, and mapping their parts."""
