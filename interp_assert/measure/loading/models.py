@@ -2,8 +2,8 @@
 (:mod:`interp_assert.measure.loading.hub`).
 
 Loading is not running: this module builds the model object and never calls its forward
-(:mod:`interp_assert.measure.capture` and the measurements it dispatches do). Safetensors are required unless the user allows
-pickled weights; remote code is never trusted unless the user says so.
+(:mod:`interp_assert.measure.capture` and the measurements it dispatches do). Safetensors are
+required unless the user allows pickled weights; remote code is never trusted unless the user says so.
 """
 
 from __future__ import annotations
