@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from interp_assert.errors import CheckInputError, InterpAssertError
+from interp_assert.evaluation import Evaluation, ModelIdentity
 from interp_assert.measure.loading.models import LoadedModel, LoadOptions, environment, load_model
 from interp_assert.measure.measurements import CaptureRequest, Measurements
-from interp_assert.outcome import Outcome
 from interp_assert.properties import CheckContext, expectation_adapter
 from interp_assert.run_options import RunOptions
-from interp_assert.runner import measure_named
+from interp_assert.runner import measure_named, model_record
 from interp_assert.spec import PromptSet
 from interp_assert.vocab import DType, Role, parse_head
 
@@ -93,9 +93,10 @@ class Model:
         name: str = "python",
         snapshot_owner: str | Path | None = None,
         **keys: Any,
-    ) -> Outcome:
-        """Check one expectation, written as a spec would (``property`` and its keys). Raises
-        :class:`ExpectationFailed` with the measured numbers when it does not hold.
+    ) -> Evaluation:
+        """Check one expectation, written as a spec would (``property`` and its keys), and return its
+        :class:`~interp_assert.evaluation.Evaluation` (the record pytest, report, audit and track show).
+        Raises :class:`ExpectationFailed` with the measured numbers when it does not hold.
 
         A ``snapshot`` is stored under ``name`` in ``__interp_snapshots__/<module>.ambr`` beside the
         calling test module (or ``snapshot_owner``, a ``.py`` path), and recorded with pytest's
@@ -120,16 +121,20 @@ class Model:
             environment=environment(self.loaded) | {"model": self.name},
             update_snapshots=self.update_snapshots,
         )
-        outcome = expectation.evaluate(context)
-        if not outcome.passed:
+        low, high = expectation.bounds()
+        model = ModelIdentity.from_record(self.name, model_record(self.loaded))
+        evaluation = Evaluation(
+            str(owner), name, property, "", model, expectation.evaluate(context), bound_low=low, bound_high=high
+        )
+        if not evaluation.passed:
             lines = [
                 f"expectation {name!r} ({property}) failed",
-                f"  {outcome.headline}",
-                *(f"  {detail}" for detail in outcome.details),
+                f"  {evaluation.headline}",
+                *(f"  {detail}" for detail in evaluation.details),
                 f"  model: {self.name!r}",
             ]
             raise ExpectationFailed("\n".join(lines))
-        return outcome
+        return evaluation
 
 
 def as_prompt_set(prompts: Prompts) -> PromptSet:

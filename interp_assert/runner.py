@@ -10,11 +10,21 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from interp_assert.errors import CheckInputError, InterpAssertError, ModelLoadError, PromptError, SpecError
+from interp_assert.errors import (
+    CheckInputError,
+    CheckpointError,
+    InfrastructureError,
+    InterpAssertError,
+    ModelLoadError,
+    PromptError,
+    SpecError,
+)
+from interp_assert.evaluation import Evaluation, ModelIdentity
 from interp_assert.measure.capture import attribution
 from interp_assert.measure.capture.prompts import PromptBatch, build_batches
 from interp_assert.measure.capture.run import generate, max_positions, measure
 from interp_assert.measure.loading.architecture import model_map
+from interp_assert.measure.loading.checkpoints import Checkpoint
 from interp_assert.measure.loading.models import LoadedModel, LoadOptions, environment, load_model
 from interp_assert.measure.loading.placement import check_device_map, check_max_memory
 from interp_assert.measure.measurements import CaptureRequest, Measurements
@@ -24,7 +34,7 @@ from interp_assert.properties import CheckContext
 from interp_assert.result_cache import ResultCache, model_identity, outcome_key
 from interp_assert.run_options import RunOptions
 from interp_assert.spec import Entry, PromptSet, SpecFile
-from interp_assert.vocab import TARGET_ROLES, TargetRole, parse_head
+from interp_assert.vocab import TargetRole, parse_head
 
 
 def model_key(spec: SpecFile, options: RunOptions) -> tuple[str, LoadOptions]:
@@ -108,6 +118,50 @@ class Runner:
             update_snapshots=self.options.update_snapshots,
         )
 
+    def evaluation(self, spec: SpecFile, entry: Entry, *, checkpoint: Checkpoint | None = None) -> Evaluation:
+        """``entry`` checked on this runner's model, as the record every front-end renders. An error
+        that is about the expectation on this model (a head it lacks, a prompt it cannot tokenise) is
+        recorded, with the exception kept in ``problem``; a failure of the machine or of the model's
+        files (:class:`InfrastructureError`, :class:`CheckpointError`, :class:`ModelLoadError`) raises."""
+        assert entry.expectation is not None
+        expectation = entry.expectation
+        low, high = expectation.bounds()
+        base = Evaluation(
+            spec.path, entry.name, expectation.property, expectation.prompts, ModelIdentity(self.model_named(spec))
+        )
+        base = replace(base, bound_low=low, bound_high=high)
+        try:
+            outcome = self.evaluate(spec, entry)
+        except (InfrastructureError, CheckpointError, ModelLoadError):
+            raise
+        except InterpAssertError as exc:
+            return replace(
+                base,
+                model=self.identity(spec, entry, checkpoint),
+                state="error",
+                error=str(exc).replace("\n", "; "),
+                problem=exc,
+            )
+        return replace(
+            base, model=self.identity(spec, entry, checkpoint), outcome=outcome, cached=self.was_cached(spec, entry)
+        )
+
+    def identity(
+        self, spec: SpecFile, entry: Entry | None = None, checkpoint: Checkpoint | None = None
+    ) -> ModelIdentity:
+        """The model this runner measures ``spec`` on: for an ``entry`` answered by the result cache,
+        the record stored with it (nothing is loaded for it)."""
+        record = self.cached.get((spec.path, entry.name)) if entry is not None else None
+        if record is None:
+            try:
+                record = model_record(self.model_for(spec))
+            except ModelLoadError:
+                record = {}
+        found_identity = ModelIdentity.from_record(self.model_named(spec), record)
+        if checkpoint is not None:
+            found_identity = replace(found_identity, checkpoint=checkpoint.label, step=checkpoint.step)
+        return found_identity
+
     def evaluate(self, spec: SpecFile, entry: Entry) -> Outcome:
         """Evaluate one valid entry. Raises :class:`SpecError` (with the entry's location) for a
         head, layer or prompt the model cannot have."""
@@ -163,8 +217,8 @@ class Runner:
         except CheckInputError as exc:
             model = self.model_named(spec)
             raise SpecError([(entry.location, f"{entry.name}: {exc} (model {model!r})")]) from None
-        role = getattr(expectation, "role", None)
-        if not outcome.passed and outcome.heads and role in TARGET_ROLES:
+        role = expectation.flagged_role()
+        if not outcome.passed and outcome.heads and role is not None:
             flag = self.token_flag(spec, expectation.prompts, outcome.heads[0], role)
             if flag:
                 outcome = replace(outcome, details=(*outcome.details, f"flag: {flag}"))

@@ -4,41 +4,44 @@ checkpoint, each one's headline value on base and checkpoint, and what moved, by
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from interp_assert.drift import fingerprint as fp
-from interp_assert.errors import InterpAssertError, SpecError
+from interp_assert.errors import SpecError
+from interp_assert.evaluation import Evaluation, json_safe
 from interp_assert.measure.loading.checkpoints import check_against_spec
 from interp_assert.outcome import Outcome
+from interp_assert.properties.base import ModelDrift
 from interp_assert.run_options import RunOptions
 from interp_assert.runner import Runner
-from interp_assert.spec import SpecFile, load_spec
+from interp_assert.spec import load_spec
 
 MAX_CELL = 48
 
 
 @dataclass(frozen=True)
-class Side:
-    """One expectation measured on one model."""
-
-    passed: bool
-    value: float | int | str | None
-    shown: str
-    headline: str
-    error: str = ""  # the expectation could not be evaluated on this model
-    heads: tuple[str, ...] = ()  # the heads the outcome is about, most relevant first
-
-
-@dataclass(frozen=True)
 class AuditRow:
-    name: str
-    kind: str  # the expectation's property
-    base: Side
-    checkpoint: Side
-    bound_low: float | None = None
-    bound_high: float | None = None
+    """One expectation on the base and on the checkpoint."""
+
+    base: Evaluation
+    checkpoint: Evaluation
+
+    @property
+    def name(self) -> str:
+        return self.checkpoint.name
+
+    @property
+    def kind(self) -> str:
+        return self.checkpoint.tag
+
+    @property
+    def bound_low(self) -> float | None:
+        return self.checkpoint.bound_low
+
+    @property
+    def bound_high(self) -> float | None:
+        return self.checkpoint.bound_high
 
     @property
     def passed(self) -> bool:
@@ -56,23 +59,12 @@ class AuditRow:
 
 
 @dataclass(frozen=True)
-class SnapshotDrift:
-    name: str
-    within: bool
-    headline: str
-    details: tuple[str, ...]
-    summary: tuple[str, ...] = ()
-    base: fp.Fingerprint | None = None
-    checkpoint: fp.Fingerprint | None = None
-
-
-@dataclass(frozen=True)
 class Audit:
     spec: str
     base: str
     checkpoint: str
     rows: tuple[AuditRow, ...]
-    drifts: tuple[SnapshotDrift, ...]
+    drifts: dict[str, ModelDrift]  # expectation name -> how the checkpoint moved (snapshot expectations)
     notes: tuple[str, ...] = ()
     runners: dict[str, Runner] = field(default_factory=dict, compare=False, repr=False)
 
@@ -121,47 +113,36 @@ def run_audit(
     ]
     for runner in (base_runner, checkpoint_runner):
         notes += [n for n in runner.model_for(spec).notes if n not in notes]
-    rows, drifts = [], []
+    rows: list[AuditRow] = []
+    drifts: dict[str, ModelDrift] = {}
     for entry in spec.entries:
         expectation = entry.expectation
         assert expectation is not None
         moved = expectation.audit_drift(
             base_runner.context(spec, expectation.prompts), checkpoint_runner.context(spec, expectation.prompts)
         )
-        if moved is not None:  # the property compares the two models itself (snapshot)
-            drifts.append(
-                SnapshotDrift(
-                    entry.name, moved.within, moved.headline, moved.details, moved.summary, moved.before, moved.after
-                )
-            )
-            side = Side(
-                moved.within, None, "within tolerance" if moved.within else _moved(moved.headline), moved.headline
-            )
-            rows.append(AuditRow(entry.name, expectation.property, Side(True, None, "(reference)", ""), side))
+        if moved is None:
+            rows.append(AuditRow(base_runner.evaluation(spec, entry), checkpoint_runner.evaluation(spec, entry)))
             continue
-        before = _side(base_runner, spec, entry)
-        after = _side(checkpoint_runner, spec, entry)
-        rows.append(
-            AuditRow(
-                entry.name,
-                expectation.property,
-                before,
-                after,
-                getattr(expectation, "at_least", None),
-                getattr(expectation, "at_most", None),
-            )
+        # the property compares the two models itself (snapshot): the base is the reference
+        drifts[entry.name] = moved
+        shown = "within tolerance" if moved.within else _moved(moved.headline)
+        reference = Evaluation(
+            spec.path,
+            entry.name,
+            expectation.property,
+            expectation.prompts,
+            base_runner.identity(spec),
+            Outcome(True, "", shown="(reference)"),
         )
+        after = replace(
+            reference,
+            model=checkpoint_runner.identity(spec),
+            outcome=Outcome(moved.within, moved.headline, shown=shown),
+        )
+        rows.append(AuditRow(reference, after))
     runners = {"base": base_runner, "checkpoint": checkpoint_runner}
-    return Audit(spec_path, base or model, checkpoint, tuple(rows), tuple(drifts), tuple(notes), runners)
-
-
-def _side(runner: Runner, spec: SpecFile, entry: Any) -> Side:
-    try:
-        outcome: Outcome = runner.evaluate(spec, entry)
-    except InterpAssertError as exc:  # e.g. a head the checkpoint's architecture does not have
-        message = str(exc).replace("\n", "; ")
-        return Side(False, None, "error", message, error=message)
-    return Side(outcome.passed, outcome.value, outcome.shown, outcome.headline, heads=outcome.heads)
+    return Audit(spec_path, base or model, checkpoint, tuple(rows), drifts, tuple(notes), runners)
 
 
 def _moved(headline: str) -> str:
@@ -205,7 +186,7 @@ def print_table(audit: Audit, out: TextIO) -> None:
     for row in audit.rows:
         if not row.passed and row.base.headline:  # drift rows are explained below the table
             out.write("\n" + wrapped(f"{row.name}: {row.checkpoint.headline}"))
-    for drift in audit.drifts:
+    for drift in audit.drifts.values():
         out.write("\n" + wrapped(f"{drift.headline} (checkpoint vs base)"))
         for detail in drift.details:
             out.write(wrapped(f"  {detail}"))
@@ -241,29 +222,18 @@ def to_json(audit: Audit) -> dict[str, Any]:
         "expectations": rows,
         "snapshots": [
             {
-                "name": d.name,
+                "name": name,
                 "within": d.within,
                 "headline": d.headline,
                 "details": list(d.details),
                 "summary": list(d.summary),
             }
-            for d in audit.drifts
+            for name, d in audit.drifts.items()
         ],
     }
-    return _finite(document)
+    found: dict[str, Any] = json_safe(document)
+    return found
 
 
-def _side_json(side: Side) -> dict[str, Any]:
+def _side_json(side: Evaluation) -> dict[str, Any]:
     return {"passed": side.passed, "value": side.value, "shown": side.shown, "headline": side.headline}
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: _finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(item) for item in value]
-    if hasattr(value, "item"):  # numpy scalars
-        return _finite(value.item())
-    return value

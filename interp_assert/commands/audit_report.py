@@ -63,12 +63,12 @@ def write_audit_report(audit: Audit, spec: SpecFile, directory: Path) -> Path:
     pictures: list[_Picture] = []
     for prompt_name in _prompt_sets(spec):
         pictures += _prompt_set_figures(spec, prompt_name, base, checkpoint, directory)
-    for drift in audit.drifts:
-        if drift.base is not None and drift.checkpoint is not None:
+    for name, drift in audit.drifts.items():
+        if drift.before is not None and drift.after is not None:
             atol = DEFAULT_TOLERANCES["role_scores"].atol
-            counts = {k: np.array(v) for k, v in beyond_by_layer(drift.base, drift.checkpoint, atol).items()}
-            file = f"snapshot-{_slug(drift.name)}-drift.png"
-            title = f"snapshot {drift.name!r}: where the fingerprint moved"
+            counts = {k: np.array(v) for k, v in beyond_by_layer(drift.before, drift.after, atol).items()}
+            file = f"snapshot-{_slug(name)}-drift.png"
+            title = f"snapshot {name!r}: where the fingerprint moved"
             diff_figures.drift_by_layer(directory / file, counts, title)
             pictures.append(_Picture(file, "Snapshots", drift.headline))
     links: dict[str, list[str]] = {}

@@ -14,35 +14,33 @@ import hashlib
 import html
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from interp_assert import atomic
 from interp_assert.errors import InterpAssertError, SpecError
+from interp_assert.evaluation import Evaluation, ModelIdentity
 from interp_assert.figures import heatmaps
 from interp_assert.figures.page import BASE_STYLE
+from interp_assert.properties.base import FigureNeeds
 from interp_assert.spec import Entry, SpecFile, load_spec
 from interp_assert.vocab import POSITIONAL_LABELS, Role, parse_head
 
 Progress = Callable[[str], None]
 
 
-@dataclass
-class Result:
-    """One expectation on the page: its status, its message and the figures that show it."""
+@dataclass(frozen=True)
+class _Item:
+    """One expectation on the page: its evaluation and what its property asks report to draw."""
 
-    entry: Entry
-    status: str  # passed | failed | invalid | error
-    headline: str
-    details: tuple[str, ...] = ()
-    concerned: tuple[str, ...] = ()  # heads a failure is about (outlined in red)
-    figures: list[str] = field(default_factory=list)
+    evaluation: Evaluation
+    needs: FigureNeeds
 
     @property
-    def prompts(self) -> str | None:
-        expectation = self.entry.expectation
-        return expectation.prompts if expectation is not None else None
+    def concerned(self) -> tuple[str, ...]:
+        """The heads a failure is about (outlined in red)."""
+        return () if self.evaluation.passed else self.evaluation.heads
 
 
 @dataclass(frozen=True)
@@ -83,14 +81,17 @@ def build_report(
     loaded = runner.model_for(spec)
     config = loaded.config
     # Ask for the figures' needs up front, so evaluation and figures share one capture per prompt set.
-    for prompt_name, plan in _plans(spec, [Result(entry, "pending", "") for entry in spec.entries]).items():
+    pending = [_Item(_pending(runner, spec, entry), _needs(entry)) for entry in spec.entries]
+    for prompt_name, plan in _plans(spec, pending).items():
         if not plan.empty:
             request = plan.request(int(config.num_hidden_layers), int(config.num_attention_heads))
             runner.also_capture(spec, prompt_name, request)
     progress("evaluating expectations")
-    results = [_evaluate(runner, spec, entry) for entry in spec.entries]
+    items = [_Item(_evaluate(runner, spec, entry), _needs(entry)) for entry in spec.entries]
     out_dir.mkdir(parents=True, exist_ok=True)
-    figures = _draw(spec, runner, results, out_dir, progress)
+    drawn: dict[int, list[str]] = {}
+    figures = _draw(spec, runner, items, out_dir, progress, drawn)
+    results = [replace(item.evaluation, figures=tuple(drawn.get(id(item), ()))) for item in items]
     index = out_dir / "index.html"
     atomic.write_text(index, _page(spec, loaded, results, figures))
     counts = {status: sum(r.status == status for r in results) for status in ("passed", "failed")}
@@ -103,43 +104,46 @@ def build_report(
     )
 
 
-def _evaluate(runner: Any, spec: SpecFile, entry: Entry) -> Result:
+def _evaluate(runner: Any, spec: SpecFile, entry: Entry) -> Evaluation:
     if entry.expectation is None:
-        return Result(entry, "invalid", "; ".join(message for _, message in entry.problems))
-    try:
-        outcome = runner.evaluate(spec, entry)
-    except InterpAssertError as exc:
-        return Result(entry, "error", str(exc).replace("\n", "; "))
-    concerned: tuple[str, ...] = ()
-    if not outcome.passed:
-        concerned = outcome.heads
-    status = "passed" if outcome.passed else "failed"
-    return Result(entry, status, outcome.headline, tuple(outcome.details), concerned)
+        return _pending(runner, spec, entry)
+    evaluation: Evaluation = runner.evaluation(spec, entry)
+    return evaluation
+
+
+def _pending(runner: Any, spec: SpecFile, entry: Entry) -> Evaluation:
+    """``entry`` before it is evaluated (an invalid entry stays so, with its problems as the error)."""
+    expectation = entry.expectation
+    model = ModelIdentity(runner.model_named(spec))
+    if expectation is None:
+        problems = "; ".join(message for _, message in entry.problems)
+        return Evaluation(spec.path, entry.name, "", "", model, state="invalid", error=problems)
+    low, high = expectation.bounds()
+    return Evaluation(
+        spec.path, entry.name, expectation.property, expectation.prompts, model, bound_low=low, bound_high=high
+    )
+
+
+def _needs(entry: Entry) -> FigureNeeds:
+    return entry.expectation.figures() if entry.expectation is not None else FigureNeeds()
 
 
 # ---- what to draw ----
 
 
-def _role_of(result: Result) -> Role | None:
-    expectation = result.entry.expectation
-    roles = expectation.figures().roles if expectation is not None else ()
-    return roles[0] if roles else None
-
-
-def _named_heads(result: Result) -> list[str]:
-    expectation = result.entry.expectation
-    return list(expectation.figures().heads) if expectation is not None else []
+def _role_of(item: _Item) -> Role | None:
+    return item.needs.roles[0] if item.needs.roles else None
 
 
 @dataclass
 class _Plan:
     """Everything to capture for one prompt set's figures."""
 
-    roles: dict[Role, list[Result]] = field(default_factory=dict)
-    heads: dict[str, list[Result]] = field(default_factory=dict)
-    norms: list[Result] | None = None
-    fractions: list[Result] | None = None
-    stats: list[Result] | None = None
+    roles: dict[Role, list[_Item]] = field(default_factory=dict)
+    heads: dict[str, list[_Item]] = field(default_factory=dict)
+    norms: list[_Item] | None = None
+    fractions: list[_Item] | None = None
+    stats: list[_Item] | None = None
 
     @property
     def empty(self) -> bool:
@@ -163,20 +167,20 @@ class _Plan:
         )
 
 
-def _plans(spec: SpecFile, results: list[Result]) -> dict[str, _Plan]:
+def _plans(spec: SpecFile, results: list[_Item]) -> dict[str, _Plan]:
     assert spec.header is not None
     plans: dict[str, _Plan] = {}
     for result in results:
-        expectation, prompts = result.entry.expectation, result.prompts
-        if expectation is None or prompts is None or result.status == "error":
+        evaluation, prompts = result.evaluation, result.evaluation.prompts
+        if evaluation.state == "invalid" or not prompts or evaluation.error:
             continue
         plan = plans.setdefault(prompts, _Plan())
         role = _role_of(result)
         if role is not None:
             plan.roles.setdefault(role, []).append(result)
-        for head in _named_heads(result):
+        for head in result.needs.heads:
             plan.heads.setdefault(head, []).append(result)
-        needs = expectation.figures()
+        needs = result.needs
         if needs.norms:
             plan.norms = [*(plan.norms or []), result]
         if needs.fractions:
@@ -192,7 +196,10 @@ def _plans(spec: SpecFile, results: list[Result]) -> dict[str, _Plan]:
     return plans
 
 
-def _draw(spec: SpecFile, runner: Any, results: list[Result], out_dir: Path, progress: Progress) -> list[_Figure]:
+def _draw(
+    spec: SpecFile, runner: Any, results: list[_Item], out_dir: Path, progress: Progress, drawn: dict[int, list[str]]
+) -> list[_Figure]:
+    """Every figure of the page; ``drawn`` gets, per item (by ``id``), the files that show it."""
     assert spec.header is not None
     figures: list[_Figure] = []
     for prompt_name, plan in _plans(spec, results).items():
@@ -203,32 +210,34 @@ def _draw(spec: SpecFile, runner: Any, results: list[Result], out_dir: Path, pro
         except InterpAssertError:
             continue  # the expectations on this prompt set already show the error in the table
         progress(f"drawing {prompt_name!r}")
-        figures += _draw_prompt_set(prompt_name, plan, measured, out_dir)
-    for result in results:
-        expectation = result.entry.expectation
-        if expectation is None or result.status not in ("passed", "failed"):
+        figures += _draw_prompt_set(prompt_name, plan, measured, out_dir, drawn)
+    for result, entry in zip(results, spec.entries, strict=True):
+        evaluation = result.evaluation
+        if entry.expectation is None or evaluation.status not in ("passed", "failed"):
             continue
-        failed = result.status == "failed"
-        for file, caption in expectation.own_figures(runner.context(spec, expectation.prompts), out_dir):
-            section = "Snapshots" if expectation.property == "snapshot" else expectation.property.replace("_", " ")
+        failed = evaluation.status == "failed"
+        for file, caption in entry.expectation.own_figures(runner.context(spec, evaluation.prompts), out_dir):
+            section = "Snapshots" if evaluation.tag == "snapshot" else evaluation.tag.replace("_", " ")
             figures.append(_Figure(file, section.capitalize(), caption, failed))
-            result.figures.append(file)
+            drawn.setdefault(id(result), []).append(file)
     return figures
 
 
-def _draw_prompt_set(prompt_name: str, plan: _Plan, measured: Any, out_dir: Path) -> list[_Figure]:
+def _draw_prompt_set(
+    prompt_name: str, plan: _Plan, measured: Any, out_dir: Path, drawn: dict[int, list[str]]
+) -> list[_Figure]:
     figures: list[_Figure] = []
     slug = _slug(prompt_name)
 
-    def add(file: str, section: str, caption: str, shown: list[Result]) -> None:
-        failed = any(result.status == "failed" for result in shown)
+    def add(file: str, section: str, caption: str, shown: list[_Item]) -> None:
+        failed = any(result.evaluation.status == "failed" for result in shown)
         figures.append(_Figure(file, section, caption, failed))
         for result in shown:
-            result.figures.append(file)
+            drawn.setdefault(id(result), []).append(file)
 
     for role, shown in plan.roles.items():
         file = f"scores-{slug}-{role}.png"
-        named = [head for result in shown for head in _named_heads(result)]
+        named = [head for result in shown for head in result.needs.heads]
         failed_heads = [head for result in shown for head in result.concerned]
         title = f"{role} score per head, prompts {prompt_name!r} (outlined: heads in the spec; red: failed)"
         heatmaps.role_heatmap(out_dir / file, measured.role_scores[role], title, named, failed_heads)
@@ -248,7 +257,7 @@ def _draw_prompt_set(prompt_name: str, plan: _Plan, measured: Any, out_dir: Path
     if plan.norms is not None and measured.hidden_norms_without_first is not None:
         file = f"norms-{slug}.png"
         n_norms = len(measured.hidden_norms_without_first)
-        spans = [_span(r, n_norms) for r in plan.norms if r.entry.expectation and r.entry.expectation.figures().span]
+        spans = [_span(r, n_norms) for r in plan.norms if r.needs.span is not None]
         heatmaps.norms_plot(
             out_dir / file,
             measured.hidden_norms_without_first,
@@ -260,7 +269,7 @@ def _draw_prompt_set(prompt_name: str, plan: _Plan, measured: Any, out_dir: Path
     if plan.fractions is not None:
         from interp_assert.measure.capture import scores
 
-        thresholds = {r.entry.expectation.label_threshold for r in plan.fractions}  # type: ignore[union-attr]
+        thresholds = {r.needs.label_threshold for r in plan.fractions if r.needs.label_threshold is not None}
         threshold = thresholds.pop() if len(thresholds) == 1 else 0.5
         labels = scores.head_labels(measured.role_scores, threshold)
         file = f"fractions-{slug}.png"
@@ -273,7 +282,7 @@ def _draw_prompt_set(prompt_name: str, plan: _Plan, measured: Any, out_dir: Path
             "focus": measured.role_scores["focus"].mean(axis=1),
             "breadth": measured.role_scores["breadth"].mean(axis=1),
         }
-        if any(getattr(r.entry.expectation, "stat", None) == "mean" for r in plan.stats):
+        if any(r.needs.series == "mean" for r in plan.stats):
             stats["mean"] = measured.mean_weight.mean(axis=1)
         file = f"attention-{slug}.png"
         title = f"attention statistics by layer, prompts {prompt_name!r} (dashed: bounds)"
@@ -282,18 +291,19 @@ def _draw_prompt_set(prompt_name: str, plan: _Plan, measured: Any, out_dir: Path
     return figures
 
 
-def _span(result: Result, count: int) -> heatmaps.Span:
+def _span(result: _Item, count: int) -> heatmaps.Span:
     """The expectation's layer range as drawn: negative indices resolved Python-style, as the checks do."""
-    expectation: Any = result.entry.expectation
-    first, last = ((index + count if index < 0 else index) for index in expectation.layers)
+    assert result.needs.span is not None
+    first, last = ((index + count if index < 0 else index) for index in result.needs.span)
+    evaluation = result.evaluation
     return heatmaps.Span(
         first,
         last,
-        result.entry.name,
-        result.status == "passed",
-        at_least=getattr(expectation, "at_least", None),
-        at_most=getattr(expectation, "at_most", None),
-        series=getattr(expectation, "stat", None),
+        evaluation.name,
+        evaluation.status == "passed",
+        at_least=evaluation.bound_low,
+        at_most=evaluation.bound_high,
+        series=result.needs.series,
     )
 
 
@@ -331,9 +341,11 @@ def spec_folder_name(spec_path: str | Path) -> str:
     return f"{stem}-{hashlib.sha256(resolved.encode()).hexdigest()[:8]}"
 
 
-def write_failure_artifacts(runner: Any, spec: SpecFile, entry: Entry, outcome: Any, directory: Path) -> list[Path]:
+def write_failure_artifacts(
+    runner: Any, spec: SpecFile, entry: Entry, evaluation: Evaluation, directory: Path
+) -> list[Path]:
     """The heatmaps of a failed expectation: the attention pattern of the head concerned
-    (``outcome.heads[0]``) and, for a role, the layers x heads scores with that head outlined."""
+    (``evaluation.heads[0]``) and, for a role, the layers x heads scores with that head outlined."""
     from interp_assert.measure.capture.run import CaptureRequest
     from interp_assert.runner import measure_named
 
@@ -345,13 +357,14 @@ def write_failure_artifacts(runner: Any, spec: SpecFile, entry: Entry, outcome: 
     directory.mkdir(parents=True, exist_ok=True)
     (directory / ARTIFACTS_MARK).touch()
     folder = directory / spec_folder_name(spec.path)
-    head = outcome.heads[0] if outcome.heads else None
-    role = getattr(expectation, "role", None)
+    head = evaluation.heads[0] if evaluation.heads else None
+    needs = expectation.figures()
+    role = needs.roles[0] if needs.roles else None
     written = []
     if role is not None:
         table = runner.measurements(spec, expectation.prompts).role_scores[role]
         title = f"{entry.name}: {role} per head, prompts {expectation.prompts!r}"
-        named = _named_heads(Result(entry, "failed", ""))
+        named = list(needs.heads)
         path = folder / f"{_slug(entry.name)}-{role}-scores.png"
         written.append(heatmaps.role_heatmap(path, table, title, named, [head] if head else []))
     if head is not None:
@@ -385,23 +398,22 @@ figure.failed img { border: 3px solid #c62828; }
 )
 
 
-def _page(spec: SpecFile, loaded: Any, results: list[Result], figures: list[_Figure]) -> str:
+def _page(spec: SpecFile, loaded: Any, results: list[Evaluation], figures: list[_Figure]) -> str:
     assert spec.header is not None
     esc = html.escape
     passed = sum(r.status == "passed" for r in results)
     bad = len(results) - passed
     rows = []
-    for result in results:
-        expectation: Any = result.entry.expectation
-        kind = expectation.property if expectation is not None else ""
+    for result, entry in zip(results, spec.entries, strict=True):
+        kind = result.tag
         details = "".join(f"<div class='details'>{esc(line)}</div>" for line in result.details)
-        description = getattr(expectation, "description", None)
+        description = entry.expectation.description if entry.expectation is not None else None
         if description:
             details += f"<div class='details'>spec: {esc(description)}</div>"
         links = " ".join(f"<a href='#{esc(_anchor(file))}'>{esc(file)}</a>" for file in result.figures)
         rows.append(
-            f"<tr class='{result.status}' id='exp-{esc(_slug(result.entry.name))}'>"
-            f"<td>{esc(result.entry.name)}</td><td>{esc(kind)}</td><td>{esc(result.prompts or '')}</td>"
+            f"<tr class='{result.status}' id='exp-{esc(_slug(result.name))}'>"
+            f"<td>{esc(result.name)}</td><td>{esc(kind)}</td><td>{esc(result.prompts)}</td>"
             f"<td class='status'>{result.status.upper()}</td>"
             f"<td>{esc(result.headline)}{details}</td><td>{links}</td></tr>"
         )

@@ -26,16 +26,15 @@ from typing import Any
 from interp_assert import atomic, exit_codes
 from interp_assert.commands.shards import Shard
 from interp_assert.commands.tracking import (
-    Cell,
     Column,
     Row,
     Track,
     assemble,
-    finite,
     measure_checkpoint,
     unavailable_column,
 )
 from interp_assert.errors import InfrastructureError, InterpAssertError, UsageError
+from interp_assert.evaluation import Evaluation
 from interp_assert.measure.loading.checkpoints import Checkpoint, same_architecture
 from interp_assert.output_schema import SCHEMA_VERSION, versioned
 from interp_assert.result_cache import code_digest, file_digest
@@ -92,22 +91,6 @@ def checkpoint_key(spec: SpecFile, checkpoint: Checkpoint, options: RunOptions, 
 # ---- files ----
 
 
-def cell_json(cell: Cell) -> dict[str, Any]:
-    document: dict[str, Any] = finite(asdict(cell))
-    return document
-
-
-def cell_from_json(data: dict[str, Any]) -> Cell:
-    return Cell(
-        passed=bool(data["passed"]),
-        value=data["value"],
-        shown=str(data["shown"]),
-        headline=str(data["headline"]),
-        error=str(data.get("error") or ""),
-        unavailable=bool(data.get("unavailable", False)),
-    )
-
-
 def checkpoint_json(checkpoint: Checkpoint) -> dict[str, Any]:
     return asdict(checkpoint)
 
@@ -122,19 +105,23 @@ def column_json(index: int, checkpoint: Checkpoint, column: Column, key: dict[st
             "seconds": column.seconds,
             "notes": list(column.notes),
             "architecture": column.architecture,
-            "cells": [cell_json(cell) for cell in column.cells],
+            "cells": [cell.to_json() for cell in column.cells],
         },
     )
 
 
-def column_from_json(data: dict[str, Any]) -> Column:
-    cells = tuple(cell_from_json(cell) for cell in data["cells"])
-    return Column(cells, float(data["seconds"]), tuple(data["notes"]), str(data["architecture"]))
+def column_from_json(data: dict[str, Any]) -> Column | None:
+    """The column a cells file holds, or ``None`` when it is not one this version wrote (measured again)."""
+    try:
+        cells = tuple(Evaluation.from_json(cell) for cell in data["cells"])
+        return Column(cells, float(data["seconds"]), tuple(data["notes"]), str(data["architecture"]))
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def roundtrip(column: Column) -> Column:
     """The column as a rerun would read it back from its file: a resumed track equals an uninterrupted one."""
-    cells = tuple(cell_from_json(json.loads(json.dumps(cell_json(cell)))) for cell in column.cells)
+    cells = tuple(Evaluation.from_json(json.loads(json.dumps(cell.to_json()))) for cell in column.cells)
     return Column(cells, column.seconds, column.notes, column.architecture)
 
 
@@ -158,11 +145,12 @@ def manifest(spec: SpecFile, checkpoints: Sequence[Checkpoint], smoke: str) -> d
     rows = [
         {
             "name": entry.name,
-            "property": entry.expectation.property if entry.expectation else "",
-            "bound_low": getattr(entry.expectation, "at_least", None),
-            "bound_high": getattr(entry.expectation, "at_most", None),
+            "property": entry.expectation.property,
+            "bound_low": entry.expectation.bounds()[0],
+            "bound_high": entry.expectation.bounds()[1],
         }
         for entry in spec.entries
+        if entry.expectation is not None  # a track's spec has no invalid entries (checked_spec)
     ]
     return versioned(
         "track-state",
@@ -223,7 +211,7 @@ def run_with_state(
             stored = _read_json(_cells_file(state, checkpoint))
             if stored is not None and stored.get("key") == key and key["weights"] is not None:
                 column = column_from_json(stored)
-                if any(cell.unavailable for cell in column.cells):
+                if column is not None and any(cell.unavailable for cell in column.cells):
                     column = None  # a checkpoint that could not load is tried again
                 else:
                     reused += 1
@@ -263,7 +251,7 @@ def _measure(
                 continue
             if retries:
                 reason += f" (after {retries} retries)"
-            return unavailable_column(spec, reason)
+            return unavailable_column(spec, reason, checkpoint)
     raise AssertionError("unreachable")
 
 
@@ -294,6 +282,8 @@ def merge(directories: Sequence[Path]) -> Track:
             if stored is None or stored["key"].get("spec") != first["digest"]["spec"]:
                 continue
             column = column_from_json(stored)
+            if column is None:
+                continue
             if index not in columns or any(c.unavailable for c in columns[index].cells):
                 columns[index] = column
     missing = [c.label for i, c in enumerate(checkpoints) if i not in columns]
@@ -303,10 +293,8 @@ def merge(directories: Sequence[Path]) -> Track:
             f"{', '.join(map(str, directories))}: {', '.join(missing[:8])}; run the shard that holds them"
         )
     rows = tuple(
-        Row(row["name"], row["property"], tuple(columns[i].cells[k] for i in range(len(checkpoints))),
-            row["bound_low"], row["bound_high"])
-        for k, row in enumerate(first["expectations"])
-    )  # fmt: skip
+        Row(tuple(columns[i].cells[k] for i in range(len(checkpoints)))) for k in range(len(first["expectations"]))
+    )
     ordered = [columns[i] for i in range(len(checkpoints))]
     notes = tuple(note for column in ordered for note in column.notes)
     seconds = tuple(column.seconds for column in ordered)

@@ -11,7 +11,6 @@ tolerance. Nothing is written to the snapshot file.
 from __future__ import annotations
 
 import json
-import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -19,36 +18,38 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from interp_assert import atomic
-from interp_assert.errors import CheckpointError, InfrastructureError, InterpAssertError, SpecError
+from interp_assert.errors import InterpAssertError, SpecError
+from interp_assert.evaluation import Evaluation, ModelIdentity, json_safe
 from interp_assert.measure.loading.checkpoints import Checkpoint, architecture, same_architecture
-from interp_assert.outcome import format_value
 from interp_assert.run_options import RunOptions
 from interp_assert.runner import Runner
-from interp_assert.spec import Entry, SpecFile, load_spec
+from interp_assert.spec import SpecFile, load_spec
 
 MAX_CELL = 24
 MAX_WIDTH = 120  # a CI log's columns: wider tables are printed in blocks of checkpoints
 
 
 @dataclass(frozen=True)
-class Cell:
-    """One expectation on one checkpoint."""
-
-    passed: bool
-    value: float | int | str | None
-    shown: str
-    headline: str
-    error: str = ""  # the expectation could not be evaluated on this checkpoint
-    unavailable: bool = False  # the checkpoint itself could not be loaded (``error`` says why)
-
-
-@dataclass(frozen=True)
 class Row:
-    name: str
-    kind: str  # the expectation's property
-    cells: tuple[Cell, ...]  # one per checkpoint, in checkpoint order
-    bound_low: float | None = None
-    bound_high: float | None = None
+    """One expectation on every checkpoint."""
+
+    cells: tuple[Evaluation, ...]  # one per checkpoint, in checkpoint order
+
+    @property
+    def name(self) -> str:
+        return self.cells[0].name
+
+    @property
+    def kind(self) -> str:
+        return self.cells[0].tag
+
+    @property
+    def bound_low(self) -> float | None:
+        return self.cells[0].bound_low
+
+    @property
+    def bound_high(self) -> float | None:
+        return self.cells[0].bound_high
 
     @property
     def forms(self) -> int | None:
@@ -124,7 +125,7 @@ def checked_spec(spec_path: str) -> SpecFile:
 class Column:
     """Every expectation on one checkpoint (in the spec's order), and what loading it said."""
 
-    cells: tuple[Cell, ...]
+    cells: tuple[Evaluation, ...]
     seconds: float
     notes: tuple[str, ...] = ()
     architecture: str = ""
@@ -146,46 +147,45 @@ def measure_checkpoint(
     notes = tuple(f"{checkpoint.label}: {note}" for note in loaded.notes)
     if progress is not None:
         progress(f"{checkpoint.label}: evaluating")
-    cells = tuple(_cell(runner, spec, entry) for entry in spec.entries)
+    cells = tuple(runner.evaluation(spec, entry, checkpoint=checkpoint) for entry in spec.entries)
     del runner, loaded  # the next checkpoint loads with this one released
     return Column(cells, time.perf_counter() - started, notes, arch)
 
 
-def unavailable_column(spec: SpecFile, reason: str) -> Column:
+def unavailable_column(spec: SpecFile, reason: str, checkpoint: Checkpoint | None = None) -> Column:
     """A checkpoint that could not be loaded: every cell says why."""
-    cell = Cell(False, None, "unavailable", reason, error=reason, unavailable=True)
-    return Column(tuple(cell for _ in spec.entries), 0.0)
+    model = ModelIdentity(
+        checkpoint.path if checkpoint else "",
+        checkpoint=checkpoint.label if checkpoint else None,
+        step=checkpoint.step if checkpoint else None,
+    )
+    cells = []
+    for entry in spec.entries:
+        assert entry.expectation is not None
+        low, high = entry.expectation.bounds()
+        cells.append(
+            Evaluation(
+                spec.path,
+                entry.name,
+                entry.expectation.property,
+                entry.expectation.prompts,
+                model,
+                state="unavailable",
+                error=reason,
+                bound_low=low,
+                bound_high=high,
+            )
+        )
+    return Column(tuple(cells), 0.0)
 
 
 def assemble(spec: SpecFile, checkpoints: tuple[Checkpoint, ...], columns: Sequence[Column], smoke: str = "") -> Track:
     """The track of ``columns`` (one per checkpoint, in order)."""
     assert spec.header is not None
-    rows = []
-    for index, entry in enumerate(spec.entries):
-        assert entry.expectation is not None
-        rows.append(
-            Row(
-                entry.name,
-                entry.expectation.property,
-                tuple(column.cells[index] for column in columns),
-                getattr(entry.expectation, "at_least", None),
-                getattr(entry.expectation, "at_most", None),
-            )
-        )
+    rows = tuple(Row(tuple(column.cells[index] for column in columns)) for index in range(len(spec.entries)))
     notes = tuple(note for column in columns for note in column.notes)
     seconds = tuple(column.seconds for column in columns)
-    return Track(spec.path, spec.header.model, checkpoints, tuple(rows), seconds, notes, smoke)
-
-
-def _cell(runner: Runner, spec: SpecFile, entry: Entry) -> Cell:
-    try:
-        outcome = runner.evaluate(spec, entry)
-    except (CheckpointError, InfrastructureError):
-        raise
-    except InterpAssertError as exc:  # e.g. a head this checkpoint does not have
-        message = str(exc).replace("\n", "; ")
-        return Cell(False, None, "error", message, error=message)
-    return Cell(outcome.passed, outcome.value, outcome.shown or format_value(outcome.value), outcome.headline)
+    return Track(spec.path, spec.header.model, checkpoints, rows, seconds, notes, smoke)
 
 
 # ---- the summary ----
@@ -214,7 +214,7 @@ def wrapped(text: str) -> str:
     return "\n".join(lines or [""]) + "\n"
 
 
-def _cell_text(cell: Cell) -> str:
+def _cell_text(cell: Evaluation) -> str:
     if cell.unavailable:
         return "UNAVAILABLE"
     return ("" if cell.passed else "FAIL ") + _short(cell.shown)
@@ -333,19 +333,7 @@ def to_json(track: Track) -> dict[str, Any]:
             for row in track.rows
         ],
     }
-    return versioned("track", finite(document))
-
-
-def finite(value: Any) -> Any:
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {key: finite(item) for key, item in value.items()}
-    if isinstance(value, list | tuple):
-        return [finite(item) for item in value]
-    if hasattr(value, "item"):  # numpy scalars
-        return finite(value.item())
-    return value
+    return versioned("track", json_safe(document))
 
 
 def refuse_overwrite_file(path: Path, *, force: bool) -> None:

@@ -73,4 +73,5 @@ class AttentionStatBounds(Bounded):
 
     def figures(self) -> FigureNeeds:
         roles: tuple[Role, ...] = (self.stat,) if self.stat in ("focus", "breadth") else ()
-        return FigureNeeds(roles=roles, stats=True, span=True)
+        first, last = self.layers
+        return FigureNeeds(roles=roles, stats=True, span=(first, last), series=self.stat)

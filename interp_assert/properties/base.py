@@ -24,7 +24,7 @@ from interp_assert.measure import head_tables as scores
 from interp_assert.measure.measurements import CaptureRequest, Measurements
 from interp_assert.outcome import Outcome
 from interp_assert.strict import Strict
-from interp_assert.vocab import Role, parse_head
+from interp_assert.vocab import TARGET_ROLES, Role, TargetRole, parse_head
 
 if TYPE_CHECKING:
     from interp_assert.drift import fingerprint as fp_types
@@ -72,7 +72,9 @@ class FigureNeeds:
     norms: bool = False  # the hidden-norm curve (``layers`` shaded when ``span``)
     fractions: bool = False  # head-label fractions by layer
     stats: bool = False  # attention statistics by layer
-    span: bool = False  # shade ``layers`` on the figure
+    span: tuple[int, int] | None = None  # the layer range to shade on the figure (Python-style indices)
+    label_threshold: float | None = None  # the threshold the head labels are drawn at (fractions)
+    series: str | None = None  # the attention statistic to draw beside the standard ones (stats)
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,16 @@ class Expectation(Strict):
         from ``base``. ``None`` (the default): audit checks the expectation on each model instead."""
         return None
 
+    def bounds(self) -> tuple[float | None, float | None]:
+        """The expectation's (lower, upper) bounds on its headline value, ``None`` where it has none."""
+        return getattr(self, "at_least", None), getattr(self, "at_most", None)
+
+    def flagged_role(self) -> TargetRole | None:
+        """The role whose score a failure names a head for, when a frequent query token may explain it
+        (the runner then adds a ``flag:`` line); ``None`` for properties that do not score a role."""
+        role = getattr(self, "role", None)
+        return role if role in TARGET_ROLES else None
+
     def evaluate(self, context: CheckContext) -> Outcome:
         """:meth:`check`, with the bounds recorded and the headline value formatted."""
         from dataclasses import replace
@@ -127,12 +139,8 @@ class Expectation(Strict):
         from interp_assert.outcome import format_value
 
         outcome = self.check(context)
-        return replace(
-            outcome,
-            shown=outcome.shown or format_value(outcome.value),
-            bound_low=getattr(self, "at_least", None),
-            bound_high=getattr(self, "at_most", None),
-        )
+        low, high = self.bounds()
+        return replace(outcome, shown=outcome.shown or format_value(outcome.value), bound_low=low, bound_high=high)
 
 
 class Bounded(Expectation):

@@ -83,4 +83,5 @@ class HiddenNormTrend(Expectation):
         return Outcome(True, headline, (shown,), measured, value=worst, shown=f"holds; smallest step {worst_step}")
 
     def figures(self) -> FigureNeeds:
-        return FigureNeeds(norms=True, span=True)
+        first, last = self.layers
+        return FigureNeeds(norms=True, span=(first, last))

@@ -40,4 +40,5 @@ class RoleFraction(Bounded):
         return Outcome(passed, line, (detail,), {"fraction": value}, value=value)
 
     def figures(self) -> FigureNeeds:
-        return FigureNeeds(fractions=True, span=True)
+        first, last = self.layers
+        return FigureNeeds(fractions=True, span=(first, last), label_threshold=self.label_threshold)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from interp_assert.errors import InterpAssertError, ModelLoadError, SpecError
+from interp_assert.evaluation import Evaluation
 from interp_assert.pytest_plugin import options
 from interp_assert.pytest_plugin.stash import (
     CHECKPOINT_RUNNERS_KEY,
@@ -70,9 +71,9 @@ def run_options(config: pytest.Config) -> Any:
 class ExpectationFailed(AssertionError):
     """An expectation was measured and did not hold."""
 
-    def __init__(self, outcome: Any) -> None:
-        super().__init__(outcome.headline)
-        self.outcome = outcome
+    def __init__(self, evaluation: Evaluation) -> None:
+        super().__init__(evaluation.headline)
+        self.evaluation = evaluation
 
 
 class SpecCollector(pytest.File):
@@ -199,33 +200,35 @@ class SpecItem(pytest.Item):
                 f"{runner.options.smoke}: a snapshot compares whole prompt sets; not compared, not written",
                 _use_item_location=True,
             )
-        outcome = runner.evaluate(self.spec, self.entry)
-        self.user_properties.extend(junit_properties(runner, self.spec, self.entry, outcome, self.checkpoint))
-        if runner.was_cached(self.spec, self.entry):
+        evaluation = runner.evaluation(self.spec, self.entry, checkpoint=self.checkpoint)
+        if evaluation.problem is not None:
+            raise evaluation.problem  # a spec error on this model: shown as one, not as a failure
+        self.user_properties.extend(junit_properties(evaluation))
+        if evaluation.cached:
             self.user_properties.append(("cached", "true"))
         if runner.options.limit is not None:
             self.user_properties.append(("smoke", f"{runner.options.limit} prompts per set"))
-        for note in outcome.notes:
+        for note in evaluation.notes:
             self.config.stash.setdefault(NOTES_KEY, []).append(f"{self.nodeid}: {note}")
-        if outcome.written:
-            self.config.stash.setdefault(WRITTEN_KEY, []).append(outcome.written)
-        if not outcome.passed:
+        if evaluation.outcome is not None and evaluation.outcome.written:
+            self.config.stash.setdefault(WRITTEN_KEY, []).append(evaluation.outcome.written)
+        if not evaluation.passed:
             artifacts = options.get(self.config, "interp_artifacts")
             if artifacts:
                 from interp_assert.commands.report import write_failure_artifacts
 
                 here = self.config.invocation_params.dir
                 try:
-                    written = write_failure_artifacts(runner, self.spec, self.entry, outcome, here / artifacts)
+                    written = write_failure_artifacts(runner, self.spec, self.entry, evaluation, here / artifacts)
                     self.artifact_lines = [f"  heatmap: {_shown_path(path, here)}" for path in written]
                 except (InterpAssertError, OSError) as exc:  # a picture must never hide the failure itself
                     self.artifact_lines = [f"  heatmap not written: {exc}"]
-            raise ExpectationFailed(outcome)
+            raise ExpectationFailed(evaluation)
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> Any:
         error = excinfo.value
         if isinstance(error, ExpectationFailed):
-            return self._failure_text(error.outcome)
+            return self._failure_text(error.evaluation)
         if debugging(self.config):
             return super().repr_failure(excinfo, style=style)
         if isinstance(error, SpecError):
@@ -234,7 +237,7 @@ class SpecItem(pytest.Item):
             return f"{self.nodeid}: {error}"
         return one_line_error(self.nodeid, error) or super().repr_failure(excinfo, style=style)
 
-    def _failure_text(self, outcome: Any) -> str:
+    def _failure_text(self, evaluation: Evaluation) -> str:
         assert self.entry is not None and self.entry.expectation is not None and self.spec.header is not None
         expectation = self.entry.expectation
         runner = self.runner()
@@ -246,13 +249,13 @@ class SpecItem(pytest.Item):
         lines = [
             f"{self.entry.location}: expectation {self.entry.name!r} ({expectation.property}) failed"
             + (f" on {self.checkpoint.label}" if self.checkpoint is not None else ""),
-            f"  {outcome.headline}",
-            *(f"  {detail}" for detail in outcome.details),
-            f"  prompts: {expectation.prompts!r}; model: {model}",
+            f"  {evaluation.headline}",
+            *(f"  {detail}" for detail in evaluation.details),
+            f"  prompts: {evaluation.prompts!r}; model: {model}",
         ]
         if runner.options.limit is not None:
             lines[0] = f"[{runner.options.smoke}] " + lines[0]
-        if runner.was_cached(self.spec, self.entry):
+        if evaluation.cached:
             lines.append("  (from the result cache: measured earlier under the same key; --interp-cache)")
         lines += getattr(self, "artifact_lines", [])
         if runner.overridden(self.spec):
@@ -556,38 +559,29 @@ def written_summary(config: pytest.Config) -> list[str]:
     return [f"snapshots: {said}, in {', '.join(files)}"]
 
 
-def junit_properties(
-    runner: Any, spec: SpecFile, entry: Entry, outcome: Any, checkpoint: Any = None
-) -> list[tuple[str, object]]:
+def junit_properties(evaluation: Evaluation) -> list[tuple[str, object]]:
     """The item's stable record for JUnit XML and dashboards (documented in the README):
     ``property``, ``passed``, ``value``, ``bound_low``, ``bound_high``, ``model``,
     ``model_source``, ``weights_sha256``, ``revision`` and ``commit`` (hub models), ``headline``,
     ``checkpoint`` and ``step`` (under ``--interp-checkpoints``), ``generated_text`` (text checks),
     ``note`` (repeatable), then ``measured.<name>`` for every other number."""
-    from interp_assert.runner import model_record
-
-    assert entry.expectation is not None
-    # a cached outcome carries the record of the model it was measured on: nothing loads for it
-    record = runner.cached.get((spec.path, entry.name)) or model_record(runner.model_for(spec))
-    value = outcome.value
+    model = evaluation.model
+    value = evaluation.value
     properties: list[tuple[str, object]] = [
-        ("property", entry.expectation.property),
-        ("passed", "true" if outcome.passed else "false"),
+        ("property", evaluation.tag),
+        ("passed", "true" if evaluation.passed else "false"),
         ("value", "" if value is None else value),
-        ("bound_low", "" if outcome.bound_low is None else outcome.bound_low),
-        ("bound_high", "" if outcome.bound_high is None else outcome.bound_high),
-        ("model", runner.model_named(spec)),
-        ("model_source", record["model_source"]),
-        ("weights_sha256", record["weights_sha256"]),
+        ("bound_low", "" if evaluation.bound_low is None else evaluation.bound_low),
+        ("bound_high", "" if evaluation.bound_high is None else evaluation.bound_high),
+        ("model", model.name),
+        *model.record().items(),
+        ("headline", evaluation.headline),
     ]
-    properties += [(name, record[name]) for name in ("revision", "commit") if name in record]
-    properties.append(("headline", outcome.headline))
-    if checkpoint is not None:
-        properties += [("checkpoint", checkpoint.label), ("step", "" if checkpoint.step is None else checkpoint.step)]
-    if "generated_text" in outcome.measured:
-        properties.append(("generated_text", outcome.measured["generated_text"]))
-    properties += [("note", note) for note in outcome.notes]
-    properties += [
-        (f"measured.{key}", measured) for key, measured in outcome.measured.items() if key != "generated_text"
-    ]
+    if model.checkpoint is not None:
+        properties += [("checkpoint", model.checkpoint), ("step", "" if model.step is None else model.step)]
+    measured = evaluation.measured
+    if "generated_text" in measured:
+        properties.append(("generated_text", measured["generated_text"]))
+    properties += [("note", note) for note in evaluation.notes]
+    properties += [(f"measured.{key}", number) for key, number in measured.items() if key != "generated_text"]
     return properties

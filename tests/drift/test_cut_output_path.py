@@ -107,6 +107,6 @@ def test_tiny_neo_audit_of_a_cut_induction_head(tiny_neo_without_its_induction_o
     for name in ("l0h0_ablation_breaks_copying", "l1h0_mean_ablation_breaks_copying"):
         assert rows[name].base.passed and not rows[name].checkpoint.passed
         assert abs(float(rows[name].checkpoint.value or 0)) < 0.1  # nothing left to remove
-    drift = {snapshot.name: snapshot for snapshot in audit.drifts}
+    drift = audit.drifts
     assert not drift["causal_fingerprint"].within
     assert "layer_ablation: 2 of 2 beyond" in "\n".join(drift["causal_fingerprint"].details)

@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from interp_assert.commands.tracking import Cell, Row
+from interp_assert.commands.tracking import Row
+from interp_assert.evaluation import Evaluation, ModelIdentity
 from interp_assert.measure.loading.checkpoints import Checkpoint
+from interp_assert.outcome import Outcome
 from interp_assert.pytest_plugin.gates import parse_gate, verdict
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,13 +92,16 @@ def test_a_checkpoint_the_gate_reads_that_cannot_load_is_a_setup_error(run: pyte
 def _row(*passes: bool | None) -> tuple[Row, tuple[Checkpoint, ...]]:
     """A row of cells (None: the checkpoint could not load) at steps 0, 10, 20, ..."""
     cells = tuple(
-        Cell(False, None, "unavailable", "", error="gone", unavailable=True)
+        Evaluation("spec.yaml", "x", "head_score", "prompts", ModelIdentity("model"), state="unavailable", error="gone")
         if passed is None
-        else Cell(passed, 1.0 if passed else 0.0, "1" if passed else "0", "headline")
+        else Evaluation(
+            "spec.yaml", "x", "head_score", "prompts", ModelIdentity("model"),
+            Outcome(passed, "headline", value=1.0 if passed else 0.0, shown="1" if passed else "0"),
+        )
         for passed in passes
-    )
+    )  # fmt: skip
     checkpoints = tuple(Checkpoint(f"c-{10 * i}", f"/c-{10 * i}", f"c-{10 * i}", 10 * i) for i in range(len(passes)))
-    return Row("x", "head_score", cells), checkpoints
+    return Row(cells), checkpoints
 
 
 @pytest.mark.parametrize(
