@@ -225,11 +225,11 @@ def pytest_options_block() -> str:
 
 
 def _subcommands(parser: argparse.ArgumentParser, prefix: str) -> Iterator[tuple[str, argparse.ArgumentParser]]:
-    for action in parser._actions:  # noqa: SLF001 (argparse has no public walk)
-        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+    for action in parser._actions:  # argparse has no public walk
+        if isinstance(action, argparse._SubParsersAction):
             for name, sub in action.choices.items():
                 path = f"{prefix} {name}"
-                nested = any(isinstance(a, argparse._SubParsersAction) for a in sub._actions)  # noqa: SLF001
+                nested = any(isinstance(a, argparse._SubParsersAction) for a in sub._actions)
                 if not nested:
                     yield path, sub
                 yield from _subcommands(sub, path)
@@ -248,7 +248,7 @@ def _argument_row(action: argparse.Action) -> str:
         value = f"`{action.metavar or action.dest.upper()}`"
     else:
         value = "(positional)" if action.nargs is None else "(positional, one or more)"
-    if isinstance(action, argparse._AppendAction):  # noqa: SLF001
+    if isinstance(action, argparse._AppendAction):
         value += " (repeatable)"
     if action.required and action.option_strings:
         value += ", required"
@@ -270,9 +270,9 @@ def verbs_block() -> str:
         (f"{cli.PROG} track merge", track_command.merge_parser(cli.PROG, lambda args: 0)),
     )
     helps = {}
-    for action in parser._actions:  # noqa: SLF001
-        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
-            helps = {choice.dest: choice.help for choice in action._choices_actions}  # noqa: SLF001
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            helps = {choice.dest: choice.help for choice in action._choices_actions}
     lines: list[str] = []
     model_group = None
     for name, sub in verbs:
@@ -282,23 +282,23 @@ def verbs_block() -> str:
         lines += [_cell(text), ""]
         rows = ["| argument | value | meaning |", "| --- | --- | --- |"]
         shared = False
-        for group in sub._action_groups:  # noqa: SLF001
+        for group in sub._action_groups:
             if group.title == "model loading":
-                shared = bool(group._group_actions)  # noqa: SLF001
+                shared = bool(group._group_actions)
                 model_group = model_group or group
                 continue
-            for action in group._group_actions:  # noqa: SLF001
-                if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):  # noqa: SLF001
+            for action in group._group_actions:
+                if isinstance(action, argparse._HelpAction | argparse._SubParsersAction):
                     continue
                 rows.append(_argument_row(action))
         if len(rows) > 2:
-            lines += rows + [""]
+            lines += [*rows, ""]
         if shared:
             lines += ["It also takes the [model loading flags](#model-loading-flags-every-verb).", ""]
     if model_group is not None:
         lines += ["### Model loading flags (every verb)", ""]
         lines += ["| argument | value | meaning |", "| --- | --- | --- |"]
-        lines += [_argument_row(action) for action in model_group._group_actions]  # noqa: SLF001
+        lines += [_argument_row(action) for action in model_group._group_actions]
     return "\n".join(lines).rstrip()
 
 
