@@ -74,7 +74,7 @@ class Model:
         return self._measured[key]
 
     def head_score(self, head: str, role: Role, *, prompts: Prompts) -> float:
-        """One head's role score (see the README's Scores)."""
+        """One head's role score (see docs/spec.md, Scores)."""
         layer, index = parse_head(head)
         table = self.measure(prompts, CaptureRequest(roles=frozenset([role]))).role_scores[role]
         if not (0 <= layer < table.shape[0] and 0 <= index < table.shape[1]):

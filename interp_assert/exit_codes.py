@@ -127,7 +127,7 @@ def worst(*codes: int) -> int:
 
 
 def markdown_table() -> str:
-    """The table as the README shows it."""
+    """The table as docs/ci.md shows it."""
     lines = ["| code | meaning |", "|---:|---|"]
     lines += [f"| {entry.code} | **{entry.name}**: {entry.meaning} |" for entry in TABLE]
     return "\n".join(lines)

@@ -46,7 +46,7 @@ def smollm2_dir() -> Path:
     return gguf_as_safetensors(ALIASES["smollm2-135m-instruct"](), LoadOptions())
 
 
-# ``pytest -m quick``: a subset that runs in about a minute on 2 idle cores (README, "Development") and
+# ``pytest -m quick``: a subset that runs in about a minute on 2 idle cores (docs/development.md) and
 # still crosses every layer: the spec and its schema, the scores, the import layers, every verb's
 # exit status on the built-in tiny-neo, a track killed and resumed, the result cache, hook hygiene.
 QUICK = (

@@ -36,7 +36,7 @@ class AblationControl(Strict):
 
 class AblationEffect(Bounded):
     property: Literal["ablation_effect"]
-    reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
+    reference: ClassVar[tuple[str, str]] = (  # docs/properties.md: keys, passes when
         (
             "`heads: [heads]`, `mode: zero\\|mean` (zero), `positions: [a, b]` (default `[1, -1]`), bounds (nats), "
             "`control: {samples (5), seed (0), at_least_times}`"

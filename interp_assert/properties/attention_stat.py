@@ -37,7 +37,7 @@ STAT_BY_LAYER: dict[str, Callable[[Measurements], np.ndarray]] = {
 
 class AttentionStatBounds(Bounded):
     property: Literal["attention_stat"]
-    reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
+    reference: ClassVar[tuple[str, str]] = (  # docs/properties.md: keys, passes when
         "`stat: max\\|mean\\|focus\\|breadth`, `layers: [a, b]`, bounds",
         "every layer in range is within bounds",
     )

@@ -68,7 +68,7 @@ class WeightExpectation(Bounded):
 
 class Composition(WeightExpectation):
     property: Literal["composition"]
-    reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
+    reference: ClassVar[tuple[str, str]] = (  # docs/properties.md: keys, passes when
         (
             "`composition` (Q, K or V); `sender` and `receiver` with bounds, or one of them with `k` and "
             "`include: [heads]`; `score` (`z`, default, or `raw`), `null_draws` (500), `seed` (0). No `prompts`"

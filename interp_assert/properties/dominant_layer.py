@@ -15,7 +15,7 @@ from interp_assert.vocab import Role
 
 class DominantLayer(Expectation):
     property: Literal["dominant_layer"]
-    reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
+    reference: ClassVar[tuple[str, str]] = (  # docs/properties.md: keys, passes when
         "`role`, `layer`",
         "that layer has the highest mean role score",
     )

@@ -14,7 +14,7 @@ from interp_assert.properties.base import CheckContext, Expectation, resolve_ind
 
 class GeneratedText(Expectation):
     property: Literal["generated_text"]
-    reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
+    reference: ClassVar[tuple[str, str]] = (  # docs/properties.md: keys, passes when
         "`contains: TEXT` or `equals: TEXT`, `sequence` (optional index; default every sequence)",
         "the prompt set's greedy continuation (decoded, special tokens dropped) contains / equals the text",
     )

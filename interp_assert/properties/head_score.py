@@ -12,7 +12,7 @@ from interp_assert.vocab import Role
 
 class HeadScore(Bounded):
     property: Literal["head_score"]
-    reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
+    reference: ClassVar[tuple[str, str]] = (  # docs/properties.md: keys, passes when
         "`head`, `role`, bounds",
         "the head's role score is within bounds",
     )

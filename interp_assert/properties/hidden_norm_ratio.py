@@ -11,7 +11,7 @@ from interp_assert.properties.base import Bounded, CheckContext, FigureNeeds, no
 
 class HiddenNormRatio(Bounded):
     property: Literal["hidden_norm_ratio"]
-    reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
+    reference: ClassVar[tuple[str, str]] = (  # docs/properties.md: keys, passes when
         "`numerator` (-1), `denominator` (0), bounds, `include_first_position` (false)",
         "norm[numerator] / norm[denominator] is within bounds",
     )

@@ -22,7 +22,7 @@ from interp_assert.properties.base import (
 
 class HiddenNormTrend(Expectation):
     property: Literal["hidden_norm_trend"]
-    reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
+    reference: ClassVar[tuple[str, str]] = (  # docs/properties.md: keys, passes when
         (
             "`layers: [a, b]` (hidden-state indices), `direction: increasing\\|decreasing`, `tolerance` (0), "
             "`include_first_position` (false)"

@@ -13,7 +13,7 @@ from interp_assert.vocab import Role
 
 class LayerScore(Bounded):
     property: Literal["layer_score"]
-    reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
+    reference: ClassVar[tuple[str, str]] = (  # docs/properties.md: keys, passes when
         "`role`, `layer`, bounds",
         "the mean role score over the layer's heads is within bounds",
     )

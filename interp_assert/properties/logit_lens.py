@@ -38,7 +38,7 @@ AGREEMENT_LAYER_LEVEL = 0.5  # what discover calls the agreement layer
 
 class LogitLensExpectation(Expectation):
     property: Literal["logit_lens"]
-    reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
+    reference: ClassVar[tuple[str, str]] = (  # docs/properties.md: keys, passes when
         (
             "any of `agreement_at_least: x` + `by_index: k`; `first_reaching: x` + `within: [a, b]`; "
             "`kl_non_increasing: [a, b]` (`tolerance`, relative)"

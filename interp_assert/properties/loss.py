@@ -20,7 +20,7 @@ from interp_assert.properties.base import Bounded, CheckContext, LayerRange
 
 class NextTokenLoss(Bounded):
     property: Literal["loss"]
-    reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
+    reference: ClassVar[tuple[str, str]] = (  # docs/properties.md: keys, passes when
         "`positions: [a, b]` (default `[1, -1]`), bounds (nats)",
         "the mean next-token loss `-log p(token t | tokens before t)` over token positions a..b is within bounds",
     )

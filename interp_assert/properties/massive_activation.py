@@ -24,7 +24,7 @@ from interp_assert.properties.findings import DiscoverSettings, Section, lower_b
 
 class MassiveActivation(Bounded):
     property: Literal["massive_activation"]
-    reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
+    reference: ClassVar[tuple[str, str]] = (  # docs/properties.md: keys, passes when
         (
             "any of `position`, `dimension`, `first_index: [a, b]`, bounds on the largest ratio; `layers` "
             "(default all hidden-state indices), `threshold` (100), `factor` (1000)"

@@ -36,7 +36,7 @@ class CopyingRequest:
 
 class OvCopying(WeightExpectation):
     property: Literal["ov_copying"]
-    reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
+    reference: ClassVar[tuple[str, str]] = (  # docs/properties.md: keys, passes when
         "`head` with bounds, or `k` and `include: [heads]`. No `prompts`",
         (
             "read from the weights: the head's copying score Σλ/Σ\\|λ\\| over the eigenvalues of W_E·OV·W_U "

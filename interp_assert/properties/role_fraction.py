@@ -15,7 +15,7 @@ from interp_assert.vocab import POSITIONAL_LABELS, Label
 
 class RoleFraction(Bounded):
     property: Literal["role_fraction"]
-    reference: ClassVar[tuple[str, str]] = (  # README: keys, passes when
+    reference: ClassVar[tuple[str, str]] = (  # docs/properties.md: keys, passes when
         "`label`, `layers: [a, b]`, bounds, `label_threshold` (0.5)",
         'the fraction of heads in layers a..b carrying `label` is within bounds (the seed\'s "layer progression")',
     )

@@ -21,7 +21,7 @@ from interp_assert.properties.findings import DiscoverSettings, Section, score_l
 
 class SinkRate(Bounded):
     property: Literal["sink_rate"]
-    reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
+    reference: ClassVar[tuple[str, str]] = (  # docs/properties.md: keys, passes when
         "`eps` (0.3), `layers: [a, b]` (default all), bounds",
         (
             "the fraction of heads whose mean attention to position 0 exceeds `eps` is within bounds (Gu et al. "

@@ -41,7 +41,7 @@ class Snapshot(Expectation):
     """A syrupy snapshot of the model's numeric fingerprint on one prompt set."""
 
     property: Literal["snapshot"]
-    reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
+    reference: ClassVar[tuple[str, str]] = (  # docs/properties.md: keys, passes when
         (
             "`covers` (default `role_scores`, `role_labels`, `layer_stats`, `hidden_norms`; also `loss`, "
             "`layer_ablation`, `logit_lens`, `massive_activation`, `sink_rate` when listed), `roles` (default "

@@ -24,7 +24,7 @@ from interp_assert.vocab import Role
 
 class TopHeads(Expectation):
     property: Literal["top_heads"]
-    reference: ClassVar[tuple[str, str]] = (  # the README's property table: keys, passes when
+    reference: ClassVar[tuple[str, str]] = (  # docs/properties.md: keys, passes when
         "`role`, `k`, `include: [heads]` or `equals: [heads]`",
         "the `k` highest-scoring heads include (or are exactly) the listed heads",
     )

@@ -560,7 +560,7 @@ def written_summary(config: pytest.Config) -> list[str]:
 
 
 def junit_properties(evaluation: Evaluation) -> list[tuple[str, object]]:
-    """The item's stable record for JUnit XML and dashboards (documented in the README):
+    """The item's stable record for JUnit XML and dashboards (documented in docs/ci.md):
     ``property``, ``passed``, ``value``, ``bound_low``, ``bound_high``, ``model``,
     ``model_source``, ``weights_sha256``, ``revision`` and ``commit`` (hub models), ``headline``,
     ``checkpoint`` and ``step`` (under ``--interp-checkpoints``), ``generated_text`` (text checks),

@@ -102,7 +102,7 @@ def test_bounds_round_outward() -> None:
 
 
 def test_score_bounds_say_near_certain_heads_are_near_certain() -> None:
-    """A score falls by at most 15% of itself or 0.05, whichever is less (the README's rule)."""
+    """A score falls by at most 15% of itself or 0.05, whichever is less (the rule in docs/discover.md)."""
     from interp_assert.properties.findings import score_lower_bound
 
     assert score_lower_bound(0.99999, 0.85) == 0.94  # not 0.84: a sink head must stay nearly certain

@@ -126,9 +126,9 @@ def test_out_of_memory_and_full_disks_are_infrastructure() -> None:
     assert exit_codes.worst(exit_codes.HELD, exit_codes.FAILED) == exit_codes.FAILED
 
 
-def test_the_readme_and_help_show_the_table() -> None:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    assert exit_codes.markdown_table() in readme, "paste exit_codes.markdown_table() into the README"
+def test_the_docs_and_help_show_the_table() -> None:
+    ci_page = (Path(__file__).resolve().parents[2] / "docs" / "ci.md").read_text()
+    assert exit_codes.markdown_table() in ci_page, "paste exit_codes.markdown_table() into docs/ci.md"
     from interp_assert.commands.cli import EPILOG
 
     for entry in exit_codes.TABLE:
