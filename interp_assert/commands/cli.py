@@ -321,6 +321,7 @@ def _fail(exc: BaseException) -> int:
 
 def _discover(args: argparse.Namespace) -> int:
     from interp_assert.commands import discover
+    from interp_assert.properties.findings import DiscoverSettings
 
     output: Path = args.output
     if output.exists() and not args.force:
@@ -329,7 +330,7 @@ def _discover(args: argparse.Namespace) -> int:
     if problem:
         raise InterpAssertError(f"-o {output}: {problem}")
     prompt_sets = discover.read_prompt_sets(args.prompts) if args.prompts else None
-    settings = discover.DiscoverSettings(threshold=args.threshold, max_heads=args.max_heads, keep=args.keep)
+    settings = DiscoverSettings(threshold=args.threshold, max_heads=args.max_heads, keep=args.keep)
     with _progress(3 if prompt_sets is None else 1 + len(prompt_sets)) as step:
         step(f"loading {args.model}")
         loaded = _load(args.model, args)

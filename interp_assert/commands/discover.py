@@ -111,7 +111,7 @@ def flag_token_driven(sections: list[Section], loaded: Any, prompt_sets: dict[st
     """Say in a head expectation's description when its score comes mostly from one frequent
     query token (commas attending to earlier commas), so no one mistakes it for a mechanism."""
     from interp_assert.measure.capture import attribution
-    from interp_assert.measure.capture.run import CaptureRequest
+    from interp_assert.measure.measurements import CaptureRequest
     from interp_assert.runner import measure_named
     from interp_assert.vocab import TARGET_ROLES, parse_head
 
@@ -148,7 +148,7 @@ def discover(
     sae: str | None = None,
 ) -> Discovered:
     """Measure ``loaded`` on ``prompt_sets`` and return the spec text (validated and self-checked)."""
-    from interp_assert.measure.capture.run import CaptureRequest
+    from interp_assert.measure.measurements import CaptureRequest
     from interp_assert.runner import measure_named
 
     used: set[str] = set()
@@ -274,8 +274,7 @@ def ablation_sections(
     the loss counts from the second copy's second token (its first cannot be predicted)."""
     from dataclasses import replace
 
-    from interp_assert.measure.capture.run import CaptureRequest
-    from interp_assert.measure.measurements import AblationRequest
+    from interp_assert.measure.measurements import AblationRequest, CaptureRequest
     from interp_assert.runner import measure_named
     from interp_assert.vocab import parse_head
 
@@ -341,9 +340,9 @@ def _pair_sections(
 ) -> tuple[list[Section], Any]:
     import numpy as np
 
-    from interp_assert.measure.capture.run import CaptureRequest
     from interp_assert.measure.counterfactual import patching as sweep
     from interp_assert.measure.counterfactual.pair_request import PairRequest
+    from interp_assert.measure.measurements import CaptureRequest
     from interp_assert.measure.pair_requests import Component
     from interp_assert.properties import expectation_adapter
     from interp_assert.properties import patching as patching_property

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from interp_assert.measure.capture import attribution, scores
-from interp_assert.measure.capture.run import CaptureRequest
+from interp_assert.measure.measurements import CaptureRequest
 from interp_assert.runner import measure_named
 from interp_assert.spec import PromptSet
 from interp_assert.vocab import ROLES, TARGET_ROLES, Role, parse_head

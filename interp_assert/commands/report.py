@@ -150,7 +150,7 @@ class _Plan:
         return not (self.roles or self.heads) and all(part is None for part in (self.norms, self.fractions, self.stats))
 
     def request(self, n_layers: int, n_heads: int) -> Any:
-        from interp_assert.measure.capture.run import CaptureRequest
+        from interp_assert.measure.measurements import CaptureRequest
 
         roles = set(self.roles)
         if self.fractions is not None:
@@ -346,7 +346,7 @@ def write_failure_artifacts(
 ) -> list[Path]:
     """The heatmaps of a failed expectation: the attention pattern of the head concerned
     (``evaluation.heads[0]``) and, for a role, the layers x heads scores with that head outlined."""
-    from interp_assert.measure.capture.run import CaptureRequest
+    from interp_assert.measure.measurements import CaptureRequest
     from interp_assert.runner import measure_named
 
     expectation: Any = entry.expectation

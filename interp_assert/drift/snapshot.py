@@ -17,7 +17,7 @@ from typing import Literal
 
 from interp_assert.drift import fingerprint as fp
 from interp_assert.drift import snapshot_store as store
-from interp_assert.drift.snapshot_store import SnapshotFileError
+from interp_assert.errors import SnapshotFileError
 
 __all__ = ["SnapshotFileError", "SnapshotResult", "check", "drift_report", "model_change", "read", "revision_change"]
 

@@ -9,7 +9,8 @@ from interp_assert.vocab import POSITIONAL_LABELS, Label, Role, head_name
 
 def layer_means(scores: np.ndarray) -> np.ndarray:
     """Mean of a role score over each layer's heads: ``[L]``."""
-    return scores.mean(axis=1)
+    means: np.ndarray = scores.mean(axis=1)
+    return means
 
 
 def dominant_layer(scores: np.ndarray) -> int:

@@ -52,7 +52,8 @@ def split(n: int, holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def direction(positive: np.ndarray, negative: np.ndarray) -> np.ndarray:
-    return positive.mean(0) - negative.mean(0)
+    found: np.ndarray = positive.mean(0) - negative.mean(0)
+    return found
 
 
 def auroc(positive_scores: np.ndarray, negative_scores: np.ndarray) -> float:

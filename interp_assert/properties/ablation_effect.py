@@ -23,8 +23,9 @@ from pydantic import Field, model_validator
 from interp_assert.errors import CheckInputError
 from interp_assert.measure.measurements import AblatedLosses, AblationRequest, CaptureRequest
 from interp_assert.outcome import Outcome
-from interp_assert.properties.base import Bounded, CheckContext, FigureNeeds, HeadName, LayerRange, Strict, head_index
+from interp_assert.properties.base import Bounded, CheckContext, FigureNeeds, HeadName, LayerRange, head_index
 from interp_assert.properties.findings import DiscoverSettings, Section, lower_bound, unique_name
+from interp_assert.strict import Strict
 from interp_assert.vocab import head_name, parse_head
 
 

@@ -18,12 +18,14 @@ AttentionStat = Literal["max", "mean", "focus", "breadth"]
 
 def _max(m: Measurements) -> np.ndarray:
     assert m.max_weight is not None
-    return m.max_weight.max(axis=1)  # largest weight of any head
+    found: np.ndarray = m.max_weight.max(axis=1)  # largest weight of any head
+    return found
 
 
 def _mean(m: Measurements) -> np.ndarray:
     assert m.mean_weight is not None
-    return m.mean_weight.mean(axis=1)  # mean visible weight, averaged over heads
+    found: np.ndarray = m.mean_weight.mean(axis=1)  # mean visible weight, averaged over heads
+    return found
 
 
 # Per layer, ``[L]``; focus and breadth are the role scores averaged over the layer's heads.

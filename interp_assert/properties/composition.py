@@ -44,9 +44,10 @@ class CompositionRequest:
     weights_only: ClassVar[bool] = True  # reads no activations: the runner skips the forward pass
 
     def run(self, loaded: Any, batches: list[Any]) -> dict[tuple[Head, Head], tuple[float, float]]:
+        from interp_assert.measure.loading.architecture import model_map
         from interp_assert.measure.weights import circuits as weights
 
-        heads = weights.all_heads(weights.model_map(loaded.model))
+        heads = weights.all_heads(model_map(loaded.model))
         senders = list(self.senders) if self.senders is not None else heads
         receivers = list(self.receivers) if self.receivers is not None else heads
         return weights.pair_table(loaded.model, self.kind, senders, receivers, self.draws, self.seed)

@@ -22,9 +22,10 @@ from interp_assert.measure.counterfactual.pair_request import PairRequest
 from interp_assert.measure.measurements import CaptureRequest
 from interp_assert.measure.pair_requests import Component, PairResult
 from interp_assert.outcome import Outcome
-from interp_assert.properties.base import Bounded, CheckContext, HeadName, Strict, head_index
+from interp_assert.properties.base import Bounded, CheckContext, HeadName, head_index
 from interp_assert.properties.findings import DiscoverSettings, Section, lower_bound, unique_name
 from interp_assert.properties.logit_diff import pair_result, spread_line
+from interp_assert.strict import Strict
 from interp_assert.vocab import head_name, parse_head
 
 MIN_GAP = 1e-3  # nats: clean and corrupt means closer than this leave the normalisation undefined
@@ -225,7 +226,8 @@ class Patching(Bounded):
         gaps = base.clean - base.corrupt
         usable = np.abs(gaps) >= MIN_GAP
         reference = base.corrupt if self.direction == "denoise" else base.clean
-        return ((patched - reference) / np.where(usable, gaps, 1.0))[usable]
+        recovered: np.ndarray = ((patched - reference) / np.where(usable, gaps, 1.0))[usable]
+        return recovered
 
     def describe(self) -> str:
         parts = list(self.heads or [])
@@ -240,7 +242,9 @@ class Patching(Bounded):
         result = pair_result(measurements, self.request())  # type: ignore[arg-type]
         if result.heads is None:
             raise CheckInputError("the single-head sweep was not captured for this prompt set")
-        return (result.heads.mean(axis=-1) - (corrupt if self.direction == "denoise" else clean)) / (clean - corrupt)
+        baseline = corrupt if self.direction == "denoise" else clean
+        recovered: np.ndarray = (result.heads.mean(axis=-1) - baseline) / (clean - corrupt)
+        return recovered
 
     def _top(self, m: object, clean: float, corrupt: float) -> tuple[bool, str, dict[str, float | str], list[str]]:
         assert self.top is not None

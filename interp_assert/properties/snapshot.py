@@ -16,7 +16,8 @@ from pydantic import Field, model_validator
 
 from interp_assert.measure.measurements import CaptureRequest
 from interp_assert.outcome import Outcome
-from interp_assert.properties.base import CheckContext, Expectation, ModelDrift, Strict
+from interp_assert.properties.base import CheckContext, Expectation, ModelDrift
+from interp_assert.strict import Strict
 from interp_assert.vocab import POSITIONAL_LABELS, Role
 
 if TYPE_CHECKING:

@@ -23,10 +23,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from interp_assert.option_table import OPTIONS
     from interp_assert.pytest_plugin import options
 
     config.addinivalue_line("markers", "interp_model(name): a spec item and the model it runs on")
-    for option in options.OPTIONS:
+    for option in OPTIONS:
         options.get(config, option.name)  # an invalid ini value is a usage error now, not in every item
     updating = bool(getattr(config.option, "update_snapshots", False))
     if updating and options.get(config, "interp_model") and not options.get(config, "interp_allow_override_update"):

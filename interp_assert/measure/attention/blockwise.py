@@ -207,7 +207,7 @@ def layer_index(module: Any, capture: Any) -> int:
     """Which layer ``module`` is for the active capture (blockwise or fused), -1 with none; marks it seen."""
     if capture is None:
         return -1
-    layer = capture.layer_of.get(id(module))
+    layer: int | None = capture.layer_of.get(id(module))
     if layer is None:
         raise CaptureError(f"{type(module).__name__} is not one of the attention modules capture found")
     capture.layers_seen.add(layer)

@@ -112,7 +112,8 @@ def _flash_cpu(
     each see only the keys of their window (an additive mask of one band, the same for all)."""
     n_tokens = q.shape[2]
     if window is None or n_tokens <= window:
-        return FLASH_CPU(q, k, v, 0.0, True, scale=scale)
+        found: tuple[torch.Tensor, torch.Tensor] = FLASH_CPU(q, k, v, 0.0, True, scale=scale)
+        return found
     output = q.new_empty(q.shape[0], n_tokens, q.shape[1], v.shape[-1]).transpose(1, 2)  # SDPA's layout
     lse = q.new_empty(q.shape[:3], dtype=torch.float32)
     output[:, :, :window], lse[..., :window] = FLASH_CPU(
@@ -142,7 +143,8 @@ def _band(rows: int, window: int, dtype: torch.dtype, device: torch.device, mask
         offset = torch.arange(rows + window - 1, device=device) - torch.arange(rows, device=device).unsqueeze(1)
         visible = (offset >= 0) & (offset < window)
         masks[where] = torch.zeros(visible.shape, dtype=dtype, device=device).masked_fill_(~visible, float("-inf"))
-    return masks[where]
+    mask: torch.Tensor = masks[where]
+    return mask
 
 
 def flex(

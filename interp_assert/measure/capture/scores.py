@@ -75,7 +75,8 @@ def target_mask(role: Role, tokens: torch.Tensor, row_start: int, n_rows: int) -
 
 def row_entropy(weights: torch.Tensor) -> torch.Tensor:
     """``-sum_j w log w`` of every row: ``[..., R]`` for ``weights[..., R, T]`` (0 log 0 = 0)."""
-    return -torch.special.xlogy(weights, weights).sum(-1)
+    entropy: torch.Tensor = -torch.special.xlogy(weights, weights).sum(-1)
+    return entropy
 
 
 def entropy_from_logits(

@@ -263,7 +263,7 @@ def forward_diffs(loaded: LoadedModel, parts: ModelMap, tokens: torch.Tensor, ba
     repeats = tokens.shape[0] // batch.pairs.answer.shape[0]
     answer = batch.pairs.answer.repeat(repeats).to(logits.device)
     wrong = batch.pairs.wrong.repeat(repeats).to(logits.device)
-    diffs = (logits.gather(1, answer[:, None]) - logits.gather(1, wrong[:, None])).squeeze(1).cpu()
+    diffs: torch.Tensor = (logits.gather(1, answer[:, None]) - logits.gather(1, wrong[:, None])).squeeze(1).cpu()
     if not torch.isfinite(diffs).all():
         raise CaptureError("the logit difference is not finite on this prompt set")
     return diffs
@@ -431,7 +431,8 @@ def logit_direction_readout(parts: ModelMap, runs: BatchRuns, base: Side, delta:
         normed = normed * (gain.detach().double().cpu() + parts.layout.gain_offset)
     weight = unembedding.weight.detach()
     direction = (weight[pairs.answer.to(weight.device)] - weight[pairs.wrong.to(weight.device)]).double().cpu()
-    return (normed * direction).sum(dim=-1)
+    found: torch.Tensor = (normed * direction).sum(dim=-1)
+    return found
 
 
 # ---- attribution patching: a first-order screen of every head ----

@@ -264,7 +264,7 @@ def _module(parent: Any, name: str | None, family: str) -> Any:
 
 
 def _linear_weight(module: Any, conv1d: bool) -> torch.Tensor:
-    weight = module.weight.detach().float().cpu()
+    weight: torch.Tensor = module.weight.detach().float().cpu()
     return weight.T if conv1d else weight  # as Linear keeps it: [out, in]
 
 

@@ -23,8 +23,9 @@ from typing import Any
 
 from interp_assert.errors import ModelLoadError, UsageError
 from interp_assert.measure.loading import hub, placement
-from interp_assert.measure.loading.gguf_cache import cached_conversion, file_sha256
+from interp_assert.measure.loading.gguf_cache import cached_conversion
 from interp_assert.measure.loading.placement import DeviceMap, MaxMemory
+from interp_assert.private_files import file_sha256
 from interp_assert.vocab import DType
 
 BUILTIN_MODELS = Path(__file__).parent.parent.parent / "builtin_models"
@@ -457,13 +458,13 @@ def _gguf_progress() -> Iterator[None]:
     reach: keep it to an interactive terminal."""
     import transformers.modeling_gguf_pytorch_utils as reader
 
-    drawn = reader.tqdm
+    drawn = getattr(reader, "tqdm")  # noqa: B009 (not re-exported by transformers: mypy --strict)
     if not show_progress():
-        reader.tqdm = functools.partial(drawn, disable=True)
+        setattr(reader, "tqdm", functools.partial(drawn, disable=True))  # noqa: B010
     try:
         yield
     finally:
-        reader.tqdm = drawn
+        setattr(reader, "tqdm", drawn)  # noqa: B010
 
 
 MODEL_FOLDER = (

@@ -79,7 +79,8 @@ def layer_factors(mm: ModelMap, layer: int) -> HeadFactors:
 
 def _r(matrix: torch.Tensor) -> torch.Tensor:
     """R of the reduced QR of ``[..., d_model, d]``: ``||M Y|| = ||R Y||`` for every Y."""
-    return torch.linalg.qr(matrix, mode="r").R
+    found: torch.Tensor = torch.linalg.qr(matrix, mode="r").R
+    return found
 
 
 class Factors:
@@ -124,7 +125,8 @@ def haar_blocks(d_model: int, d_head: int, draws: int, seed: int) -> torch.Tenso
     # columns of a Haar rotation. Q = G R⁻¹ with Rᵀ R = GᵀG (Cholesky); only its first d_head rows are formed
     lower = torch.linalg.cholesky(gaussian.transpose(1, 2) @ gaussian)
     rows = torch.linalg.solve_triangular(lower.transpose(1, 2), gaussian[:, :d_head, :], upper=True, left=False)
-    return rows**2
+    squared: torch.Tensor = rows**2
+    return squared
 
 
 @dataclass(frozen=True)
