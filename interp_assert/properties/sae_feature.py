@@ -198,3 +198,42 @@ class SaeFeature(Bounded):
         title = f"{self.name}: latent {found['latent']}, top activations on {self.prompts} ({where})"
         feature_figures.top_tokens(out_dir / file, found["on"]["top"], title)
         return [(file, f"{self.name}: where latent {found['latent']} fires most, token highlighted by activation")]
+
+    def audit_figures(self, base: CheckContext, checkpoint: CheckContext, out_dir: Path) -> list[tuple[str, str]]:
+        """The feature's activation on the prompts (and the control set), and its rank, on both models;
+        then where it fires most on each, as highlighted text."""
+        from interp_assert.figures import feature_figures
+        from interp_assert.figures.representation_figures import Pair, paired_panels
+
+        before, after = base.measurements.extras.get(self.request()), checkpoint.measurements.extras.get(self.request())
+        if not before or not after or "on" not in before or "on" not in after:
+            return []
+        slug = re.sub(r"[^A-Za-z0-9_.-]", "_", self.name)
+        on_before, on_after = before["on"], after["on"]
+        other = "max" if self.statistic == "mean" else "mean"
+        pairs = [
+            Pair(f"{self.statistic} on {self.prompts}", on_before[self.statistic], on_after[self.statistic],
+                 self.at_least, self.at_most),
+            Pair(f"{other} on {self.prompts}", on_before[other], on_after[other]),
+            Pair("fraction active", on_before["fraction_active"], on_after["fraction_active"]),
+        ]  # fmt: skip
+        if self.control is not None and "control" in before and "control" in after:
+            pairs.append(Pair(f"{self.statistic} on {self.control}", before["control"][self.statistic],
+                              after["control"][self.statistic], None, self.control_at_most))  # fmt: skip
+        top = None if self.top_k is None else float(self.top_k - 1)
+        pairs.append(Pair("rank among latents", float(on_before["rank"]), float(on_after["rank"]), None, top))
+        file = f"feature-{slug}-compare.png"
+        where = f"tokens matching {self.tokens!r}" if self.tokens else "every token"
+        title = f"{self.name}: latent {after['latent']} ({where})"
+        paired_panels(out_dir / file, pairs, title)
+        caption = "; ".join(f"{p.label} {p.base:.3f} -> {p.checkpoint:.3f}" for p in pairs)
+        made = [(file, f"{self.name}: {caption}")]
+        for side, found in (("base", before), ("checkpoint", after)):
+            if found["on"].get("top"):
+                name = f"feature-{slug}-{side}.png"
+                feature_figures.top_tokens(
+                    out_dir / name, found["on"]["top"], f"{self.name} on the {side}: latent {found['latent']}, "
+                    f"top activations on {self.prompts}",
+                )  # fmt: skip
+                made.append((name, f"{self.name}: where latent {found['latent']} fires most on the {side}"))
+        return made

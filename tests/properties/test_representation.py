@@ -202,3 +202,42 @@ def test_report_draws_a_features_top_tokens(random_llama: Path, folder: Path) ->
     assert main(["report", str(spec), "-o", str(folder / "report")]) == 1  # two items fail by design
     assert (folder / "report" / "feature-coordinate_3.png").stat().st_size > 1000
     assert "feature-coordinate_3.png" in (folder / "report" / "index.html").read_text()
+
+
+def test_audit_report_draws_features_and_probes_on_both_models(
+    random_llama: Path, uniform_llama: Path, folder: Path
+) -> None:
+    import html
+    import io
+    import json
+    import re
+
+    from interp_assert.commands.cli import main_audit
+
+    spec = folder / "spec.yaml"
+    spec.write_text(spec_text(random_llama))
+    report = folder / "audit"
+    out = io.StringIO()
+    assert main_audit(str(spec), str(uniform_llama), as_json=True, out=out, report_dir=report) == 1
+    rows = {row["name"]: row for row in json.loads(out.getvalue())["expectations"]}
+    page = html.unescape((report / "index.html").read_text())
+    drawn = {
+        "sae-quality-identity_recovers_ce.png", "sae-quality-identity_l0.png", "feature-coordinate_3-compare.png",
+        "feature-coordinate_3-base.png", "feature-coordinate_3-checkpoint.png", "probe-last_word.png",
+    }  # fmt: skip
+    assert drawn <= {p.name for p in report.glob("*.png")}
+    for name in drawn:
+        assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"src='{name}'" in page
+    assert "not_in_the_sae" not in page.split("Representations")[-1], "a feature not found has nothing to draw"
+    # the captions state the numbers the table compares
+    probe = re.search(r"last_word: held-out AUROC (\S+) -> (\S+); selectivity", page)
+    assert probe is not None
+    assert [float(probe.group(i)) for i in (1, 2)] == pytest.approx(
+        [rows["last_word"]["base"]["value"], rows["last_word"]["checkpoint"]["value"]], abs=5e-4
+    )
+    assert "the two models' directions have cosine" in page
+    feature = re.search(r"coordinate_3: max on words (\S+) -> (\S+);", page)
+    assert feature is not None
+    assert [float(feature.group(i)) for i in (1, 2)] == pytest.approx(
+        [rows["coordinate_3"]["base"]["value"], rows["coordinate_3"]["checkpoint"]["value"]], abs=5e-4
+    )
