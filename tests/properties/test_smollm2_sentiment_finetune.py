@@ -88,3 +88,36 @@ def test_true_label_control_keeps_the_probe_and_only_rotates_it(
     numbers = run_probe(pytester, run.path)  # measured: AUROC 1.000, selectivity 0.494, cosine 0.657, shift +15.7
     assert numbers["auroc"] >= 0.85 and numbers["selectivity"] >= 0.35 and numbers["shift"] >= 3.0
     assert numbers["cosine"] < 0.95
+
+
+def test_audit_of_the_flip_adapter_fails_the_probe_and_draws_both_models(tmp_path: Path) -> None:
+    """``interp-assert audit SPEC --checkpoint ADAPTER --report DIR`` on the shipped spec, kept to
+    the code feature, one SAE quality item and the probe (the rest costs minutes and shows nothing new)."""
+    import contextlib
+    import html
+    import io
+
+    from interp_assert.commands.cli import main
+
+    head, _, items = SPEC.read_text().partition("\nexpectations:\n")
+    kept = [i for i in items.split("\n  - name: ") if i.split("\n")[0] in ("code_feature", "sentiment_probe")]
+    kept += [i for i in items.split("\n  - name: ") if i.startswith("sae_ce_recovered_code")]
+    assert len(kept) == 3
+    spec = tmp_path / "features.yaml"
+    spec.write_text(head + "\nexpectations:\n" + "".join("\n  - name: " + i.rstrip("\n") + "\n" for i in kept))
+    shutil.copy(DIRECTIONS, tmp_path / DIRECTIONS.name)
+    report, out = tmp_path / "report", io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(["audit", str(spec), "--checkpoint", str(SHIPPED), "--report", str(report)])
+    text = out.getvalue()
+    assert code == 1, text
+    rows = {line.split()[0]: line.split() for line in text.splitlines() if line[:1].isalpha()}
+    assert rows["sentiment_probe"][1] == "FAIL" and float(rows["sentiment_probe"][2]) >= 0.85, text
+    assert float(rows["sentiment_probe"][3]) < 0.85
+    assert rows["code_feature"][1] == "pass" and rows["sae_ce_recovered_code"][1] == "pass", text
+    page = html.unescape((report / "index.html").read_text())
+    cosine = re.search(r"cosine to stored direction (\S+) -> (\S+);", page)
+    assert cosine is not None and float(cosine.group(1)) > 0.95 and float(cosine.group(2)) < 0.5
+    for name in ("probe-sentiment_probe.png", "feature-code_feature-compare.png",
+                 "feature-code_feature-checkpoint.png", "sae-quality-sae_ce_recovered_code.png"):  # fmt: skip
+        assert (report / name).stat().st_size > 1000 and f"src='{name}'" in page
