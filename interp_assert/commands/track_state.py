@@ -96,6 +96,7 @@ def cell_from_json(data: dict[str, Any]) -> Cell:
         headline=str(data["headline"]),
         error=str(data.get("error") or ""),
         unavailable=bool(data.get("unavailable", False)),
+        series=tuple(float("nan") if x is None else float(x) for x in data.get("series") or ()),
     )
 
 

@@ -40,6 +40,7 @@ class Cell:
     headline: str
     error: str = ""  # the expectation could not be evaluated on this checkpoint
     unavailable: bool = False  # the checkpoint itself could not be loaded (``error`` says why)
+    series: tuple[float, ...] = ()  # the value's curve (a probe's AUROC by block), see Outcome.series
 
 
 @dataclass(frozen=True)
@@ -185,7 +186,8 @@ def _cell(runner: Runner, spec: SpecFile, entry: Entry) -> Cell:
     except InterpAssertError as exc:  # e.g. a head this checkpoint does not have
         message = str(exc).replace("\n", "; ")
         return Cell(False, None, "error", message, error=message)
-    return Cell(outcome.passed, outcome.value, outcome.shown or format_value(outcome.value), outcome.headline)
+    shown = outcome.shown or format_value(outcome.value)
+    return Cell(outcome.passed, outcome.value, shown, outcome.headline, series=outcome.series)
 
 
 # ---- the summary ----

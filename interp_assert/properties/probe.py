@@ -62,11 +62,11 @@ class ProbeRequest:
 
         negative = sae_runs.batches_for(loaded, self.negative, self.bos)
         try:
-            numbers, direction = probes.measure(
+            numbers, direction, by_block = probes.measure(
                 loaded, batches, negative, layer=self.layer, position=self.position, holdout=self.holdout,
                 seed=self.seed, controls=self.controls,
             )  # fmt: skip
-            found: dict[str, Any] = {**numbers, "direction": direction}
+            found: dict[str, Any] = {**numbers, "direction": direction, "auroc_by_block": tuple(by_block)}
             if self.causal is not None:
                 answers, alpha, samples, seed = self.causal
                 found["causal"] = probes.causal(loaded, negative, direction, self.layer, answers, alpha, samples, seed)
@@ -171,7 +171,7 @@ class Probe(Bounded):
             passed = passed and ok
             details.append(text)
             measured |= numbers
-        return Outcome(passed, line, tuple(details), measured, value=auroc)
+        return Outcome(passed, line, tuple(details), measured, value=auroc, series=found["auroc_by_block"])
 
     @staticmethod
     def _bound_line(what: str, value: float, low: float, ok: bool) -> str:

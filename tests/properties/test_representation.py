@@ -3,6 +3,9 @@ prompt sets whose answer is known; probe arithmetic and its refusals."""
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -210,7 +213,6 @@ def test_audit_report_draws_features_and_probes_on_both_models(
     import html
     import io
     import json
-    import re
 
     from interp_assert.commands.cli import main_audit
 
@@ -241,3 +243,46 @@ def test_audit_report_draws_features_and_probes_on_both_models(
     assert [float(feature.group(i)) for i in (1, 2)] == pytest.approx(
         [rows["coordinate_3"]["base"]["value"], rows["coordinate_3"]["checkpoint"]["value"]], abs=5e-4
     )
+
+
+def test_probe_auroc_by_block_agrees_with_the_probe(random_llama: Path, folder: Path) -> None:
+    from interp_assert.runner import Runner, RunOptions
+    from interp_assert.spec import load_spec
+
+    spec_file = folder / "spec.yaml"
+    spec_file.write_text(spec_text(random_llama).replace("    layer: 0\n", "    layer: 1\n"))
+    spec = load_spec(spec_file)
+    outcome = Runner(RunOptions()).evaluate(spec, next(e for e in spec.entries if e.name == "last_word"))
+    assert len(outcome.series) == 2  # one per block of the tiny Llama
+    assert outcome.series[1] == outcome.value  # the spec's block: the same split, the same number
+    assert all(0.0 <= value <= 1.0 for value in outcome.series)
+
+
+def test_track_report_draws_probe_auroc_by_block_and_sae_quality(
+    random_llama: Path, uniform_llama: Path, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import html
+    import io
+    from contextlib import redirect_stdout
+
+    from interp_assert.commands.cli import main
+
+    (folder / "spec.yaml").write_text(spec_text(random_llama))
+    monkeypatch.chdir(folder)
+    with redirect_stdout(io.StringIO()):
+        code = main(["track", "spec.yaml", "--checkpoint", str(random_llama), "--checkpoint", str(uniform_llama),
+                     "--order", "given", "--report", "rep", "--json", "t.json"])  # fmt: skip
+    assert code == 1
+    page = html.unescape((folder / "rep" / "index.html").read_text())
+    for name in ("track-last_word-by-block.png", "track-sae-quality.png"):
+        assert (folder / "rep" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"src='{name}'" in page
+    caption = re.search(r"<figcaption>last_word: AUROC by block; best block per checkpoint: ([^<]*)</figcaption>", page)
+    assert caption is not None and caption.group(1).count("_llama0 ") == 2, "one curve per checkpoint"
+    assert "SAE quality per checkpoint; on the last: identity_recovers_ce " in page
+    # a resumed or merged track reads the curve back from its state file
+    from interp_assert.commands.track_state import cell_from_json, cell_json
+    from interp_assert.drift.track import Cell
+
+    cell = Cell(True, 0.5, "0.5000", "", series=(0.25, float("nan"), 1.0))
+    back = cell_from_json(json.loads(json.dumps(cell_json(cell))))
+    assert back.series[0] == 0.25 and math.isnan(back.series[1]) and back.series[2] == 1.0
