@@ -286,3 +286,58 @@ def test_track_report_draws_probe_auroc_by_block_and_sae_quality(
     cell = Cell(True, 0.5, "0.5000", "", series=(0.25, float("nan"), 1.0))
     back = cell_from_json(json.loads(json.dumps(cell_json(cell))))
     assert back.series[0] == 0.25 and math.isnan(back.series[1]) and back.series[2] == 1.0
+
+
+def test_discover_writes_the_clearest_features(
+    pytester: pytest.Pytester, random_llama: Path, folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from safetensors.numpy import load_file
+
+    from interp_assert.commands.cli import main
+    from interp_assert.spec import load_spec
+
+    prompts = folder / "prompts.yaml"
+    low = ", ".join(f'"t{4 + i} t{5 + i} t{6 + i} t{7 + i} t{8 + i}"' for i in range(4))
+    high = ", ".join(f'"t{40 + i} t{41 + i} t{42 + i} t{43 + i} t{44 + i}"' for i in range(4))
+    prompts.write_text(
+        f"prompts:\n  low:\n    bos: none\n    texts: [{low}]\n  high:\n    bos: none\n    texts: [{high}]\n"
+    )
+    output = folder / "out" / "found.yaml"
+    argv = [
+        "discover",
+        str(random_llama),
+        "-o",
+        str(output),
+        "--prompts",
+        str(prompts),
+        "--sae",
+        str(folder / "identity"),
+    ]
+    assert main(argv) == 0
+    spec = load_spec(output)
+    features = {
+        e.name: e.expectation for e in spec.entries if e.expectation and e.expectation.property == "sae_feature"
+    }
+    assert features, output.read_text()
+    stored = load_file(str(folder / "out" / "found.safetensors"))
+    assert set(stored) == set(features)
+    for name, expectation in features.items():
+        # the identity SAE's latent i reads coordinate i (i < 64) or its negative: the decoder row stored is that axis
+        latent = expectation.index  # type: ignore[union-attr]
+        axis = np.zeros(WIDTH, dtype=np.float32)
+        axis[latent % WIDTH] = 1.0 if latent < WIDTH else -1.0
+        assert np.allclose(stored[name], axis), name
+        assert {expectation.prompts, expectation.control} == {"low", "high"}  # type: ignore[union-attr]
+        assert expectation.control_at_most < expectation.at_least  # type: ignore[union-attr,operator]
+    # the written spec holds on the model it was discovered on, run as a user would
+    result = pytester.runpytest(str(output), "-p", "no:cacheprovider", "-k", "feature")
+    result.assert_outcomes(passed=len(features))
+    # a second discovery does not replace the stored directions without --force
+    output.unlink()
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert (
+        "found.safetensors exists, and discover --sae stores the features' decoder rows there"
+        in capsys.readouterr().err
+    )
+    assert main([*argv, "--force"]) == 0
