@@ -107,10 +107,17 @@ def representation_figures(track: Track, directory: Path) -> list[tuple[str, str
         layer = _spec_value(track, row.name, "layer")
         title = f"{row.name}: held-out AUROC at every block, per checkpoint"
         curves_by_layer(directory / file, curves, title, marked_layer=layer, at_least=row.bound_low)
-        best = [(label, max(range(len(values)), key=values.__getitem__)) for label, values in curves]
-        caption = f"{row.name}: AUROC by block; best block per checkpoint: " + ", ".join(
-            f"{label} {block} ({values[block]:.2f})" for (label, block), (_, values) in zip(best, curves, strict=True)
-        )
+        caption = f"{row.name}: held-out AUROC by block"
+        if layer is not None:
+            caption += f"; at block {layer}: " + ", ".join(
+                f"{label} {values[layer]:.3f}" for label, values in curves if layer < len(values)
+            )
+        if row.bound_low is not None:
+            low = row.bound_low
+            first = [(label, next((i for i, v in enumerate(values) if v >= low), None)) for label, values in curves]
+            caption += f"; first block at or above {low:g}: " + ", ".join(
+                f"{label} {'none' if block is None else block}" for label, block in first
+            )
         made.append((file, caption))
     quality = [row for row in track.rows if row.kind == "sae_quality"]
     if quality:

@@ -276,8 +276,11 @@ def test_track_report_draws_probe_auroc_by_block_and_sae_quality(
     page = html.unescape((folder / "rep" / "index.html").read_text())
     for name in ("track-last_word-by-block.png", "track-sae-quality.png"):
         assert (folder / "rep" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"src='{name}'" in page
-    caption = re.search(r"<figcaption>last_word: AUROC by block; best block per checkpoint: ([^<]*)</figcaption>", page)
+    caption = re.search(r"<figcaption>last_word: held-out AUROC by block; at block 0: ([^;]*); first block", page)
     assert caption is not None and caption.group(1).count("_llama0 ") == 2, "one curve per checkpoint"
+    values = [float(part.split()[-1]) for part in caption.group(1).split(", ")]
+    rows = {row["name"]: row for row in json.loads((folder / "t.json").read_text())["expectations"]}
+    assert values == pytest.approx([cell["value"] for cell in rows["last_word"]["cells"]], abs=5e-4)
     assert "SAE quality per checkpoint; on the last: identity_recovers_ce " in page
     # a resumed or merged track reads the curve back from its state file
     from interp_assert.commands.track_state import cell_from_json, cell_json
