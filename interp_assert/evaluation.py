@@ -112,6 +112,11 @@ class Evaluation:
     def measured(self) -> dict[str, float | str]:
         return {} if self.outcome is None else self.outcome.measured
 
+    @property
+    def series(self) -> tuple[float, ...]:
+        """The value's curve, where the property draws one (a probe's AUROC by block)."""
+        return () if self.outcome is None else self.outcome.series
+
     def to_json(self) -> dict[str, Any]:
         """A JSON document :meth:`from_json` reads back (a resumed ``track`` keeps its cells so)."""
         # what a reader of the file wants first (as audit and track show a cell), then the record itself
@@ -152,6 +157,8 @@ def outcome_from_json(data: dict[str, Any]) -> Outcome:
     for key in ("details", "heads", "notes"):
         fields[key] = tuple(fields[key])
     fields["written"] = None if fields["written"] is None else tuple(fields["written"])
+    # JSON has no NaN: a curve's missing points come back as null
+    fields["series"] = tuple(math.nan if x is None else float(x) for x in fields.get("series") or ())
     return Outcome(**fields)
 
 

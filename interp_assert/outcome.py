@@ -21,6 +21,8 @@ class Outcome:
     bound_low: float | None = None
     bound_high: float | None = None
     written: tuple[str, str] | None = None  # (written | updated, file) when a snapshot was stored
+    # The value's curve, where it has one: a probe's held-out AUROC at every block (track --report draws it)
+    series: tuple[float, ...] = ()
 
 
 def format_value(value: float | int | str | None) -> str:

@@ -198,6 +198,7 @@ class ResultCache:
                 shown=str(fields["shown"]),
                 bound_low=fields["bound_low"],
                 bound_high=fields["bound_high"],
+                series=tuple(float("nan") if x is None else float(x) for x in fields.get("series") or ()),
             ), model
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None  # missing, cut short, hand-edited: measured again

@@ -1,7 +1,10 @@
 """``interp-assert audit --report DIR``: an HTML page of what changed between base and checkpoint.
 
 Per prompt set: a delta heatmap (checkpoint - base) per role score, both models' hidden-norm
-curves on one axis, and per-layer head-label fractions side by side; per snapshot, where the
+curves on one axis, and per-layer head-label fractions side by side; per SAE quality, SAE feature
+and probe expectation, its numbers on both models side by side (feature activation and rank,
+probe AUROC, selectivity and cosine to the stored direction; see each property's
+``audit_figures``) and where a feature fires most on each; per snapshot, where the
 fingerprint moved by layer; per failed expectation about a head, that head's attention on
 base and on checkpoint side by side. Numbers come from the audit's own runners (no new
 model load), so the page shows what the table said.
@@ -26,6 +29,7 @@ from interp_assert.figures import diff_figures, heatmaps
 from interp_assert.figures.page import BASE_STYLE
 from interp_assert.measure import head_tables as scores
 from interp_assert.measure.measurements import CaptureRequest
+from interp_assert.properties import Expectation
 from interp_assert.spec import SpecFile
 from interp_assert.vocab import POSITIONAL_LABELS, ROLES, parse_head
 
@@ -71,6 +75,7 @@ def write_audit_report(audit: Audit, spec: SpecFile, directory: Path) -> Path:
             title = f"snapshot {name!r}: where the fingerprint moved"
             diff_figures.drift_by_layer(directory / file, counts, title)
             pictures.append(_Picture(file, "Snapshots", drift.headline))
+    pictures += _representation_figures(spec, base, checkpoint, directory)
     links: dict[str, list[str]] = {}
     for row in audit.rows:
         if not row.passed and row.checkpoint.heads:
@@ -129,6 +134,24 @@ def _prompt_set_figures(spec: SpecFile, prompt_name: str, base: Any, checkpoint:
             )
             changed = int((old_labels != new_labels).sum())
             pictures.append(_Picture(file, "Head labels by layer", f"{changed} heads changed label on {prompt_name!r}"))
+    return pictures
+
+
+def _representation_figures(spec: SpecFile, base: Any, checkpoint: Any, out: Path) -> list[_Picture]:
+    """What a property draws of itself on both models (SAE quality, features, probes): its
+    ``audit_figures``, from the measurements the audit already made."""
+    pictures: list[_Picture] = []
+    for entry in spec.entries:
+        expectation = entry.expectation
+        if expectation is None or type(expectation).audit_figures is Expectation.audit_figures:
+            continue
+        try:
+            made = expectation.audit_figures(
+                base.context(spec, expectation.prompts), checkpoint.context(spec, expectation.prompts), out
+            )
+        except InterpAssertError:  # not measurable on one of the models: the table says why
+            continue
+        pictures += [_Picture(file, "Representations: base and checkpoint", caption) for file, caption in made]
     return pictures
 
 

@@ -106,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     discover.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     discover.add_argument(
         "--sae", metavar="FOLDER", help="also write the quality of this SAE (SAELens or sparsify folder, or "
-        "owner/name@revision) on the first prompt set of texts: CE recovered, explained variance, L0",
+        "owner/name@revision) on the first prompt set of texts (CE recovered, explained variance, L0), and its "
+        "clearest features: latents at least 10x more active on one prompt set of texts than on the others, "
+        "their decoder rows stored in FILE.safetensors beside the spec",
     )  # fmt: skip
     discover.add_argument(
         "--revision", metavar="REV", help="branch, tag or commit sha of a hub MODEL (written to the spec)"
@@ -329,6 +331,15 @@ def _discover(args: argparse.Namespace) -> int:
     problem = atomic.write_problem(output)  # found now, not after minutes of measuring
     if problem:
         raise InterpAssertError(f"-o {output}: {problem}")
+    if args.sae:  # the features' decoder rows go beside the spec
+        rows = discover.directions_file(output)
+        if rows == output or (rows.exists() and not args.force):
+            raise InterpAssertError(
+                f"{rows} exists, and discover --sae stores the features' decoder rows there; "
+                "pass --force to overwrite it, or choose another -o"
+                if rows != output
+                else f"-o {output}: give the spec a .yaml name (its feature directions go to {rows})"
+            )
     prompt_sets = discover.read_prompt_sets(args.prompts) if args.prompts else None
     settings = DiscoverSettings(threshold=args.threshold, max_heads=args.max_heads, keep=args.keep)
     with _progress(3 if prompt_sets is None else 1 + len(prompt_sets)) as step:

@@ -193,6 +193,8 @@ def discover(
     if sae is not None:
         progress("measuring the SAE")
         sections.append(sae_section(loaded, sae, output, prompt_sets, measured, settings, used))
+        progress("looking for the SAE's clearest features")
+        sections.append(feature_section(loaded, sae, output, prompt_sets, settings, used))
     return _finish(model, output, loaded, prompt_sets, sections, settings, measured)
 
 
@@ -220,6 +222,7 @@ def _finish(
         from interp_assert.errors import InternalError
 
         raise InternalError(f"internal error: the discovered spec is invalid: {problems[0][1]}")
+    measure_written_features(loaded, spec, prompt_sets, measured)
     check_discovered(spec, measured)
     return Discovered(text, spec, len(spec.entries))
 
@@ -246,11 +249,81 @@ def sae_section(
     where = sae if hub else str(Path(sae).expanduser().resolve())
     if not hub and not Path(where).is_dir():
         raise SpecError([(None, f"--sae {sae}: no such folder")])
-    written = sae if hub else os.path.relpath(where, output.resolve().parent)
+    written = sae if hub else sae_written_as(where, output)
     request = sae_quality.SaeQualityRequest(where, None, True)
     found = request.run(loaded, _batches(loaded, prompt_sets[name]))
     measured[name] = replace(measured[name], extras={**measured[name].extras, request: found})
     return sae_quality.findings(name, where, written, found, settings, used)
+
+
+def sae_written_as(folder: str, output: Path) -> str:
+    """An SAE folder as the spec names it: a shipped SAE by its name, else relative to the spec."""
+    builtin = Path(__file__).resolve().parent.parent / "builtin_saes"
+    if Path(folder).parent == builtin:
+        return Path(folder).name
+    return os.path.relpath(folder, output.resolve().parent)
+
+
+def directions_file(output: Path) -> Path:
+    """Where ``discover --sae`` stores the decoder rows of the features it writes: beside the spec."""
+    return output.with_suffix(".safetensors")
+
+
+def feature_section(
+    loaded: Any, sae: str, output: Path, prompt_sets: dict[str, PromptSet], settings: DiscoverSettings, used: set[str]
+) -> Section:
+    """The SAE's clearest features (:func:`interp_assert.properties.sae_feature.clearest`) over the
+    prompt sets of texts, each against the others; their decoder rows are written (atomically) to
+    :func:`directions_file`, which the expectations name."""
+    from interp_assert.measure.features import sae_runs, sae_search
+    from interp_assert.properties import sae_feature
+    from interp_assert.properties.representation import HUB_ID, save_directions
+
+    texts = [name for name, prompt_set in prompt_sets.items() if prompt_set.texts is not None]
+    if len(texts) < 2:
+        return Section(
+            "SAE features",
+            notes=[
+                f"finding clear features needs two or more prompt sets of texts (each is the others' control); "
+                f"found {len(texts)}: pass --prompts FILE with, say, code and prose"
+            ],
+        )
+    hub = HUB_ID.match(sae) is not None
+    where = sae if hub else str(Path(sae).expanduser().resolve())
+    written = sae if hub else sae_written_as(where, output)
+    found = sae_runs.cached_sae(where, None)
+    means = {name: sae_search.latent_means(loaded, found, _batches(loaded, prompt_sets[name])) for name in texts}
+    features = sae_feature.clearest(means)
+    target = directions_file(output)
+    section, stored = sae_feature.findings(features, written, target.name, settings, used)
+    if not features:
+        section.notes.append(
+            f"no latent is {sae_feature.CLEAR_RATIO:g}x more active on one prompt set than on every other"
+        )
+        return section
+    rows = sae_search.decoder_rows(found, list(stored.values()))
+    identity = found.identity
+    metadata = {"sae": str(identity.get("path", where)), "sae_sha256": str(identity.get("sha256", "")),
+                "written_by": "interp-assert discover --sae"}  # fmt: skip
+    save_directions(target, {name: rows[latent] for name, latent in stored.items()}, metadata)
+    return section
+
+
+def measure_written_features(
+    loaded: Any, spec: SpecFile, prompt_sets: dict[str, PromptSet], measured: dict[str, Any]
+) -> None:
+    """Each written ``sae_feature`` measured as the spec will measure it (its own request), so the
+    self-check reads the spec's numbers, not the search's."""
+    from dataclasses import replace
+
+    for entry in spec.entries:
+        expectation = entry.expectation
+        if expectation is None or expectation.property != "sae_feature":
+            continue
+        request = expectation.request()  # type: ignore[attr-defined]
+        name = expectation.prompts
+        found = request.run(loaded, _batches(loaded, prompt_sets[name]))
+        measured[name] = replace(measured[name], extras={**measured[name].extras, request: found})
 
 
 def _batches(loaded: Any, prompt_set: PromptSet) -> list[Any]:

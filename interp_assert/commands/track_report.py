@@ -1,5 +1,7 @@
 """``interp-assert track --report DIR``: one small figure per expectation, its value across the
-checkpoints (x = step), its bounds drawn as lines over a shaded band, failed checkpoints marked.
+checkpoints (x = step), its bounds drawn as lines over a shaded band, failed checkpoints marked;
+for a probe, its held-out AUROC at every block as one curve per checkpoint; every ``sae_quality``
+value across the checkpoints in one figure.
 
 An expectation whose value is not a number (a list of top heads, a generated text) is drawn as
 a pass/fail strip with the value written at each checkpoint. Numbers come from the
@@ -91,6 +93,61 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text)
 
 
+def representation_figures(track: Track, directory: Path) -> list[tuple[str, str]]:
+    """A probe's held-out AUROC by block, one curve per checkpoint; every ``sae_quality`` value
+    across the checkpoints in one figure. (file, caption) pairs."""
+    from interp_assert.figures.representation_figures import curves_by_layer, metrics_by_checkpoint
+
+    made = []
+    for row in track.rows:
+        curves = [(c.label, cell.series) for c, cell in zip(track.checkpoints, row.cells, strict=True) if cell.series]
+        if not curves:
+            continue
+        file = f"track-{_slug(row.name)}-by-block.png"
+        layer = _spec_value(track, row.name, "layer")
+        title = f"{row.name}: held-out AUROC at every block, per checkpoint"
+        curves_by_layer(directory / file, curves, title, marked_layer=layer, at_least=row.bound_low)
+        caption = f"{row.name}: held-out AUROC by block"
+        if layer is not None:
+            caption += f"; at block {layer}: " + ", ".join(
+                f"{label} {values[layer]:.3f}" for label, values in curves if layer < len(values)
+            )
+        if row.bound_low is not None:
+            low = row.bound_low
+            first = [(label, next((i for i, v in enumerate(values) if v >= low), None)) for label, values in curves]
+            caption += f"; first block at or above {low:g}: " + ", ".join(
+                f"{label} {'none' if block is None else block}" for label, block in first
+            )
+        made.append((file, caption))
+    quality = [row for row in track.rows if row.kind == "sae_quality"]
+    if quality:
+        x, x_label = steps_axis(track)
+        series = [(row.name, [_number_or_nan(cell.value) for cell in row.cells]) for row in quality]
+        file = "track-sae-quality.png"
+        metrics_by_checkpoint(directory / file, x, x_label, series, "SAE quality per checkpoint")
+        last = ", ".join(f"{name} {values[-1]:.3f}" for name, values in series)
+        made.append((file, f"SAE quality per checkpoint; on the last: {last}"))
+    return made
+
+
+def _number_or_nan(value: object) -> float:
+    number = _numeric(value)
+    return math.nan if number is None else number
+
+
+def _spec_value(track: Track, name: str, key: str) -> int | None:
+    """A key of one expectation of the track's spec (read again, without a model), or None."""
+    from interp_assert.spec import load_spec
+
+    try:
+        spec = load_spec(track.spec)
+    except Exception:  # the spec moved or changed since the track ran: the figure goes without it
+        return None
+    entry = next((e for e in spec.entries if e.name == name and e.expectation is not None), None)
+    value = getattr(entry.expectation, key, None) if entry is not None else None
+    return value if isinstance(value, int) else None
+
+
 def write_track_report(track: Track, directory: Path) -> Path:
     """Write ``directory/index.html`` and one PNG per expectation; returns the index."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -105,6 +162,11 @@ def write_track_report(track: Track, directory: Path) -> Path:
             f"<figure id='{esc(file)}'><img src='{esc(file)}' alt='{esc(caption)}'>"
             f"<figcaption class='{'failed' if last_failed else ''}'>{esc(caption)}</figcaption></figure>"
         )
+    figures += [
+        f"<figure id='{esc(file)}'><img src='{esc(file)}' alt='{esc(caption)}'><figcaption>{esc(caption)}</figcaption>"
+        "</figure>"
+        for file, caption in representation_figures(track, directory)
+    ]
     table = io.StringIO()
     print_track(track, table)
     name = esc(Path(track.spec).name)

@@ -117,6 +117,11 @@ class Expectation(Strict):
         """Figures only this property draws, written into ``out_dir``: (file name, caption) pairs."""
         return []
 
+    def audit_figures(self, base: CheckContext, checkpoint: CheckContext, out_dir: Path) -> list[tuple[str, str]]:
+        """Figures of this expectation's numbers on base and checkpoint, side by side, written into
+        ``out_dir`` for ``audit --report``: (file name, caption) pairs. Default: none."""
+        return []
+
     def audit_drift(self, base: CheckContext, checkpoint: CheckContext) -> ModelDrift | None:
         """For properties that compare a model with another (snapshot): how ``checkpoint`` moved
         from ``base``. ``None`` (the default): audit checks the expectation on each model instead."""

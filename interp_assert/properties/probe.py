@@ -21,7 +21,9 @@ of it); the direction is ``mean(positive) - mean(negative)`` over the fitting pa
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
@@ -60,11 +62,11 @@ class ProbeRequest:
 
         negative = sae_runs.batches_for(loaded, self.negative, self.bos)
         try:
-            numbers, direction = probes.measure(
+            numbers, direction, by_block = probes.measure(
                 loaded, batches, negative, layer=self.layer, position=self.position, holdout=self.holdout,
                 seed=self.seed, controls=self.controls,
             )  # fmt: skip
-            found: dict[str, Any] = {**numbers, "direction": direction}
+            found: dict[str, Any] = {**numbers, "direction": direction, "auroc_by_block": tuple(by_block)}
             if self.causal is not None:
                 answers, alpha, samples, seed = self.causal
                 found["causal"] = probes.causal(loaded, negative, direction, self.layer, answers, alpha, samples, seed)
@@ -169,7 +171,7 @@ class Probe(Bounded):
             passed = passed and ok
             details.append(text)
             measured |= numbers
-        return Outcome(passed, line, tuple(details), measured, value=auroc)
+        return Outcome(passed, line, tuple(details), measured, value=auroc, series=found["auroc_by_block"])
 
     @staticmethod
     def _bound_line(what: str, value: float, low: float, ok: bool) -> str:
@@ -191,3 +193,41 @@ class Probe(Bounded):
             f"{'' if ok_random else ': FAILS'})"
         )
         return ok_shift and ok_random, text, {"causal_shift": shift, "random_shift_max": worst}
+
+    def audit_figures(self, base: CheckContext, checkpoint: CheckContext, out_dir: Path) -> list[tuple[str, str]]:
+        """Held-out AUROC, selectivity, cosine to the stored direction and the causal shift on both
+        models; the caption adds the cosine between the two models' fitted directions."""
+        from interp_assert.figures.representation_figures import Pair, paired_panels
+
+        before, after = base.measurements.extras.get(self.request()), checkpoint.measurements.extras.get(self.request())
+        if not before or not after or "error" in before or "error" in after:
+            return []
+        pairs = [Pair("held-out AUROC", before["auroc"], after["auroc"], self.at_least, self.at_most)]
+        pairs.append(Pair("selectivity", before["selectivity"], after["selectivity"], self.selectivity_at_least))
+        if self.direction is not None:
+            stored = load_direction(self.direction, self.key or self.name, len(before["direction"]))
+            pairs.append(
+                Pair(
+                    "cosine to stored direction", cosine(before["direction"], stored),
+                    cosine(after["direction"], stored), self.cosine_at_least,
+                )
+            )  # fmt: skip
+        if self.causal is not None and "causal" in before and "causal" in after:
+            pairs.append(Pair("causal shift (nats)", before["causal"]["shift"], after["causal"]["shift"],
+                              self.causal.at_least))  # fmt: skip
+            worst = [max(abs(r) for r in side["causal"]["random_shifts"]) for side in (before, after)]
+            pairs.append(Pair("random |shift| (nats)", worst[0], worst[1], None, self.causal.random_at_most))
+        between = cosine(before["direction"], after["direction"]) if len(before["direction"]) == len(
+            after["direction"]
+        ) else float("nan")  # fmt: skip
+        file = f"probe-{re.sub(r'[^A-Za-z0-9_.-]', '_', self.name)}.png"
+        title = (
+            f"{self.name}: probe at block {self.layer} output, position {self.position}; cosine between the base's "
+            f"and the checkpoint's directions {between:.3f}"
+        )
+        paired_panels(out_dir / file, pairs, title)
+        caption = (
+            "; ".join(f"{p.label} {p.base:.3f} -> {p.checkpoint:.3f}" for p in pairs)
+            + f"; the two models' directions have cosine {between:.3f}"
+        )
+        return [(file, f"{self.name}: {caption}")]

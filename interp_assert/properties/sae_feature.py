@@ -24,6 +24,7 @@ from interp_assert.errors import CheckInputError
 from interp_assert.measure.measurements import CaptureRequest
 from interp_assert.outcome import Outcome
 from interp_assert.properties.base import Bounded, CheckContext
+from interp_assert.properties.findings import DiscoverSettings, Section, lower_bound, round_outward, unique_name
 from interp_assert.properties.representation import other_prompts, resolve_file, resolve_sae
 
 
@@ -198,3 +199,116 @@ class SaeFeature(Bounded):
         title = f"{self.name}: latent {found['latent']}, top activations on {self.prompts} ({where})"
         feature_figures.top_tokens(out_dir / file, found["on"]["top"], title)
         return [(file, f"{self.name}: where latent {found['latent']} fires most, token highlighted by activation")]
+
+    def audit_figures(self, base: CheckContext, checkpoint: CheckContext, out_dir: Path) -> list[tuple[str, str]]:
+        """The feature's activation on the prompts (and the control set), and its rank, on both models;
+        then where it fires most on each, as highlighted text."""
+        from interp_assert.figures import feature_figures
+        from interp_assert.figures.representation_figures import Pair, paired_panels
+
+        before, after = base.measurements.extras.get(self.request()), checkpoint.measurements.extras.get(self.request())
+        if not before or not after or "on" not in before or "on" not in after:
+            return []
+        slug = re.sub(r"[^A-Za-z0-9_.-]", "_", self.name)
+        on_before, on_after = before["on"], after["on"]
+        other = "max" if self.statistic == "mean" else "mean"
+        pairs = [
+            Pair(f"{self.statistic} on {self.prompts}", on_before[self.statistic], on_after[self.statistic],
+                 self.at_least, self.at_most),
+            Pair(f"{other} on {self.prompts}", on_before[other], on_after[other]),
+            Pair("fraction active", on_before["fraction_active"], on_after["fraction_active"]),
+        ]  # fmt: skip
+        if self.control is not None and "control" in before and "control" in after:
+            pairs.append(Pair(f"{self.statistic} on {self.control}", before["control"][self.statistic],
+                              after["control"][self.statistic], None, self.control_at_most))  # fmt: skip
+        top = None if self.top_k is None else float(self.top_k - 1)
+        pairs.append(Pair("rank among latents", float(on_before["rank"]), float(on_after["rank"]), None, top))
+        file = f"feature-{slug}-compare.png"
+        where = f"tokens matching {self.tokens!r}" if self.tokens else "every token"
+        title = f"{self.name}: latent {after['latent']} ({where})"
+        paired_panels(out_dir / file, pairs, title)
+        caption = "; ".join(f"{p.label} {p.base:.3f} -> {p.checkpoint:.3f}" for p in pairs)
+        made = [(file, f"{self.name}: {caption}")]
+        for side, found in (("base", before), ("checkpoint", after)):
+            if found["on"].get("top"):
+                name = f"feature-{slug}-{side}.png"
+                feature_figures.top_tokens(
+                    out_dir / name, found["on"]["top"], f"{self.name} on the {side}: latent {found['latent']}, "
+                    f"top activations on {self.prompts}",
+                )  # fmt: skip
+                made.append((name, f"{self.name}: where latent {found['latent']} fires most on the {side}"))
+        return made
+
+
+# ---- what discover writes ----
+
+CLEAR_RATIO = 10.0  # a clear feature's mean on its prompt set is at least this many times its mean on any other
+FEATURES_PER_SET = 3
+
+
+@dataclass(frozen=True)
+class ClearFeature:
+    prompts: str
+    latent: int
+    control: str  # the other prompt set where the latent fires most
+    mean: float
+    control_mean: float
+
+
+def clearest(means: dict[str, Any], per_set: int = FEATURES_PER_SET) -> list[ClearFeature]:
+    """Per prompt set, the latents that fire on it and (nearly) nowhere else: mean activation there
+    above 0 and at least :data:`CLEAR_RATIO` times the mean on every other set, ranked by the
+    difference; a latent is given to one set only. ``means``: set name -> ``[d_sae]`` array."""
+    import numpy as np
+
+    names = list(means)
+    found: list[ClearFeature] = []
+    taken: set[int] = set()
+    for name in names:
+        others = [other for other in names if other != name]
+        if not others:
+            break
+        mine = np.asarray(means[name], dtype=np.float64)
+        elsewhere = np.max([np.asarray(means[other], dtype=np.float64) for other in others], axis=0)
+        clear = (mine > 0) & (elsewhere * CLEAR_RATIO <= mine)
+        order = np.argsort(-(mine - elsewhere), kind="stable")
+        for latent in [int(i) for i in order if clear[i] and int(i) not in taken][:per_set]:
+            control = max(others, key=lambda other: float(means[other][latent]))
+            found.append(ClearFeature(name, latent, control, float(mine[latent]), float(means[control][latent])))
+            taken.add(latent)
+    return found
+
+
+def findings(
+    features: list[ClearFeature], sae_written: str, direction_file: str, settings: DiscoverSettings, used: set[str]
+) -> tuple[Section, dict[str, int]]:
+    """``sae_feature`` expectations for :func:`clearest`'s features, and which latent each name
+    stores (the decoder rows go into ``direction_file`` under the expectation's name). Bounds:
+    ``at_least`` is ``keep`` x the measured mean; ``control_at_most`` the control's mean plus
+    ``1 - keep`` of the gap."""
+    section = Section(f"SAE features ({sae_written}; decoder rows in {direction_file})")
+    stored: dict[str, int] = {}
+    for feature in features:
+        name = unique_name(f"{feature.prompts}_feature_{feature.latent}", feature.prompts, used)
+        gap = feature.mean - feature.control_mean
+        section.expectations.append(
+            {
+                "name": name,
+                "description": (
+                    f"latent {feature.latent}: mean {feature.mean:.4f} over the tokens of {feature.prompts!r}, "
+                    f"{feature.control_mean:.4f} on {feature.control!r} (of the other prompt sets, where it "
+                    f"fires most); clear: at least {CLEAR_RATIO:g}x more on its own set than on any other"
+                ),
+                "property": "sae_feature",
+                "prompts": feature.prompts,
+                "sae": sae_written,
+                "direction": direction_file,
+                "index": feature.latent,
+                "statistic": "mean",
+                "at_least": lower_bound(feature.mean, settings.keep),
+                "control": feature.control,
+                "control_at_most": round_outward(feature.control_mean + (1 - settings.keep) * gap, "up"),
+            }
+        )
+        stored[name] = feature.latent
+    return section, stored

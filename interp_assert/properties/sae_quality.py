@@ -11,7 +11,9 @@ reconstruct the fine-tune" is ``ce_recovered`` and ``explained_variance`` on the
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import ValidationInfo, field_validator, model_validator
@@ -111,6 +113,27 @@ class SaeQuality(Bounded):
             **{f"sae_{k}": v for k, v in identity.items()},
         }
         return Outcome(passed, line, details, measured, value=value)
+
+    def audit_figures(self, base: CheckContext, checkpoint: CheckContext, out_dir: Path) -> list[tuple[str, str]]:
+        """The SAE's four numbers on both models (the bound drawn on this expectation's metric):
+        does the base model's SAE still reconstruct the checkpoint."""
+        from interp_assert.figures.representation_figures import Pair, paired_panels
+
+        before, after = base.measurements.extras.get(self.request()), checkpoint.measurements.extras.get(self.request())
+        if not before or not after or "error" in before or "error" in after:
+            return []
+        pairs = [
+            Pair(metric, float(before[metric]), float(after[metric]),
+                 self.at_least if metric == self.metric else None, self.at_most if metric == self.metric else None)
+            for metric in ("ce_recovered", "explained_variance", "l0", "dead_fraction")
+        ]  # fmt: skip
+        file = f"sae-quality-{re.sub(r'[^A-Za-z0-9_.-]', '_', self.name)}.png"
+        identity = after["identity"]
+        paired_panels(
+            out_dir / file, pairs, f"{self.name}: SAE {identity['hook']} ({identity['shape']}) on {self.prompts}"
+        )
+        caption = "; ".join(f"{p.label} {p.base:.3f} -> {p.checkpoint:.3f}" for p in pairs)
+        return [(file, f"{self.name}: {caption}")]
 
 
 # ---- what discover writes ----

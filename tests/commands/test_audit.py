@@ -211,3 +211,20 @@ def test_generated_prompts_compare_the_same_tokens(tmp_path: Path, random_llama:
     for role, table in base.role_scores.items():
         np.testing.assert_array_equal(table, checkpoint.role_scores[role], err_msg=role)
     assert any("teacher-forced" in note for note in audit.notes)
+
+
+def test_adapter_whose_base_is_the_replaced_spec_model_loads_that_base(tmp_path: Path) -> None:
+    """``audit SPEC --checkpoint ADAPTER`` maps the spec's model name to the adapter; an adapter
+    that names that same model as its base (peft records the name it was loaded by) gets the
+    alias, not itself (which recursed without end)."""
+    from interp_assert.measure.loading.models import LoadOptions, resolve_adapter_base
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "tiny-neo"}))
+    options = LoadOptions(overrides=(("tiny-neo", str(adapter)),))
+    target, _, how = resolve_adapter_base("tiny-neo", adapter, options)
+    assert (target, how) == ("tiny-neo", "the built-in alias 'tiny-neo'")
+    other = tmp_path / "elsewhere"
+    mapped = LoadOptions(overrides=(("tiny-neo", str(other)),))  # a mapping to another folder still wins
+    assert resolve_adapter_base("tiny-neo", adapter, mapped)[0] == str(other)

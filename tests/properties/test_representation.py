@@ -3,6 +3,9 @@ prompt sets whose answer is known; probe arithmetic and its refusals."""
 
 from __future__ import annotations
 
+import json
+import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -202,3 +205,143 @@ def test_report_draws_a_features_top_tokens(random_llama: Path, folder: Path) ->
     assert main(["report", str(spec), "-o", str(folder / "report")]) == 1  # two items fail by design
     assert (folder / "report" / "feature-coordinate_3.png").stat().st_size > 1000
     assert "feature-coordinate_3.png" in (folder / "report" / "index.html").read_text()
+
+
+def test_audit_report_draws_features_and_probes_on_both_models(
+    random_llama: Path, uniform_llama: Path, folder: Path
+) -> None:
+    import html
+    import io
+    import json
+
+    from interp_assert.commands.cli import main_audit
+
+    spec = folder / "spec.yaml"
+    spec.write_text(spec_text(random_llama))
+    report = folder / "audit"
+    out = io.StringIO()
+    assert main_audit(str(spec), str(uniform_llama), as_json=True, out=out, report_dir=report) == 1
+    rows = {row["name"]: row for row in json.loads(out.getvalue())["expectations"]}
+    page = html.unescape((report / "index.html").read_text())
+    drawn = {
+        "sae-quality-identity_recovers_ce.png", "sae-quality-identity_l0.png", "feature-coordinate_3-compare.png",
+        "feature-coordinate_3-base.png", "feature-coordinate_3-checkpoint.png", "probe-last_word.png",
+    }  # fmt: skip
+    assert drawn <= {p.name for p in report.glob("*.png")}
+    for name in drawn:
+        assert (report / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"src='{name}'" in page
+    assert "not_in_the_sae" not in page.split("Representations")[-1], "a feature not found has nothing to draw"
+    # the captions state the numbers the table compares
+    probe = re.search(r"last_word: held-out AUROC (\S+) -> (\S+); selectivity", page)
+    assert probe is not None
+    assert [float(probe.group(i)) for i in (1, 2)] == pytest.approx(
+        [rows["last_word"]["base"]["value"], rows["last_word"]["checkpoint"]["value"]], abs=5e-4
+    )
+    assert "the two models' directions have cosine" in page
+    feature = re.search(r"coordinate_3: max on words (\S+) -> (\S+);", page)
+    assert feature is not None
+    assert [float(feature.group(i)) for i in (1, 2)] == pytest.approx(
+        [rows["coordinate_3"]["base"]["value"], rows["coordinate_3"]["checkpoint"]["value"]], abs=5e-4
+    )
+
+
+def test_probe_auroc_by_block_agrees_with_the_probe(random_llama: Path, folder: Path) -> None:
+    from interp_assert.runner import Runner, RunOptions
+    from interp_assert.spec import load_spec
+
+    spec_file = folder / "spec.yaml"
+    spec_file.write_text(spec_text(random_llama).replace("    layer: 0\n", "    layer: 1\n"))
+    spec = load_spec(spec_file)
+    outcome = Runner(RunOptions()).evaluate(spec, next(e for e in spec.entries if e.name == "last_word"))
+    assert len(outcome.series) == 2  # one per block of the tiny Llama
+    assert outcome.series[1] == outcome.value  # the spec's block: the same split, the same number
+    assert all(0.0 <= value <= 1.0 for value in outcome.series)
+
+
+def test_track_report_draws_probe_auroc_by_block_and_sae_quality(
+    random_llama: Path, uniform_llama: Path, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import html
+    import io
+    from contextlib import redirect_stdout
+
+    from interp_assert.commands.cli import main
+
+    (folder / "spec.yaml").write_text(spec_text(random_llama))
+    monkeypatch.chdir(folder)
+    with redirect_stdout(io.StringIO()):
+        code = main(["track", "spec.yaml", "--checkpoint", str(random_llama), "--checkpoint", str(uniform_llama),
+                     "--order", "given", "--report", "rep", "--json", "t.json"])  # fmt: skip
+    assert code == 1
+    page = html.unescape((folder / "rep" / "index.html").read_text())
+    for name in ("track-last_word-by-block.png", "track-sae-quality.png"):
+        assert (folder / "rep" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"src='{name}'" in page
+    caption = re.search(r"<figcaption>last_word: held-out AUROC by block; at block 0: ([^;]*); first block", page)
+    assert caption is not None and caption.group(1).count("_llama0 ") == 2, "one curve per checkpoint"
+    values = [float(part.split()[-1]) for part in caption.group(1).split(", ")]
+    rows = {row["name"]: row for row in json.loads((folder / "t.json").read_text())["expectations"]}
+    assert values == pytest.approx([cell["value"] for cell in rows["last_word"]["cells"]], abs=5e-4)
+    assert "SAE quality per checkpoint; on the last: identity_recovers_ce " in page
+    # a resumed or merged track reads the curve back from its state file
+    from interp_assert.evaluation import Evaluation, ModelIdentity
+    from interp_assert.outcome import Outcome
+
+    outcome = Outcome(True, "", value=0.5, shown="0.5000", series=(0.25, float("nan"), 1.0))
+    cell = Evaluation("s.yaml", "last_word", "probe", "rep", ModelIdentity("m"), outcome)
+    back = Evaluation.from_json(json.loads(json.dumps(cell.to_json())))
+    assert back.series[0] == 0.25 and math.isnan(back.series[1]) and back.series[2] == 1.0
+
+
+def test_discover_writes_the_clearest_features(
+    pytester: pytest.Pytester, random_llama: Path, folder: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from safetensors.numpy import load_file
+
+    from interp_assert.commands.cli import main
+    from interp_assert.spec import load_spec
+
+    prompts = folder / "prompts.yaml"
+    low = ", ".join(f'"t{4 + i} t{5 + i} t{6 + i} t{7 + i} t{8 + i}"' for i in range(4))
+    high = ", ".join(f'"t{40 + i} t{41 + i} t{42 + i} t{43 + i} t{44 + i}"' for i in range(4))
+    prompts.write_text(
+        f"prompts:\n  low:\n    bos: none\n    texts: [{low}]\n  high:\n    bos: none\n    texts: [{high}]\n"
+    )
+    output = folder / "out" / "found.yaml"
+    argv = [
+        "discover",
+        str(random_llama),
+        "-o",
+        str(output),
+        "--prompts",
+        str(prompts),
+        "--sae",
+        str(folder / "identity"),
+    ]
+    assert main(argv) == 0
+    spec = load_spec(output)
+    features = {
+        e.name: e.expectation for e in spec.entries if e.expectation and e.expectation.property == "sae_feature"
+    }
+    assert features, output.read_text()
+    stored = load_file(str(folder / "out" / "found.safetensors"))
+    assert set(stored) == set(features)
+    for name, expectation in features.items():
+        # the identity SAE's latent i reads coordinate i (i < 64) or its negative: the decoder row stored is that axis
+        latent = expectation.index  # type: ignore[union-attr]
+        axis = np.zeros(WIDTH, dtype=np.float32)
+        axis[latent % WIDTH] = 1.0 if latent < WIDTH else -1.0
+        assert np.allclose(stored[name], axis), name
+        assert {expectation.prompts, expectation.control} == {"low", "high"}  # type: ignore[union-attr]
+        assert expectation.control_at_most < expectation.at_least  # type: ignore[union-attr,operator]
+    # the written spec holds on the model it was discovered on, run as a user would
+    result = pytester.runpytest(str(output), "-p", "no:cacheprovider", "-k", "feature")
+    result.assert_outcomes(passed=len(features))
+    # a second discovery does not replace the stored directions without --force
+    output.unlink()
+    capsys.readouterr()
+    assert main(argv) == 2
+    assert (
+        "found.safetensors exists, and discover --sae stores the features' decoder rows there"
+        in capsys.readouterr().err
+    )
+    assert main([*argv, "--force"]) == 0

@@ -117,12 +117,18 @@ def measure(
     holdout: float,
     seed: int,
     controls: int,
-) -> tuple[dict[str, float], np.ndarray]:
-    """The probe's held-out numbers and the direction fitted on every prompt."""
-    xp = states(loaded, layer, positive, position)
-    xn = states(loaded, layer, negative, position)
+) -> tuple[dict[str, float], np.ndarray, list[float]]:
+    """The probe's held-out numbers and the direction fitted on every prompt at ``layer``, and
+    the held-out AUROC at every block (one forward pass per batch reads them all)."""
+    from interp_assert.measure.features import probe_layers
+
+    resid_point(loaded, layer)  # a block the model lacks: a clear error
+    every_p = probe_layers.states_by_block(loaded, positive, position)
+    every_n = probe_layers.states_by_block(loaded, negative, position)
+    xp, xn = every_p[layer], every_n[layer]
     problem = probe_math.balance_problem(len(xp), len(xn), holdout)
     if problem:
         raise CheckInputError(problem)
     numbers = probe_math.evaluate(xp, xn, holdout, seed, controls)
-    return numbers, probe_math.direction(xp, xn)
+    by_block = probe_layers.auroc_by_block(every_p, every_n, holdout, seed)
+    return numbers, probe_math.direction(xp, xn), by_block

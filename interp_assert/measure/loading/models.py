@@ -262,6 +262,10 @@ def resolve_adapter_base(name: str, directory: Path, options: LoadOptions) -> tu
     Returns the reference to load, the folder to resolve it against, and how it was found.
     A hub id for an embedded model's upstream maps to the alias, and says so."""
     mapped = dict(options.overrides).get(name)
+    if mapped is not None and Path(mapped).expanduser().resolve() == directory.resolve():
+        # ``audit --checkpoint ADAPTER`` of a spec whose model is the adapter's own base maps that
+        # name to the adapter; its base cannot be itself, so the mapping does not apply here
+        mapped = None
     if mapped is not None:
         return mapped, None, f"--interp-model {name}={mapped}"
     if not Path(name).expanduser().is_absolute():
