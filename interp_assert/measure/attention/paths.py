@@ -285,8 +285,10 @@ def choose(situation: Situation, attention: Choice = "auto") -> list[AttentionPa
     chosen: list[AttentionPath] = []
     refused: list[str] = []
     for path in sorted(candidates, key=lambda path: path.cost(situation)):  # stable: table order breaks ties
-        if chosen and (path.through_interface or not chosen[0].through_interface or attention != "auto"):
-            continue  # never tried
+        if chosen:  # only a fallback for a first choice through the interface is still wanted
+            wanted = attention == "auto" and len(chosen) == 1 and chosen[0].through_interface
+            if not wanted or path.through_interface:
+                continue  # never tried
         reason = path.applies(situation)
         if reason is None:
             chosen.append(path)
