@@ -83,6 +83,13 @@ def main() -> None:
     parser.add_argument("--attention", default="auto", choices=CHOICES)
     parser.add_argument("--breakdown-only", action="store_true", help="CPU: only the breakdown section")
     parser.add_argument("--breakdown-lengths", default="16,128,1024", help="the breakdown's lengths (batch 1)")
+    parser.add_argument(
+        "--breakdown-threads",
+        default="one",
+        choices=("one", "default"),
+        help="the breakdown's torch threads: one (time is the thread's CPU time, which other load hardly moves) "
+        "or the default (wall time)",
+    )
     parser.add_argument("--lengths", help="comma-separated sequence lengths (batch 1), instead of the defaults")
     parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)  # KIND MODEL METHODS TOKENS BATCH PATH
     args = parser.parse_args()
@@ -91,7 +98,7 @@ def main() -> None:
         if kind == "time":
             print(json.dumps(time_methods(model, methods.split(","), int(tokens), int(batch), path)))
         elif kind == "breakdown":
-            print(json.dumps(time_breakdown(model, int(tokens), int(batch), path)))
+            print(json.dumps(time_breakdown(model, int(tokens), int(batch), path, one_thread=methods == "one-thread")))
         elif kind == "allocations":
             print(json.dumps(allocations(model, int(tokens), int(batch), path)))
         else:
@@ -107,7 +114,8 @@ def main() -> None:
     if not args.breakdown_only:
         main_table(args, configs)
     if "smollm2" in args.models.split(","):
-        breakdown_section([(int(t), 1) for t in args.breakdown_lengths.split(",")], args.attention)
+        lengths = [(int(t), 1) for t in args.breakdown_lengths.split(",")]
+        breakdown_section(lengths, args.attention, one_thread=args.breakdown_threads == "one")
 
 
 def main_table(args: argparse.Namespace, configs: list[tuple[int, int]]) -> None:
@@ -320,15 +328,16 @@ COMPONENTS = {
 }
 
 
-def breakdown_section(configs: list[tuple[int, int]], path: str) -> None:
+def breakdown_section(configs: list[tuple[int, int]], path: str, one_thread: bool) -> None:
     print()
-    print("breakdown, SmolLM2: capture beyond the plain forward, as % of the plain forward measured in the same "
-          "process and round (median over rounds); the machine's other load moves every number")  # fmt: skip
+    clock = "one torch thread, the thread's CPU time" if one_thread else "default threads, wall time"
+    print(f"breakdown, SmolLM2 ({clock}): capture beyond the plain forward, as % of the plain forward measured in "
+          "the same process and round (median over rounds)")  # fmt: skip
     for name, text in COMPONENTS.items():
         print(f"  {name:<8} {text}")
     print("  other    what is left: the attention function's glue, the rest of the model slower or faster (noise)")
     for tokens, batch in configs:
-        found = child("breakdown", "smollm2", "pfs,all", str(tokens), str(batch), path)
+        found = child("breakdown", "smollm2", "one-thread" if one_thread else "-", str(tokens), str(batch), path)
         print(breakdown_rows(tokens, batch, found))
         sys.stdout.flush()
     for tokens, batch in configs:
@@ -375,11 +384,12 @@ def memory_rows(tokens: int, batch: int, peaks: dict[str, float], allocated: dic
 
 
 class Timers:
-    """Wall time summed per component, by wrapping the functions capture calls (the benchmark's own
-    instrumentation: a microsecond per call, a few hundred calls per run)."""
+    """Time summed per component, by wrapping the functions capture calls (the benchmark's own
+    instrumentation: a microsecond per call, a few hundred calls per run), on ``clock``."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Any = time.perf_counter) -> None:
         self.spent: dict[str, float] = {}
+        self.clock = clock
 
     def add(self, label: str, seconds: float) -> None:
         self.spent[label] = self.spent.get(label, 0.0) + seconds
@@ -388,11 +398,11 @@ class Timers:
         original = getattr(owner, name)
 
         def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
+            start = self.clock()
             try:
                 return original(*args, **kwargs)
             finally:
-                self.add(label, time.perf_counter() - start)
+                self.add(label, self.clock() - start)
 
         setattr(owner, name, timed)
 
@@ -402,16 +412,16 @@ class Timers:
 
         @contextlib.contextmanager
         def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
+            start = self.clock()
             manager = original(*args, **kwargs)
             value = manager.__enter__()
-            self.add(label, time.perf_counter() - start)
+            self.add(label, self.clock() - start)
             try:
                 yield value
             finally:
-                start = time.perf_counter()
+                start = self.clock()
                 manager.__exit__(None, None, None)
-                self.add(label, time.perf_counter() - start)
+                self.add(label, self.clock() - start)
 
         setattr(owner, name, timed)
 
@@ -420,15 +430,15 @@ class Timers:
         return spent
 
 
-def instrument() -> Timers:
-    """Wrap what capture calls (and the plain forward's SDPA attention) with timers."""
+def instrument(clock: Any) -> Timers:
+    """Wrap what capture calls (and the plain forward's SDPA attention) with timers on ``clock``."""
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     from interp_assert.measure.attention import fused, kernels, native, paths
     from interp_assert.measure.capture import run
 
-    timers = Timers()
+    timers = Timers(clock)
     holder = types.SimpleNamespace(sdpa=sdpa_attention_forward)
     timers.wrap(holder, "sdpa", "plain_attention")
     AttentionInterface.register("sdpa", holder.sdpa)
@@ -453,11 +463,11 @@ def instrument() -> Timers:
         hook = norm_hook(self, index)
 
         def timed(*args: Any, **kwargs: Any) -> Any:
-            start = time.perf_counter()
+            start = timers.clock()
             try:
                 return hook(*args, **kwargs)
             finally:
-                timers.add("norms", time.perf_counter() - start)
+                timers.add("norms", timers.clock() - start)
 
         return timed
 
@@ -465,13 +475,19 @@ def instrument() -> Timers:
     return timers
 
 
-def time_breakdown(model_name: str, tokens: int, batch: int, path: str) -> dict[str, Any]:
+def time_breakdown(model_name: str, tokens: int, batch: int, path: str, one_thread: bool) -> dict[str, Any]:
     """Rounds of plain, pfs and all, in turn, instrumented; each component's share of the round's
-    plain forward, the median over rounds."""
+    plain forward, the median over rounds. ``one_thread``: torch on one thread, timed by the
+    thread's CPU time (the native kernel then runs on the calling thread too)."""
+    import torch
+
+    if one_thread:
+        torch.set_num_threads(1)
+    clock = time.thread_time if one_thread else time.perf_counter
     loaded = load(model_name)
     ids = token_ids(loaded, tokens, batch)
     found = runners(path)
-    timers = instrument()
+    timers = instrument(clock)
     methods = ["plain", "ours-pfs", "ours-all"]
     for method in methods:
         found[method](loaded, ids[:, :16])  # warm up
@@ -482,9 +498,9 @@ def time_breakdown(model_name: str, tokens: int, batch: int, path: str) -> dict[
     while len(rounds) < (ROUNDS if tokens >= 512 else 25) and (spent < ROUND_BUDGET_S or len(rounds) < 3):
         this: dict[str, dict[str, float]] = {}
         for method in methods:
-            start = time.perf_counter()
+            start = clock()
             found[method](loaded, ids)
-            total = time.perf_counter() - start
+            total = clock() - start
             spent += total
             this[method] = {"total": total, **timers.take()}
         rounds.append(this)
