@@ -29,6 +29,18 @@ through ``malloc_trim``). The peak is reset through ``/proc/self/clear_refs``, o
 2 ms where that is not allowed. Models: SmolLM2
 (the real weights) and a GPT-Neo-125M-shaped model (12 layers x 12 heads, 768 wide, random weights).
 
+Breakdown (CPU, SmolLM2; ``--breakdown-only`` runs only it, ``--breakdown-lengths`` sets its lengths): where
+capture's time and memory beyond the plain forward go, as shares of the plain forward measured
+in the same process and round (the median over rounds). Time: each component's wall time summed
+over the run (choosing the path and reading the model map, installing and removing the path, the
+attention kernels against the plain forward's own SDPA attention, the scoring from the
+normaliser, the hidden-norm hooks, the switches to one thread, the result), and what is left
+(the glue in the attention function, the rest of the model running slower or faster: noise).
+Memory: the bytes the run's operators allocate (torch profiler, ``profile_memory``: freed again
+within the run, not a peak) beyond the plain forward's, by operator; and the peak resident set
+(as in the table) of ablations: SDPA with the hidden-norm hooks only, and previous/first/self
+without the norm hooks.
+
 CUDA: one process; a model of Llama-3.2-1B's shape (16 layers, 32 query heads, 8 key/value heads,
 2048 wide, bfloat16, random weights) built from its config, no download. Times are the fastest of
 three synchronised runs after a warm-up at the same length (which compiles FlexAttention's
@@ -48,8 +60,11 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 from typing import Any
+
+from interp_assert.measure.attention.paths import CHOICES
 
 REPO = Path(__file__).resolve().parent.parent
 NAIVE_LIMIT_GB = 16.0  # do not try the naive capture where its kept attention alone needs more
@@ -65,7 +80,16 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="CPU: only T = 128 (batch 8) and 1024")
     parser.add_argument("--models", default="smollm2,gpt-neo-125m", help="CPU models")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    parser.add_argument("--attention", default="auto", choices=("auto", "fused", "blockwise", "eager"))
+    parser.add_argument("--attention", default="auto", choices=CHOICES)
+    parser.add_argument("--breakdown-only", action="store_true", help="CPU: only the breakdown section")
+    parser.add_argument("--breakdown-lengths", default="16,128,1024", help="the breakdown's lengths (batch 1)")
+    parser.add_argument(
+        "--breakdown-threads",
+        default="one",
+        choices=("one", "default"),
+        help="the breakdown's torch threads: one (time is the thread's CPU time, which other load hardly moves) "
+        "or the default (wall time)",
+    )
     parser.add_argument("--lengths", help="comma-separated sequence lengths (batch 1), instead of the defaults")
     parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)  # KIND MODEL METHODS TOKENS BATCH PATH
     args = parser.parse_args()
@@ -73,6 +97,10 @@ def main() -> None:
         kind, model, methods, tokens, batch, path = args.child
         if kind == "time":
             print(json.dumps(time_methods(model, methods.split(","), int(tokens), int(batch), path)))
+        elif kind == "breakdown":
+            print(json.dumps(time_breakdown(model, int(tokens), int(batch), path, one_thread=methods == "one-thread")))
+        elif kind == "allocations":
+            print(json.dumps(allocations(model, int(tokens), int(batch), path)))
         else:
             print(json.dumps(peak_memory(model, methods, int(tokens), int(batch), path)))
         return
@@ -83,6 +111,14 @@ def main() -> None:
     configs = lengths or [(128, 8), (1024, 1)] + ([] if args.quick else [(4096, 1)])
     print(f"capture benchmark: {os.cpu_count()} CPU cores, torch threads default, load average "
           f"{os.getloadavg()[0]:.1f}; path {args.attention}; time in s, memory in MB")  # fmt: skip
+    if not args.breakdown_only:
+        main_table(args, configs)
+    if "smollm2" in args.models.split(","):
+        lengths = [(int(t), 1) for t in args.breakdown_lengths.split(",")]
+        breakdown_section(lengths, args.attention, one_thread=args.breakdown_threads == "one")
+
+
+def main_table(args: argparse.Namespace, configs: list[tuple[int, int]]) -> None:
     print(header())
     for model in args.models.split(","):
         for tokens, batch in configs:
@@ -233,6 +269,8 @@ def runners(path: str, cuda: bool = False) -> dict[str, Any]:
         "pfs": CaptureRequest(roles=frozenset(positional), hidden_norms=True),  # type: ignore[arg-type]
         "all": CaptureRequest(roles=frozenset(ROLES), attention_stats=True, hidden_norms=True),
     }
+    requests["norms"] = CaptureRequest(hidden_norms=True)  # SDPA and the norm hooks only
+    requests["pfs-bare"] = CaptureRequest(roles=frozenset(positional))  # type: ignore[arg-type]
     found: dict[str, Any] = {"plain": plain, "naive": naive}
     for name, request in requests.items():
         found[f"ours-{name}"] = lambda loaded, ids, request=request: ours(loaded, ids, request, path)
@@ -274,6 +312,253 @@ def ours(loaded: Any, ids: Any, request: Any, path: Any) -> None:
     from interp_assert.measure.capture.prompts import PromptBatch
 
     capture.measure(loaded, [PromptBatch(ids)], request, attention=path)
+
+
+# ---- the breakdown (CPU): where capture's time and memory beyond the plain forward go ----
+
+# component -> what it times (each summed over a run, in seconds)
+COMPONENTS = {
+    "choose": "choosing the path and reading the model map",
+    "install": "installing and removing the path (the attention implementation switched and back)",
+    "kernels": "the attention kernels (fused or blockwise), against the plain forward's SDPA attention",
+    "scoring": "scoring from the normaliser: targets, weights at the targets, sums",
+    "norms": "the hidden-norm hooks",
+    "threads": "switching torch to one thread and back around small reductions",
+    "result": "the accumulator's result",
+}
+
+
+def breakdown_section(configs: list[tuple[int, int]], path: str, one_thread: bool) -> None:
+    print()
+    clock = "one torch thread, the thread's CPU time" if one_thread else "default threads, wall time"
+    print(f"breakdown, SmolLM2 ({clock}): capture beyond the plain forward, as % of the plain forward measured in "
+          "the same process and round (median over rounds)")  # fmt: skip
+    for name, text in COMPONENTS.items():
+        print(f"  {name:<8} {text}")
+    print("  other    what is left: the attention function's glue, the rest of the model slower or faster (noise)")
+    for tokens, batch in configs:
+        found = child("breakdown", "smollm2", "one-thread" if one_thread else "-", str(tokens), str(batch), path)
+        print(breakdown_rows(tokens, batch, found))
+        sys.stdout.flush()
+    for tokens, batch in configs:
+        if tokens < 128:
+            continue
+        sizes = (str(tokens), str(batch), path)
+        peaks = {m: child("memory", "smollm2", m, *sizes, fixed_heap=True)["peak_mb"] for m in MEMORY_ABLATIONS}
+        allocated = child("allocations", "smollm2", "pfs,all", *sizes)
+        print(memory_rows(tokens, batch, peaks, allocated))
+        sys.stdout.flush()
+
+
+def breakdown_rows(tokens: int, batch: int, found: dict[str, Any]) -> str:
+    lines = [
+        f"{tokens}x{batch}: plain {found['plain_ms']:.1f} ms (its SDPA attention {found['plain_attention_pct']:.1f}%), "
+        f"{found['rounds']} rounds"
+    ]
+    columns = [*COMPONENTS, "other"]
+    lines.append(f"  {'role set':<8} {'capture':>8} | " + " ".join(f"{c:>8}" for c in columns) + " | fixed ms")
+    for method in ("pfs", "all"):
+        shares = found[method]
+        cells = " ".join(f"{shares[c]:>+7.1f}%" for c in columns)
+        fixed = found[method + "_fixed_ms"]
+        lines.append(f"  {method:<8} {shares['total']:>7.1f}% | {cells} | {fixed:8.2f}")
+    return "\n".join(lines)
+
+
+MEMORY_ABLATIONS = ("plain", "ours-norms", "ours-pfs-bare", "ours-pfs", "ours-all")
+
+
+def memory_rows(tokens: int, batch: int, peaks: dict[str, float], allocated: dict[str, Any]) -> str:
+    plain = peaks["plain"]
+    cells = ", ".join(f"{m.removeprefix('ours-')} {peaks[m]:.0f} MB ({peaks[m] / plain:.2f}x)" for m in peaks)
+    lines = [f"{tokens}x{batch} peak resident set: {cells}"]
+    for method in ("pfs", "all"):
+        extra = allocated[method]["extra_by_op"]
+        ops = ", ".join(f"{op} {mb:+.1f}" for op, mb in extra[:5])
+        ours, base = allocated[method]["total_mb"], allocated["plain"]["total_mb"]
+        lines.append(
+            f"  allocated during the run, {method}: {ours:.0f} MB against plain {base:.0f} MB ({ours / base:.3f}x); "
+            f"beyond plain, by operator (MB): {ops}"
+        )
+    return "\n".join(lines)
+
+
+class Timers:
+    """Time summed per component, by wrapping the functions capture calls (the benchmark's own
+    instrumentation: a microsecond per call, a few hundred calls per run), on ``clock``."""
+
+    def __init__(self, clock: Any = time.perf_counter) -> None:
+        self.spent: dict[str, float] = {}
+        self.clock = clock
+
+    def add(self, label: str, seconds: float) -> None:
+        self.spent[label] = self.spent.get(label, 0.0) + seconds
+
+    def wrap(self, owner: Any, name: str, label: str) -> None:
+        original = getattr(owner, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = self.clock()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                self.add(label, self.clock() - start)
+
+        setattr(owner, name, timed)
+
+    def wrap_context(self, owner: Any, name: str, label: str) -> None:
+        """A function returning a context manager: its entry and exit are timed, not its body."""
+        original = getattr(owner, name)
+
+        @contextlib.contextmanager
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = self.clock()
+            manager = original(*args, **kwargs)
+            value = manager.__enter__()
+            self.add(label, self.clock() - start)
+            try:
+                yield value
+            finally:
+                start = self.clock()
+                manager.__exit__(None, None, None)
+                self.add(label, self.clock() - start)
+
+        setattr(owner, name, timed)
+
+    def take(self) -> dict[str, float]:
+        spent, self.spent = self.spent, {}
+        return spent
+
+
+def instrument(clock: Any) -> Timers:
+    """Wrap what capture calls (and the plain forward's SDPA attention) with timers on ``clock``."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from interp_assert.measure.attention import fused, kernels, native, paths
+    from interp_assert.measure.capture import run
+
+    timers = Timers(clock)
+    holder = types.SimpleNamespace(sdpa=sdpa_attention_forward)
+    timers.wrap(holder, "sdpa", "plain_attention")
+    AttentionInterface.register("sdpa", holder.sdpa)
+    timers.wrap(paths, "choose", "choose")
+    timers.wrap(run, "describe", "choose")
+    for path_type in {type(path) for path in paths.PATHS}:
+        timers.wrap_context(path_type, "installed", "install")
+    timers.wrap(kernels, "aten", "kernels")
+    timers.wrap(kernels, "flex", "kernels")
+    timers.wrap(native, "attention", "kernels")
+    timers.wrap(fused.blockwise, "blockwise_attention", "kernels")  # with its scoring (score_rows, timed apart)
+    timers.wrap(run._Run, "targets_for", "scoring")
+    timers.wrap(fused, "_target_weights", "scoring")
+    timers.wrap(run._Run, "score_normaliser", "scoring")
+    timers.wrap(run._Run, "score_rows", "scoring")
+    timers.wrap_context(kernels, "one_thread", "threads")
+    timers.wrap_context(fused, "one_thread", "threads")
+    timers.wrap(run._Accumulator, "result", "result")
+    norm_hook = run._Run._norm_hook
+
+    def timed_norm_hook(self: Any, index: int) -> Any:
+        hook = norm_hook(self, index)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = timers.clock()
+            try:
+                return hook(*args, **kwargs)
+            finally:
+                timers.add("norms", timers.clock() - start)
+
+        return timed
+
+    run._Run._norm_hook = timed_norm_hook  # type: ignore[method-assign]
+    return timers
+
+
+def time_breakdown(model_name: str, tokens: int, batch: int, path: str, one_thread: bool) -> dict[str, Any]:
+    """Rounds of plain, pfs and all, in turn, instrumented; each component's share of the round's
+    plain forward, the median over rounds. ``one_thread``: torch on one thread, timed by the
+    thread's CPU time (the native kernel then runs on the calling thread too)."""
+    import torch
+
+    if one_thread:
+        torch.set_num_threads(1)
+    clock = time.thread_time if one_thread else time.perf_counter
+    loaded = load(model_name)
+    ids = token_ids(loaded, tokens, batch)
+    found = runners(path)
+    timers = instrument(clock)
+    methods = ["plain", "ours-pfs", "ours-all"]
+    for method in methods:
+        found[method](loaded, ids[:, :16])  # warm up
+    timers.take()
+    rounds: list[dict[str, dict[str, float]]] = []
+    spent = 0.0
+    # short prompts: enough rounds for a median; long ones: as the table's budget allows
+    while len(rounds) < (ROUNDS if tokens >= 512 else 25) and (spent < ROUND_BUDGET_S or len(rounds) < 3):
+        this: dict[str, dict[str, float]] = {}
+        for method in methods:
+            start = clock()
+            found[method](loaded, ids)
+            total = clock() - start
+            spent += total
+            this[method] = {"total": total, **timers.take()}
+        rounds.append(this)
+
+    def median(values: list[float]) -> float:
+        return float(statistics.median(values))
+
+    result: dict[str, Any] = {
+        "rounds": len(rounds),
+        "plain_ms": median([r["plain"]["total"] for r in rounds]) * 1e3,
+        "plain_attention_pct": median([r["plain"].get("plain_attention", 0) / r["plain"]["total"] for r in rounds])
+        * 100,
+    }
+    for method in ("pfs", "all"):
+        shares: dict[str, list[float]] = {}
+        fixed: list[float] = []
+        for r in rounds:
+            ours, plain = r[f"ours-{method}"], r["plain"]
+            base = plain["total"]
+            parts = {c: ours.get(c, 0.0) for c in COMPONENTS}
+            parts["kernels"] -= plain.get("plain_attention", 0.0)  # beyond the plain forward's attention
+            parts["other"] = ours["total"] - base - sum(parts.values())
+            parts["total"] = ours["total"]
+            for name, seconds in parts.items():
+                shares.setdefault(name, []).append(seconds / base * 100)
+            fixed.append(sum(ours.get(c, 0.0) for c in ("choose", "install", "result")) * 1e3)
+        result[method] = {name: median(values) for name, values in shares.items()}
+        result[method + "_fixed_ms"] = median(fixed)
+    return result
+
+
+def allocations(model_name: str, tokens: int, batch: int, path: str) -> dict[str, Any]:
+    """Per method, the bytes its operators allocate during one run (torch profiler), and by operator
+    the difference from the plain forward's."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    loaded = load(model_name)
+    ids = token_ids(loaded, tokens, batch)
+    found = runners(path)
+    by_method: dict[str, dict[str, float]] = {}
+    for method in ("plain", "ours-pfs", "ours-all"):
+        found[method](loaded, ids[:, :16])
+        with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+            found[method](loaded, ids)
+        by_method[method] = {
+            event.key: event.self_cpu_memory_usage / 2**20
+            for event in prof.key_averages()
+            if event.self_cpu_memory_usage > 0 and not event.key.startswith("[")
+        }
+    plain = by_method["plain"]
+    result: dict[str, Any] = {"plain": {"total_mb": sum(plain.values())}}
+    for method in ("pfs", "all"):
+        ours = by_method[f"ours-{method}"]
+        extra = {op: ours.get(op, 0.0) - plain.get(op, 0.0) for op in set(ours) | set(plain)}
+        ranked = sorted(((op, mb) for op, mb in extra.items() if abs(mb) >= 0.05), key=lambda item: -abs(item[1]))
+        result[method] = {"total_mb": sum(ours.values()), "extra_by_op": ranked}
+    return result
 
 
 # ---- CUDA: one process, synchronised timings, torch.cuda.max_memory_allocated ----

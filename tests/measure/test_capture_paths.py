@@ -20,6 +20,7 @@ import torch
 
 from interp_assert.errors import CaptureError
 from interp_assert.measure.attention import blockwise
+from interp_assert.measure.attention.tuning import MIN_BLOCK_ROWS, Tuning
 from interp_assert.measure.capture import run as capture
 from interp_assert.measure.capture import scores
 from interp_assert.measure.capture.prompts import PromptBatch
@@ -65,11 +66,8 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], LoadedMode
     return get
 
 
-@pytest.fixture
-def small_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Row blocks of 7 rows, so every layer is computed in several blocks with ragged edges."""
-    monkeypatch.setattr(blockwise, "BLOCK_BYTES", 1)
-    monkeypatch.setattr(blockwise, "MIN_BLOCK_ROWS", 7)
+# Row blocks of 7 rows, so every layer is computed in several blocks with ragged edges.
+SMALL_BLOCKS = Tuning(block_bytes=1, min_block_rows=7)
 
 
 def repeated_batches(vocab: int, block: int = 20, seed: int = 0) -> list[PromptBatch]:
@@ -175,41 +173,42 @@ class ImplementationSpy:
 
 
 @pytest.mark.parametrize("kind", INTERFACE_KINDS)
-def test_blockwise_matches_eager_hooks_and_naive(
-    kind: str, tiny: Callable[[str], LoadedModel], small_blocks: None
-) -> None:
+def test_blockwise_matches_eager_hooks_and_naive(kind: str, tiny: Callable[[str], LoadedModel]) -> None:
     loaded = tiny(kind)
     batches = repeated_batches(VOCAB)
     with ImplementationSpy(loaded) as spy:
-        ours = capture.measure(loaded, batches, EVERYTHING, attention="blockwise")
+        ours = capture.measure(loaded, batches, EVERYTHING, attention="blockwise", tuning=SMALL_BLOCKS)
     assert spy.calls and all(call == (blockwise.IMPLEMENTATION, False) for call in spy.calls), spy.calls
     assert loaded.model.config._attn_implementation == "eager", "the implementation is restored"
-    eager = capture.measure(loaded, batches, EVERYTHING, attention="eager")
+    eager = capture.measure(loaded, batches, EVERYTHING, attention="eager", tuning=SMALL_BLOCKS)
     reference = naive(loaded, batches)
     assert_same(ours, reference)
     assert_same(eager, reference)
 
 
-def test_without_breadth_one_buffer_serves(tiny: Callable[[str], LoadedModel], small_blocks: None) -> None:
+def test_without_breadth_one_buffer_serves(tiny: Callable[[str], LoadedModel]) -> None:
     """No breadth: the softmax runs in place over the logits; the numbers do not change."""
     loaded = tiny("qwen2_sliding")
     batches = repeated_batches(VOCAB)
     request = CaptureRequest(roles=frozenset(ROLES) - {"breadth"}, attention_stats=True)
-    ours, reference = capture.measure(loaded, batches, request, attention="blockwise"), naive(loaded, batches)
+    ours, reference = (
+        capture.measure(loaded, batches, request, attention="blockwise", tuning=SMALL_BLOCKS),
+        naive(loaded, batches),
+    )
     for role in request.roles:
         np.testing.assert_allclose(ours.role_scores[role], reference.role_scores[role], atol=1e-5, err_msg=role)
     np.testing.assert_allclose(ours.mean_weight, reference.mean_weight, atol=1e-5)  # type: ignore[arg-type]
 
 
-def test_gpt_neo_uses_eager_hooks(tiny: Callable[[str], LoadedModel], small_blocks: None) -> None:
+def test_gpt_neo_uses_eager_hooks(tiny: Callable[[str], LoadedModel]) -> None:
     loaded = tiny("gpt_neo")
     batches = repeated_batches(VOCAB)
     with ImplementationSpy(loaded) as spy:
-        ours = capture.measure(loaded, batches, EVERYTHING)
+        ours = capture.measure(loaded, batches, EVERYTHING, tuning=SMALL_BLOCKS)
     assert spy.calls and all(weights for _, weights in spy.calls), "eager attention reports weights to the hook"
     assert_same(ours, naive(loaded, batches))
     with pytest.raises(CaptureError, match="AttentionInterface"):
-        capture.measure(loaded, batches, EVERYTHING, attention="blockwise")
+        capture.measure(loaded, batches, EVERYTHING, attention="blockwise", tuning=SMALL_BLOCKS)
 
 
 @pytest.mark.slow
@@ -231,13 +230,13 @@ def test_smollm2_paths_agree(smollm2_dir: Path) -> None:
     assert_same(capture.measure(loaded, batches, request, attention="eager"), reference)
 
 
-def test_half_precision_blockwise_scores_float32_weights(tmp_path: Path, small_blocks: None) -> None:
+def test_half_precision_blockwise_scores_float32_weights(tmp_path: Path) -> None:
     """Eager attention rounds bfloat16 weights before the hook sees them; blockwise scores the float32
     softmax, so the two agree to bfloat16's precision."""
     loaded = load_model(str(save_model(llama_config(), tmp_path / "llama", seed=3)), LoadOptions(dtype="bfloat16"))
     batches = repeated_batches(VOCAB)
-    ours = capture.measure(loaded, batches, EVERYTHING, attention="blockwise")
-    eager = capture.measure(loaded, batches, EVERYTHING, attention="eager")
+    ours = capture.measure(loaded, batches, EVERYTHING, attention="blockwise", tuning=SMALL_BLOCKS)
+    eager = capture.measure(loaded, batches, EVERYTHING, attention="eager", tuning=SMALL_BLOCKS)
     for role in ROLES:
         np.testing.assert_allclose(ours.role_scores[role], eager.role_scores[role], atol=1e-3, err_msg=role)
     np.testing.assert_allclose(ours.hidden_norms, eager.hidden_norms, rtol=1e-3)  # type: ignore[arg-type]
@@ -280,7 +279,6 @@ def test_blocks_stay_within_the_budget(tiny: Callable[[str], LoadedModel], monke
     loaded = tiny("llama_gqa")  # 4 heads
     batches = repeated_batches(VOCAB)[:1]  # 2 sequences of 41 tokens
     budget = 2 * 4 * 12 * 41 * 4  # 12 rows of all 41 keys
-    monkeypatch.setattr(blockwise, "BLOCK_BYTES", budget)
     seen: list[tuple[int, ...]] = []
     original = capture._Run.score_rows
 
@@ -289,9 +287,10 @@ def test_blocks_stay_within_the_budget(tiny: Callable[[str], LoadedModel], monke
         original(self, layer, weights, *args, **kwargs)
 
     monkeypatch.setattr(capture._Run, "score_rows", spy)
-    capture.measure(loaded, batches, CaptureRequest(roles=frozenset(["previous_token"])), attention="blockwise")
+    request = CaptureRequest(roles=frozenset(["previous_token"]))
+    capture.measure(loaded, batches, request, attention="blockwise", tuning=Tuning(block_bytes=budget))
     assert len(seen) > 2 * 2, "each layer is scored in several blocks"
-    assert all(b * h * rows * keys * 4 <= budget or rows == blockwise.MIN_BLOCK_ROWS for b, h, rows, keys in seen)
+    assert all(b * h * rows * keys * 4 <= budget or rows == MIN_BLOCK_ROWS for b, h, rows, keys in seen)
 
 
 def test_row_blocks_cover_every_row_once() -> None:
@@ -299,10 +298,7 @@ def test_row_blocks_cover_every_row_once() -> None:
         blocks = blockwise.row_blocks(n_rows, heads, budget)
         assert blocks[0][0] == 0 and blocks[-1][1] == n_rows
         assert all(a[1] == b[0] for a, b in itertools.pairwise(blocks))
-        assert all(
-            heads * (stop - start) * stop <= budget or stop - start <= blockwise.MIN_BLOCK_ROWS
-            for start, stop in blocks
-        )
+        assert all(heads * (stop - start) * stop <= budget or stop - start <= MIN_BLOCK_ROWS for start, stop in blocks)
 
 
 # ---- the optimised scoring against the plain masked formulas ----

@@ -8,7 +8,8 @@ with the row maximum from the sharpened pass, since only CUDA returns ``max_scor
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from interp_assert.measure.attention import blockwise, fused, kernels, native
+from interp_assert.measure.attention import blockwise, fused, kernels, native, paths
+from interp_assert.measure.attention.tuning import Tuning
 from interp_assert.measure.capture import run as capture
 from interp_assert.measure.capture import scores
 from interp_assert.measure.capture.prompts import PromptBatch
@@ -52,19 +54,29 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., LoadedModel]
     return get
 
 
+PATH_OF: dict[str, str] = {"aten": "fused-flash", "native": "fused-native", "flex": "fused-flex"}
+
+
+@dataclass(frozen=True)
+class Forced:
+    """A kernel for every fused layer: the path that pins it, and small sizes to work in."""
+
+    kernel: fused.Backend
+    attention: str
+    tuning: Tuning
+
+
 @pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def backend(request: pytest.FixtureRequest) -> Forced:
     """Each kernel, with sliding-window layers computed in bands of 5 rows, dot products in chunks
     of a few rows and targets found a few rows at a time (several per sequence)."""
     if request.param == "native" and not native.available():
         pytest.skip(f"the native kernel is not available: {native.build_error()}")
-    if request.param == "aten-repeated":
-        monkeypatch.setattr(kernels, "kernel_takes_groups", lambda: False)
-    monkeypatch.setattr(kernels, "WINDOW_ROWS", 5)
-    monkeypatch.setattr(kernels, "GATHER_BYTES", 1000)
-    monkeypatch.setattr(capture, "TARGET_MASK_ELEMENTS", 200)
-    with fused.forcing(request.param.removesuffix("-repeated")):  # type: ignore[arg-type]
-        yield request.param
+    kernel = request.param.removesuffix("-repeated")
+    tuning = Tuning(
+        window_rows=5, gather_bytes=1000, target_mask_elements=200, repeat_groups=request.param == "aten-repeated"
+    )
+    return Forced(kernel, PATH_OF[kernel], tuning)
 
 
 class KernelSpy:
@@ -105,7 +117,7 @@ def max_differences(got: Measurements, expected: Measurements) -> dict[str, floa
 
 @pytest.mark.parametrize("kind", INTERFACE_KINDS)
 def test_fused_matches_naive(
-    kind: str, backend: str, tiny: Callable[..., LoadedModel], monkeypatch: pytest.MonkeyPatch
+    kind: str, backend: Forced, tiny: Callable[..., LoadedModel], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Every role, the attention statistics, patterns and hidden norms within 1e-5 of the eager
     reference, on grouped-query heads, sliding windows, batches of two sequences and of one."""
@@ -113,7 +125,7 @@ def test_fused_matches_naive(
     batches = repeated_batches(VOCAB)
     spy = KernelSpy(monkeypatch)
     with ImplementationSpy(loaded) as implementation:
-        ours = capture.measure(loaded, batches, EVERYTHING, attention="fused")
+        ours = capture.measure(loaded, batches, EVERYTHING, attention=backend.attention, tuning=backend.tuning)
     assert implementation.calls and all(call == (fused.IMPLEMENTATION, False) for call in implementation.calls)
     assert spy.blockwise_calls == 0, "every layer is fused"
     assert loaded.model.config._attn_implementation == "eager", "the implementation is restored"
@@ -129,16 +141,16 @@ def test_soft_capping_fuses_with_flex_and_falls_back_on_cpu_kernel(
     batches = repeated_batches(VOCAB)
     reference = naive(loaded, batches)
     without_breadth = CaptureRequest(roles=frozenset(ROLES) - {"breadth"}, attention_stats=True)
-    for backend, request, fused_layers in [
-        ("flex", without_breadth, 2),
-        ("flex", EVERYTHING, 0),
-        ("aten", without_breadth, 0),
-        (None, EVERYTHING, 0),
+    for attention, request, fused_layers in [
+        ("fused-flex", without_breadth, 2),
+        ("fused-flex", EVERYTHING, 0),
+        ("fused-flash", without_breadth, 0),
+        ("fused", EVERYTHING, 0),  # the kernel as chosen (native on CPU, if built)
     ]:
-        with monkeypatch.context() as patch, fused.forcing(backend):  # None: as chosen (native on CPU, if built)
+        with monkeypatch.context() as patch:
             spy = KernelSpy(patch)
-            ours = capture.measure(loaded, batches, request, attention="fused")
-        assert spy.blockwise_calls == 2 * (2 - fused_layers), (backend, request)  # two batches
+            ours = capture.measure(loaded, batches, request, attention=attention)
+        assert spy.blockwise_calls == 2 * (2 - fused_layers), (attention, request)  # two batches
         for role in request.roles:
             np.testing.assert_allclose(ours.role_scores[role], reference.role_scores[role], atol=1e-5, err_msg=role)
         np.testing.assert_allclose(ours.max_weight, reference.max_weight, atol=1e-5)  # type: ignore[arg-type]
@@ -148,7 +160,7 @@ def test_soft_capping_fuses_with_flex_and_falls_back_on_cpu_kernel(
 
 
 @pytest.mark.parametrize("kind", ["llama_gqa", "qwen2_sliding", "gemma2_softcap"])
-def test_bfloat16_fused_matches_eager(kind: str, backend: str, tiny: Callable[..., LoadedModel]) -> None:
+def test_bfloat16_fused_matches_eager(kind: str, backend: Forced, tiny: Callable[..., LoadedModel]) -> None:
     """Within 2e-3 of eager attention in bfloat16 (whose weights are rounded to bfloat16 before they
     are scored: half a bfloat16 step below 1 is 2 ** -9 = 1.95e-3, the most ``max`` can differ by)."""
     loaded = tiny(kind, "bfloat16")
@@ -156,7 +168,7 @@ def test_bfloat16_fused_matches_eager(kind: str, backend: str, tiny: Callable[..
     request = CaptureRequest(roles=frozenset(ROLES), attention_stats=True, hidden_norms=True)
     if kind == "gemma2_softcap":
         request = CaptureRequest(roles=frozenset(ROLES) - {"breadth"}, attention_stats=True, hidden_norms=True)
-    ours = capture.measure(loaded, batches, request, attention="fused")
+    ours = capture.measure(loaded, batches, request, attention=backend.attention, tuning=backend.tuning)
     eager = capture.measure(loaded, batches, request, attention="eager")
     for role in request.roles:
         np.testing.assert_allclose(ours.role_scores[role], eager.role_scores[role], atol=2e-3, err_msg=role)
@@ -188,9 +200,9 @@ def test_kernel_passes_follow_the_request(
     loaded = tiny("llama_gqa")
     batches = repeated_batches(VOCAB)  # three sequences in two batches
     kernels.kernel_takes_groups()  # its probe is not a pass
-    with monkeypatch.context() as patch, fused.forcing("aten"):
+    with monkeypatch.context() as patch:
         spy = KernelSpy(patch)
-        capture.measure(loaded, batches, request_, attention="fused")
+        capture.measure(loaded, batches, request_, attention="fused-flash")
     assert spy.flash_calls == passes * 2 * 2
     assert spy.blockwise_calls == 0
     spy = KernelSpy(monkeypatch)
@@ -203,14 +215,16 @@ def test_kernel_passes_follow_the_request(
 
 @pytest.mark.parametrize("with_native", [True, False])
 def test_auto_chooses_the_cheaper_path_on_cpu(
-    with_native: bool, tiny: Callable[..., LoadedModel], monkeypatch: pytest.MonkeyPatch
+    with_native: bool, tiny: Callable[..., LoadedModel], monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
 ) -> None:
     """Fused, except for breadth and the row maximum together without the native kernel (three
     flash passes): then one blockwise pass is cheaper."""
     if with_native and not native.available():
         pytest.skip(f"the native kernel is not available: {native.build_error()}")
     if not with_native:
-        monkeypatch.setattr(native, "supports", lambda head_dim, value_dim: False)
+        monkeypatch.setenv("INTERP_ASSERT_NATIVE", "0")
+        native.forget()
+        request.addfinalizer(native.forget)  # the next test finds the kernel again
     loaded = tiny("llama_gqa")
     batches = repeated_batches(VOCAB)
     for request, expected in [
@@ -222,7 +236,49 @@ def test_auto_chooses_the_cheaper_path_on_cpu(
             ours = capture.measure(loaded, batches, request)
         assert {name for name, _ in spy.calls} == {expected}, request
     assert_same(ours, naive(loaded, batches))
-    assert capture.fused_is_cheaper(EVERYTHING, torch.device("cuda"))
+
+
+@pytest.mark.parametrize(
+    ("request_", "device", "attention", "expected"),
+    [
+        (CaptureRequest(hidden_norms=True), "cpu", "auto", ["sdpa"]),
+        (CaptureRequest(hidden_norms=True), "cpu", "eager", ["sdpa"]),  # no attention to compute another way
+        (POSITIONAL, "cpu", "auto", ["fused-flash", "eager"]),  # eager: where a layer bypasses the interface
+        (POSITIONAL, "cpu", "blockwise", ["blockwise"]),
+        (POSITIONAL, "cpu", "fused-native", ["fused-native"]),
+        (EVERYTHING, "cuda", "auto", ["fused-flex", "eager"]),
+        (EVERYTHING, "mps", "auto", ["blockwise", "eager"]),  # FlexAttention is compiled on CUDA only
+        (EVERYTHING, "mps", "fused", ["fused-flex"]),
+        (POSITIONAL, "cuda", "eager", ["eager"]),
+    ],
+)
+def test_one_function_chooses_the_path(
+    request_: CaptureRequest, device: str, attention: str, expected: list[str]
+) -> None:
+    if "native" in expected[0] and not native.available():
+        pytest.skip(f"the native kernel is not available: {native.build_error()}")
+    chosen = paths.choose(paths.Situation(request_, torch.device(device), 16), attention)
+    assert [path.name for path in chosen] == expected
+    pinned = attention == expected[0] and attention.startswith("fused-")
+    assert all(getattr(path, "pinned", False) == pinned for path in chosen)
+
+
+def test_the_cpu_choice_follows_the_native_kernel(
+    monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> None:
+    situation = paths.Situation(EVERYTHING, torch.device("cpu"), 16)
+    if native.available():
+        assert [path.name for path in paths.choose(situation)] == ["fused-native", "eager"]
+    monkeypatch.setenv("INTERP_ASSERT_NATIVE", "0")
+    native.forget()
+    request.addfinalizer(native.forget)
+    assert [path.name for path in paths.choose(situation)] == ["blockwise", "eager"]  # 2.3 passes against 3
+    one_extra = paths.Situation(CaptureRequest(roles=frozenset(["breadth"])), torch.device("cpu"), 16)
+    assert paths.choose(one_extra)[0].name == "fused-flash"  # 2 passes against 2.3
+    with pytest.raises(capture.CaptureError, match="fused-native: the native kernel is not used"):
+        paths.choose(situation, "fused-native")
+    with pytest.raises(capture.CaptureError, match="unknown attention path 'flash'"):
+        paths.choose(situation, "flash")
 
 
 def test_gpt_neo_cannot_be_fused(tiny: Callable[..., LoadedModel]) -> None:
@@ -237,7 +293,7 @@ def test_gpt_neo_cannot_be_fused(tiny: Callable[..., LoadedModel]) -> None:
 
 
 @pytest.mark.parametrize("window", [None, 6])
-def test_output_is_sdpa_output(window: int | None, backend: str) -> None:
+def test_output_is_sdpa_output(window: int | None, backend: Forced) -> None:
     """The fused function's output is attention's output (grouped-query heads, batch of 2)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -248,7 +304,9 @@ def test_output_is_sdpa_output(window: int | None, backend: str) -> None:
     module = torch.nn.Module()
     module.num_key_value_groups = 3  # type: ignore[assignment]
     module.is_causal = True  # type: ignore[assignment]
-    ours, _ = fused.fused_attention(module, query, key, value, None, scaling=0.3, sliding_window=window)
+    ours, _ = fused.fused_attention(
+        module, query, key, value, None, scaling=0.3, sliding_window=window, kernel=backend.kernel
+    )
     mask = None
     if window is not None:
         mask = scores.visible_keys(23, 0, 23, window).view(1, 1, 23, 23)

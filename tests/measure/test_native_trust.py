@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from interp_assert.measure.attention import paths
+
 REPO = Path(__file__).resolve().parents[2]
 PLANTED = r"""
 #include <stdio.h>
@@ -136,3 +138,5 @@ def test_doctor_says_which_kernel_and_path_a_run_uses(env: dict[str, str]) -> No
     assert f"cache folder: {env['INTERP_ASSERT_CACHE']}" in done.stdout
     assert "native attention kernel: built and signed by this user" in done.stdout
     assert "cpu attention path: fused" in done.stdout
+    for path in paths.PATHS:  # the table capture chooses from
+        assert f"  {path.name} " in done.stdout

@@ -4,7 +4,7 @@ Models whose attention goes through transformers' ``AttentionInterface`` (Llama,
 Qwen2, Mistral, Gemma, Phi, GPT-2, GPT-NeoX, ...) call a registered function with
 the post-rotary query, key and value. :func:`blockwise_attention` is that function:
 for a block of query rows it computes the softmax weights against the keys the
-rows can see (``BLOCK_BYTES`` of scratch at a time), hands them to the active
+rows can see (``Tuning.block_bytes`` of scratch at a time), hands them to the active
 capture to be scored, and multiplies them by the values. So the scores describe
 exactly the attention the forward pass used, no more than one block of a ``[T, T]``
 pattern ever exists, and the weights are computed once, for the output and the
@@ -26,14 +26,9 @@ from typing import Any
 import torch
 
 from interp_assert.errors import CaptureError
+from interp_assert.measure.attention.tuning import DEFAULT, MIN_BLOCK_ROWS, Tuning
 
 IMPLEMENTATION = "interp_assert_blockwise"
-
-# Scratch memory for one row block: its float32 weights (and its logits, where breadth needs them).
-# Small enough to add little to peak memory and stay near the CPU caches; big enough that the
-# per-block overhead (Python, and a thread synchronisation per operation) stays small.
-BLOCK_BYTES = 8 << 20
-MIN_BLOCK_ROWS = 16
 
 # Fill value for keys a row cannot see: finite (unlike -inf), so 0 * logit stays 0 in the entropy.
 HIDDEN_LOGIT = torch.finfo(torch.float32).min
@@ -50,6 +45,7 @@ class BlockwiseCapture:
     consume: BlockConsumer
     layer_of: dict[int, int]  # id(attention module) -> layer index
     wants_entropy: bool
+    tuning: Tuning = DEFAULT  # the row blocks' scratch (block_bytes, min_block_rows)
     layers_seen: set[int] = field(default_factory=set)
     scratch: dict[str, torch.Tensor] = field(default_factory=dict)
     # (first row, rows, keys, window) -> the block's hidden-key masks, shared by every layer
@@ -153,8 +149,9 @@ def blockwise_attention(
     key_columns = key.transpose(-1, -2).contiguous()  # [B, KV, D, T]: a faster GEMM operand than a transpose
     # Breadth needs the logits beside the weights; otherwise the softmax runs in place, in one buffer.
     keep_logits = capture is not None and capture.wants_entropy
-    budget = BLOCK_BYTES // 4 // (2 if keep_logits else 1)
-    for row_start, row_stop in row_blocks(n_queries, batch * heads, budget):
+    tuning = DEFAULT if capture is None else capture.tuning
+    budget = tuning.block_bytes // 4 // (2 if keep_logits else 1)
+    for row_start, row_stop in row_blocks(n_queries, batch * heads, budget, tuning.min_block_rows):
         n_rows = row_stop - row_start
         size = batch * heads * n_rows * row_stop
         logits = _buffer(capture, "logits", size, query).view(batch, kv_heads, groups * n_rows, row_stop)
@@ -182,16 +179,16 @@ def blockwise_attention(
     return output, None
 
 
-def row_blocks(n_rows: int, heads: int, budget: int) -> list[tuple[int, int]]:
+def row_blocks(n_rows: int, heads: int, budget: int, min_rows: int = MIN_BLOCK_ROWS) -> list[tuple[int, int]]:
     """``(start, stop)`` row ranges such that ``heads * rows * stop <= budget`` elements where it can
-    be (at least ``MIN_BLOCK_ROWS`` rows): early rows see fewer keys, so their blocks are taller."""
+    be (at least ``min_rows`` rows): early rows see fewer keys, so their blocks are taller."""
     blocks = []
     start = 0
     per_head = max(1, budget // heads)
     while start < n_rows:
         # the largest r with r * (start + r) <= per_head
         rows = int((-start + math.sqrt(start * start + 4 * per_head)) / 2)
-        stop = min(n_rows, start + max(MIN_BLOCK_ROWS, rows))
+        stop = min(n_rows, start + max(min_rows, rows))
         blocks.append((start, stop))
         start = stop
     return blocks

@@ -18,7 +18,8 @@ Only what a request needs is computed: a request without breadth, focus or ``max
 kernel pass, the same as the plain forward, plus a few dot products per row.
 
 Kernels (:mod:`~interp_assert.measure.attention.kernels`,
-:mod:`~interp_assert.measure.attention.native`): on CPU the flash kernel behind
+:mod:`~interp_assert.measure.attention.native`), one path each in
+:mod:`~interp_assert.measure.attention.paths`, which chooses: on CPU the flash kernel behind
 SDPA (``aten._scaled_dot_product_flash_attention_for_cpu``, ``lse`` at SDPA's cost) where only
 dot products are needed, and where breadth, focus or ``max`` are wanted the one-pass kernel of
 :mod:`interp_assert.measure.attention.native` (built on first use with the system's C++ compiler; without one, the
@@ -40,6 +41,7 @@ import torch
 
 from interp_assert.measure.attention import blockwise, kernels, native
 from interp_assert.measure.attention.kernels import one_thread
+from interp_assert.measure.attention.tuning import DEFAULT, Tuning
 from interp_assert.measure.capture.scores import BlockTargets, weights_from_normaliser
 from interp_assert.vocab import POSITIONAL_LABELS
 
@@ -75,38 +77,13 @@ class FusedCapture:
     wants_max: bool
     pattern_heads: Callable[[int], list[int]]  # layer -> heads whose full pattern is wanted
     fallback: blockwise.BlockwiseCapture  # computes the layers the kernel cannot take
+    kernel_for: Callable[[torch.device], Backend]  # a layer's device -> its kernel (the path's choice)
+    tuning: Tuning = DEFAULT
     layers_seen: set[int] = field(default_factory=set)
     masks: dict[tuple[Any, ...], Any] = field(default_factory=dict)
 
 
 _ACTIVE: ContextVar[FusedCapture | None] = ContextVar("interp_assert_fused", default=None)
-
-
-_FORCED: ContextVar[Backend | None] = ContextVar("interp_assert_kernel", default=None)
-
-
-@contextmanager
-def forcing(backend: Backend | None) -> Iterator[None]:
-    """Run captures inside with ``backend`` for every fused layer (``None``: as chosen); for
-    comparisons of the kernels, e.g. FlexAttention's maths on the CPU (uncompiled, it
-    materialises the logits)."""
-    token = _FORCED.set(backend)
-    try:
-        yield
-    finally:
-        _FORCED.reset(token)
-
-
-def backend_for(device: torch.device, statistics: bool, head_dim: int, value_dim: int) -> Backend:
-    """The kernel for a layer: FlexAttention off the CPU; on the CPU the flash kernel, unless
-    ``statistics`` (breadth, focus or ``max``) are wanted and :mod:`interp_assert.measure.attention.native` (one pass
-    for all of them) takes this head size."""
-    forced = _FORCED.get()
-    if forced is not None:
-        return forced
-    if device.type != "cpu":
-        return "flex"
-    return "native" if statistics and native.supports(head_dim, value_dim) else "aten"
 
 
 def register() -> None:
@@ -138,15 +115,27 @@ def fused_attention(
     dropout: float = 0.0,
     sliding_window: int | None = None,
     softcap: float | None = None,
+    *,
+    kernel: Backend | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """An ``AttentionInterface`` function: the kernel's output ``[B, T, H, Dv]``, and the layer's
-    attention reduced per row for the active capture. ``query[B, H, T, D]``, ``key``/``value[B, KV, T, D]``."""
+    attention reduced per row for the active capture. ``query[B, H, T, D]``, ``key``/``value[B, KV, T, D]``.
+
+    The kernel is ``kernel`` where given, else the active capture's choice for the layer's device
+    (:mod:`interp_assert.measure.attention.paths`), else with no capture the flash kernel on the
+    CPU and FlexAttention elsewhere."""
     capture = _ACTIVE.get()
     blockwise.check_supported(module, query, key, dropout, kwargs)
     entropy = capture is not None and capture.wants_entropy
     wants_max = capture is not None and capture.wants_max
-    backend = backend_for(query.device, entropy or wants_max, query.shape[-1], value.shape[-1])
+    if kernel is not None:
+        backend = kernel
+    elif capture is not None:
+        backend = capture.kernel_for(query.device)
+    else:
+        backend = "aten" if query.device.type == "cpu" else "flex"
+    tuning = DEFAULT if capture is None else capture.tuning
     capped = softcap is not None and (backend != "flex" or entropy)
     if attention_mask is not None or capped or (backend == "aten" and value.shape[-1] != query.shape[-1]):
         # a mask transformers built anyway, soft-capping or value sizes the kernel cannot take: blockwise
@@ -159,20 +148,20 @@ def fused_attention(
     masks = capture.masks if capture is not None else {}
     if backend == "aten":
         output, (lse, row_entropy, row_max) = kernels.aten(
-            query, key, value, scale, sliding_window, entropy, wants_max, masks
+            query, key, value, scale, sliding_window, entropy, wants_max, masks, tuning
         )
     elif backend == "native":
         output, *per_head = native.attention(query, key, value, scale, sliding_window)
         lse, row_entropy, row_max = (x.unflatten(1, (key.shape[1], -1)) for x in per_head)
     else:
         output, (lse, row_entropy, row_max) = kernels.flex(
-            query, key, value, scale, sliding_window, softcap, entropy, wants_max, masks
+            query, key, value, scale, sliding_window, softcap, entropy, wants_max, masks, tuning
         )
     if capture is None:
         return output, None
     with one_thread():  # small tensors: see one_thread
         targets = capture.targets_for(n_tokens, sliding_window, query.device)
-        weights = _target_weights(query, key, lse, targets, scale, softcap)
+        weights = _target_weights(query, key, lse, targets, scale, softcap, tuning.gather_bytes)
         groups = heads // key.shape[1]
         patterns = {
             head: _pattern(
@@ -205,9 +194,10 @@ def _target_weights(
     targets: BlockTargets,
     scale: float,
     softcap: float | None,
+    gather_bytes: int,
 ) -> torch.Tensor:
     """``[N, H]``: the weight at each target. Positional roles from one dot product per row (every
-    row, no gather); the others from gathered dot products. Both ``kernels.GATHER_BYTES`` at a time.
+    row, no gather); the others from gathered dot products. Both ``gather_bytes`` at a time.
 
     Rows are taken in the layout the projections produce, ``[B, T, KV, G, D]`` (``query`` and
     ``key`` arrive as transposed views of it), where a row's heads are contiguous."""
@@ -216,8 +206,8 @@ def _target_weights(
     rows = query.transpose(1, 2).unflatten(2, (kv_heads, -1))  # [B, T, KV, G, D], a view
     keys = key.transpose(1, 2)  # [B, T, KV, D]
     row_lse = lse.flatten(1, 2).transpose(1, 2)  # [B, T, H]
-    # rows per chunk: float32 copies of query rows (bfloat16 models) stay within GATHER_BYTES
-    chunk = max(1, kernels.GATHER_BYTES // (4 * heads * head_dim))
+    # rows per chunk: float32 copies of query rows (bfloat16 models) stay within gather_bytes
+    chunk = max(1, gather_bytes // (4 * heads * head_dim))
     picked = row_lse.new_empty(len(targets.segment), heads)
     lengths = torch.bincount(targets.segment, minlength=len(targets.roles)).tolist() if targets.roles else []
     positional = [role for role in targets.roles if role in POSITIONAL_LABELS]

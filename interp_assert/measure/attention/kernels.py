@@ -22,15 +22,12 @@ from typing import Any
 
 import torch
 
+from interp_assert.measure.attention.tuning import Tuning
 from interp_assert.measure.capture.scores import entropy_from_normaliser
 
 # Multiplies the logits for the row-maximum pass: lse / SHARPNESS overestimates the largest logit by
 # at most log(keys) / SHARPNESS (6e-7 at 100k keys), below float32's own rounding of a logit near 10.
 SHARPNESS = float(2**24)
-# Query rows per kernel call on a sliding-window layer (CPU): each call sees rows + window - 1 keys.
-WINDOW_ROWS = 256
-# Float32 scratch for row-wise products (and, in :mod:`interp_assert.measure.attention.fused`, gathered dot products).
-GATHER_BYTES = 8 << 20
 
 FLASH_CPU = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
 
@@ -66,25 +63,30 @@ def aten(
     entropy: bool,
     row_max: bool,
     masks: dict[tuple[Any, ...], Any],
+    tuning: Tuning,
 ) -> tuple[torch.Tensor, Rows]:
     """The CPU flash kernel: the output ``[B, T, H, Dv]`` (the layout SDPA's own call returns, so
     nothing is copied), ``lse`` and, where asked for, each row's entropy and largest logit (one
     more pass each). One call per layer, with grouped-query heads as they are where the kernel
-    takes them (torch 2.5 and later), else with each key/value head repeated for its group."""
+    takes them (torch 2.5 and later) and ``tuning.repeat_groups`` is off, else with each key/value
+    head repeated for its group. Sliding-window layers in bands of ``tuning.window_rows`` rows."""
     heads, kv_heads = query.shape[1], key.shape[1]
     groups = heads // kv_heads
-    if groups > 1 and not kernel_takes_groups():  # as transformers' SDPA call does there (repeat_kv)
+    if groups > 1 and (
+        tuning.repeat_groups or not kernel_takes_groups()
+    ):  # as transformers' SDPA call does there (repeat_kv)
         key, value = key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
-    out, flat_lse = _flash_cpu(query, key, value, scale, window, masks)
+    band_rows = tuning.window_rows
+    out, flat_lse = _flash_cpu(query, key, value, scale, window, masks, band_rows)
     expected = largest = None
     if entropy or row_max:  # the extra passes in float32, whatever the model's dtype
         q32, k32 = query.float(), key.float()
         if entropy:
-            with_keys, _ = _flash_cpu(q32, k32, k32, scale, window, masks)  # o'_i = sum_j A_ij k_j
+            with_keys, _ = _flash_cpu(q32, k32, k32, scale, window, masks, band_rows)  # o'_i = sum_j A_ij k_j
             with one_thread():
-                expected = rowwise_dot(q32, with_keys, row_chunk(q32)) * scale
+                expected = rowwise_dot(q32, with_keys, row_chunk(q32, tuning.gather_bytes)) * scale
         if row_max:
-            _, sharp = _flash_cpu(q32, k32, k32, scale * SHARPNESS, window, masks)
+            _, sharp = _flash_cpu(q32, k32, k32, scale * SHARPNESS, window, masks, band_rows)
             with one_thread():
                 largest = sharp / SHARPNESS
     lse, expected, largest = (
@@ -106,10 +108,16 @@ def kernel_takes_groups() -> bool:
 
 
 def _flash_cpu(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int | None, masks: dict[Any, Any]
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    window: int | None,
+    masks: dict[Any, Any],
+    band_rows: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(output, lse)`` of causal attention, ``q[N, H, T, D]``; with a window, in bands of rows that
-    each see only the keys of their window (an additive mask of one band, the same for all)."""
+    """``(output, lse)`` of causal attention, ``q[N, H, T, D]``; with a window, in bands of ``band_rows``
+    rows that each see only the keys of their window (an additive mask of one band, the same for all)."""
     n_tokens = q.shape[2]
     if window is None or n_tokens <= window:
         found: tuple[torch.Tensor, torch.Tensor] = FLASH_CPU(q, k, v, 0.0, True, scale=scale)
@@ -119,8 +127,8 @@ def _flash_cpu(
     output[:, :, :window], lse[..., :window] = FLASH_CPU(
         q[:, :, :window], k[:, :, :window], v[:, :, :window], 0.0, True, scale=scale
     )
-    for start in range(window, n_tokens, WINDOW_ROWS):
-        stop = min(n_tokens, start + WINDOW_ROWS)
+    for start in range(window, n_tokens, band_rows):
+        stop = min(n_tokens, start + band_rows)
         first_key = start - window + 1
         band = _band(stop - start, window, q.dtype, q.device, masks)
         output[:, :, start:stop], lse[..., start:stop] = FLASH_CPU(
@@ -157,6 +165,7 @@ def flex(
     entropy: bool,
     row_max: bool,
     masks: dict[tuple[Any, ...], Any],
+    tuning: Tuning,
 ) -> tuple[torch.Tensor, Rows]:
     """FlexAttention: one pass gives the output, ``lse``, the row max (CUDA) and, with values
     ``[V | K]``, ``o'`` for the entropy."""
@@ -182,7 +191,8 @@ def flex(
     if mean_key is not None:
         centred = result[..., value_dim:].unflatten(1, (kv_heads, groups))
         grouped = query.unflatten(1, (kv_heads, groups))
-        expected = rowwise_dot(grouped, centred, row_chunk(query), mean_key.unsqueeze(2)) * scale
+        chunk = row_chunk(query, tuning.gather_bytes)
+        expected = rowwise_dot(grouped, centred, chunk, mean_key.unsqueeze(2)) * scale
     if native_max:
         largest = aux.max_scores.float().unflatten(1, (kv_heads, groups))
     elif row_max:
@@ -282,6 +292,6 @@ def rowwise_dot(a: torch.Tensor, b: torch.Tensor, chunk: int, b_offset: torch.Te
     return out
 
 
-def row_chunk(query: torch.Tensor) -> int:
-    """Rows (of every head and sequence of ``query[..., T, D]``) that fit ``GATHER_BYTES`` in float32."""
-    return max(1, GATHER_BYTES * query.shape[-2] // (4 * query.numel()))
+def row_chunk(query: torch.Tensor, gather_bytes: int) -> int:
+    """Rows (of every head and sequence of ``query[..., T, D]``) that fit ``gather_bytes`` in float32."""
+    return max(1, gather_bytes * query.shape[-2] // (4 * query.numel()))

@@ -1,15 +1,15 @@
-"""Capture: runs the model for a :class:`CaptureRequest`, with the attention paths
-(:mod:`~interp_assert.measure.attention.blockwise`, :mod:`~interp_assert.measure.attention.fused`),
+"""Capture: runs the model for a :class:`CaptureRequest` on the attention path
+:func:`~interp_assert.measure.attention.paths.choose` picks (the only place a path is chosen), with
 :mod:`~interp_assert.measure.counterfactual.ablation`, :mod:`~interp_assert.measure.capture.lens`
 and the measurements property modules bring, which it calls.
 
 Capture is driven by a :class:`CaptureRequest`: the roles whose scores are
 needed, attention statistics, hidden-state norms, patterns. Only those are
 computed. Attention is reduced to per-head sums as it is produced and then
-dropped: a row block at a time where the model's attention goes through
-transformers' ``AttentionInterface``, a layer at a time (eager hooks) elsewhere,
-and not computed at all (SDPA) when nothing needs it. Raw tensors never leave
-this module; :class:`Measurements` holds numbers only.
+dropped: from a fused kernel's softmax normaliser or a row block at a time where
+the model's attention goes through transformers' ``AttentionInterface``, a layer at
+a time (eager hooks) elsewhere, and not computed at all (SDPA) when nothing needs
+it. Raw tensors never leave capture; :class:`Measurements` holds numbers only.
 """
 
 from __future__ import annotations
@@ -17,13 +17,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
 from interp_assert.errors import CaptureError
-from interp_assert.measure.attention import blockwise, fused, kernels, native
+from interp_assert.measure.attention import fused, kernels, paths
+from interp_assert.measure.attention.tuning import DEFAULT, Tuning
 from interp_assert.measure.capture import lens
 from interp_assert.measure.capture.peaks import PeakAccumulator
 from interp_assert.measure.capture.prompts import PromptBatch
@@ -31,7 +32,6 @@ from interp_assert.measure.capture.scores import (
     BlockSums,
     BlockTargets,
     block_targets,
-    check_block,
     check_normaliser,
     check_rows,
     merge_targets,
@@ -43,10 +43,6 @@ from interp_assert.measure.loading.architecture import ModelMap, base_model, mod
 from interp_assert.measure.loading.models import LoadedModel, input_device
 from interp_assert.measure.measurements import CaptureRequest, Measurements
 from interp_assert.vocab import Role
-
-AttentionPath = Literal["auto", "fused", "blockwise", "eager"]
-# Elements of one block's target masks when the fused path finds a whole sequence's targets.
-TARGET_MASK_ELEMENTS = 1 << 22
 
 
 def describe(loaded: LoadedModel) -> ModelMap:
@@ -61,11 +57,16 @@ def max_positions(loaded: LoadedModel) -> int | None:
 
 
 def measure(
-    loaded: LoadedModel, batches: list[PromptBatch], request: CaptureRequest, *, attention: AttentionPath = "auto"
+    loaded: LoadedModel,
+    batches: list[PromptBatch],
+    request: CaptureRequest,
+    *,
+    attention: paths.Choice = "auto",
+    tuning: Tuning = DEFAULT,
 ) -> Measurements:
     """:func:`measure_internals`, plus the logit lens (:mod:`interp_assert.measure.capture.lens`, a pass of its
     own) and each :class:`~interp_assert.measure.measurements.MeasureRequest` (their own passes) when asked."""
-    result = measure_internals(loaded, batches, request, attention=attention)
+    result = measure_internals(loaded, batches, request, attention=attention, tuning=tuning)
     if request.logit_lens:
         with _quiet():
             result = replace(result, logit_lens=lens.measure(loaded, batches))
@@ -76,17 +77,20 @@ def measure(
 
 
 def measure_internals(
-    loaded: LoadedModel, batches: list[PromptBatch], request: CaptureRequest, *, attention: AttentionPath = "auto"
+    loaded: LoadedModel,
+    batches: list[PromptBatch],
+    request: CaptureRequest,
+    *,
+    attention: paths.Choice = "auto",
+    tuning: Tuning = DEFAULT,
 ) -> Measurements:
     """Run the model over ``batches`` and reduce what ``request`` asks for.
 
-    Four ways, cheapest first (``attention="auto"``): no attention needed -> SDPA, no weights
-    computed at all; attention through transformers' ``AttentionInterface`` -> ``fused`` where
-    it is the cheaper (a fused kernel's output and log-sum-exp, every score from the normaliser,
-    see :mod:`interp_assert.measure.attention.fused`) or else ``blockwise`` (weights computed and scored a row block
-    at a time, see :mod:`interp_assert.measure.attention.blockwise`); otherwise ``eager`` attention with a forward
-    hook that scores each layer's weights and drops them. ``attention`` forces one of the last
-    three (for comparisons and benchmarks).
+    The attention path (:mod:`interp_assert.measure.attention.paths`): with ``attention="auto"`` the
+    cheapest that applies (SDPA when no attention is needed; a fused kernel's normaliser; the
+    weights a row block at a time; eager attention's weights, hooked), else the family or path
+    ``attention`` names (for comparisons and benchmarks). ``tuning``: the sizes the paths work in
+    (:mod:`interp_assert.measure.attention.tuning`); they never change the numbers.
     """
     arch = describe(loaded)
     n_layers = len(arch.blocks)
@@ -98,7 +102,7 @@ def measure_internals(
     # the clean run serves attention, norms and the ablations' clean losses alike
     record = ablation.CleanRecord(loaded, arch.attention, request.ablations) if request.needs_losses else None
     with torch.inference_mode(), _quiet():
-        result = _clean_run(loaded, arch, request, batches, attention, record)
+        result = _clean_run(loaded, arch, request, batches, attention, record, tuning)
         if record is not None:
             ablated = ablation.run(record, arch.n_heads, batches, request.ablations)
             by_layer = ablation.run_layers(record, arch.n_heads, batches) if request.layer_ablations else None
@@ -113,89 +117,40 @@ def _clean_run(
     arch: ModelMap,
     request: CaptureRequest,
     batches: list[PromptBatch],
-    attention: AttentionPath,
+    attention: paths.Choice,
     record: ablation.CleanRecord | None,
+    tuning: Tuning,
 ) -> Measurements:
+    """One run on the path :func:`~interp_assert.measure.attention.paths.choose` picks; where the model
+    turns out not to take it (its attention bypasses transformers' ``AttentionInterface`` in some
+    layer), on the next that does not need the interface."""
     model = loaded.model
-    if not request.needs_attention:
-        with blockwise.attention_implementation(model, "sdpa"):
-            return _Run(loaded, arch, request, record).forward(batches, hooks="norms")
-    device = input_device(loaded)
-    head_dim = getattr(loaded.config, "head_dim", None) or getattr(loaded.config, "hidden_size", 0) // arch.n_heads
-    use_fused = attention == "fused" or (attention == "auto" and fused_is_cheaper(request, device, head_dim))
-    if attention != "eager":
-        result = _through_interface(loaded, arch, request, batches, use_fused, record)
-        if result is not None:
-            return result
-        if attention in ("blockwise", "fused"):
-            raise CaptureError(
-                f"{type(model).__name__}: attention does not go through transformers' AttentionInterface "
-                f"in every layer, so it cannot be captured {attention}"
-            )
-    # Some layer's attention bypasses the interface: measure it all from eager attention weights.
-    return _Run(loaded, arch, request, record).forward(batches, hooks="attention+norms")
-
-
-def fused_is_cheaper(request: CaptureRequest, device: torch.device, head_dim: int | None = None) -> bool:
-    """Whether :mod:`~interp_assert.measure.attention.fused` beats
-    :mod:`~interp_assert.measure.attention.blockwise` for ``request``.
-
-    With FlexAttention (CUDA) one pass gives every statistic. On CPU the flash kernel gives the
-    output and ``lse`` at SDPA's cost, and each of breadth and the row maximum (focus, ``max``)
-    takes one more pass of the same cost, unless :mod:`interp_assert.measure.attention.native` (one pass for all)
-    is built and takes the head size; blockwise computes everything from one pass that costs
-    about 2.3 of them, so it is the cheaper when both are wanted without the native kernel."""
-    if device.type == "cuda":
-        return True
-    if device.type != "cpu":
-        return False
-    extra = ("breadth" in request.roles) + ("focus" in request.roles or request.attention_stats)
-    return extra <= 1 or (head_dim is not None and native.supports(head_dim, head_dim))
-
-
-def _through_interface(
-    loaded: LoadedModel,
-    arch: ModelMap,
-    request: CaptureRequest,
-    batches: list[PromptBatch],
-    use_fused: bool,
-    record: ablation.CleanRecord | None,
-) -> Measurements | None:
-    """Measure with an ``AttentionInterface`` function (fused or blockwise); None if some layer's
-    attention does not go through the interface."""
-    run = _Run(loaded, arch, request, record)
-    layer_of = {id(m): i for i, m in enumerate(arch.attention)}
-    wants_entropy = "breadth" in request.roles
-    fallback = blockwise.BlockwiseCapture(run.score_rows, layer_of, wants_entropy)
-    if use_fused:
-        capture = fused.FusedCapture(
-            run.score_normaliser,
-            run.targets_for,
-            layer_of,
-            wants_entropy,
-            "focus" in request.roles or request.attention_stats,
-            run.pattern_heads,
-            fallback,
-        )
-        switch = fused.capturing(loaded.model, capture)
-        seen = capture.layers_seen
-    else:
-        switch, seen = blockwise.capturing(loaded.model, fallback), set()
-    with switch as switched:
-        if switched:
-            result = run.forward(batches, hooks="norms")
-            if seen | fallback.layers_seen == set(range(len(arch.blocks))):
-                return result
-    return None
+    situation = paths.Situation(request, input_device(loaded), arch.head_dim)
+    for path in paths.choose(situation, attention):
+        run = _Run(loaded, arch, request, record, tuning)
+        with path.installed(model, arch, run) as installed:
+            if installed.switched:
+                result = run.forward(batches)
+                if installed.complete():
+                    return result
+    raise CaptureError(
+        f"{type(model).__name__}: attention does not go through transformers' AttentionInterface "
+        f"in every layer, so it cannot be captured {attention}"
+    )
 
 
 class _Run:
     """One measurement: the accumulator, the tokens of the batch being run, and the hooks."""
 
     def __init__(
-        self, loaded: LoadedModel, arch: ModelMap, request: CaptureRequest, record: ablation.CleanRecord | None
+        self,
+        loaded: LoadedModel,
+        arch: ModelMap,
+        request: CaptureRequest,
+        record: ablation.CleanRecord | None,
+        tuning: Tuning = DEFAULT,
     ) -> None:
-        self.loaded, self.arch, self.request, self.record = loaded, arch, request, record
+        self.loaded, self.arch, self.request, self.record, self.tuning = loaded, arch, request, record, tuning
         self.accumulator = _Accumulator(len(arch.blocks), arch.n_heads)
         self.tolerance = 1e-4 if loaded.options.dtype == "float32" else 5e-2
         self.roles = tuple(sorted(request.roles))
@@ -207,12 +162,11 @@ class _Run:
         self.targets: dict[tuple[Any, ...], BlockTargets] = {}
         self.moved: dict[torch.device, torch.Tensor] = {}  # this batch's tokens on other layers' devices
 
-    def forward(self, batches: list[PromptBatch], hooks: Literal["norms", "attention+norms"]) -> Measurements:
+    def forward(self, batches: list[PromptBatch]) -> Measurements:
+        """Run every batch (the attention path is installed around this) with the norm hooks."""
         arch, request = self.arch, self.request
         with ExitStack() as stack:
             handles = []
-            if hooks == "attention+norms":
-                handles += [m.register_forward_hook(self._attention_hook(i)) for i, m in enumerate(arch.attention)]
             if request.needs_hidden_states:
                 handles.append(arch.blocks[0].register_forward_pre_hook(self._norm_hook(0), with_kwargs=True))
                 handles += [
@@ -295,7 +249,7 @@ class _Run:
         tokens = self.tokens if device is None else self.tokens_on(device)
         where = (0, n_keys, n_keys, window, tokens.device)
         if where not in self.targets:
-            rows = max(1, TARGET_MASK_ELEMENTS // (tokens.shape[0] * n_keys))
+            rows = max(1, self.tuning.target_mask_elements // (tokens.shape[0] * n_keys))
             parts = [
                 (start, block_targets(tokens, start, min(rows, n_keys - start), n_keys, self.roles, window))
                 for start in range(0, n_keys, rows)
@@ -328,30 +282,6 @@ class _Run:
         self.accumulator.add(layer, sums)
         for head, pattern in rows.patterns.items():
             self.patterns[(layer, head)] = pattern.float().cpu().numpy()
-
-    def _attention_hook(self, layer: int) -> Any:
-        window = self.arch.windows[layer]
-
-        def hook(module: Any, args: Any, output: Any) -> Any:
-            weights = output[1] if isinstance(output, tuple) and len(output) > 1 else None
-            if not isinstance(weights, torch.Tensor) or weights.dim() != 4:
-                raise CaptureError(
-                    f"{type(self.loaded.model).__name__}: layer {layer} attention ({type(module).__name__}) returned "
-                    "no attention weights; this architecture cannot report attention in eager mode"
-                )
-            batch, heads, n_rows, n_keys = weights.shape
-            # in row blocks, so that checking and scoring add only a block's worth of temporaries
-            height = max(blockwise.MIN_BLOCK_ROWS, blockwise.BLOCK_BYTES // 4 // (batch * heads * n_keys))
-            for start in range(0, n_rows, height):
-                stop = min(n_rows, start + height)
-                block = weights[:, :, start:stop]  # every key, so weight on any hidden key is caught
-                problems = check_block(block, start, window, self.tolerance)
-                if problems:
-                    raise CaptureError(f"invalid attention captured at layer {layer}: " + "; ".join(problems))
-                self.score_rows(layer, block, start, window)
-            return (output[0], None, *output[2:])  # drop the weights now
-
-        return hook
 
     def _norm_hook(self, index: int) -> Any:
         def hook(module: Any, args: Any, kwargs: Any, output: Any = None) -> None:
