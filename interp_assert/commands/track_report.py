@@ -104,7 +104,7 @@ def representation_figures(track: Track, directory: Path) -> list[tuple[str, str
         if not curves:
             continue
         file = f"track-{_slug(row.name)}-by-block.png"
-        layer = _spec_value(track, row.name, "layer")
+        layer = _marked_block(row)
         title = f"{row.name}: held-out AUROC at every block, per checkpoint"
         curves_by_layer(directory / file, curves, title, marked_layer=layer, at_least=row.bound_low)
         caption = f"{row.name}: held-out AUROC by block"
@@ -135,17 +135,11 @@ def _number_or_nan(value: object) -> float:
     return math.nan if number is None else number
 
 
-def _spec_value(track: Track, name: str, key: str) -> int | None:
-    """A key of one expectation of the track's spec (read again, without a model), or None."""
-    from interp_assert.spec import load_spec
-
-    try:
-        spec = load_spec(track.spec)
-    except Exception:  # the spec moved or changed since the track ran: the figure goes without it
-        return None
-    entry = next((e for e in spec.entries if e.name == name and e.expectation is not None), None)
-    value = getattr(entry.expectation, key, None) if entry is not None else None
-    return value if isinstance(value, int) else None
+def _marked_block(row: Row) -> int | None:
+    """The block whose value the expectation asserts (``measured.block`` of its evaluations), or None."""
+    blocks = {cell.measured.get("block") for cell in row.cells if cell.series}
+    block = blocks.pop() if len(blocks) == 1 else None
+    return int(block) if isinstance(block, float) else None
 
 
 def write_track_report(track: Track, directory: Path) -> Path:

@@ -171,7 +171,10 @@ class Probe(Bounded):
             passed = passed and ok
             details.append(text)
             measured |= numbers
-        return Outcome(passed, line, tuple(details), measured, value=auroc, series=found["auroc_by_block"])
+        curve = tuple(found["auroc_by_block"])
+        if curve:  # the block the probe reads, as an index into its curve (a report marks it)
+            measured["block"] = float(self.layer + len(curve) if self.layer < 0 else self.layer)
+        return Outcome(passed, line, tuple(details), measured, value=auroc, series=curve)
 
     @staticmethod
     def _bound_line(what: str, value: float, low: float, ok: bool) -> str:

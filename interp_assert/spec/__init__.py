@@ -200,7 +200,7 @@ def _entries(raw: list[Any], doc: SourceDocument, header: SpecHeader | None, spe
             )
         elif (
             expectation is not None
-            and getattr(expectation, "needs_pairs", False)
+            and expectation.needs_pairs
             and header is not None
             and not header.prompts[expectation.prompts].is_pairs
         ):
