@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python scripts/train_sae.py --out interp_assert/builtin_saes/smollm2-135m-res14-topk
+    python scripts/train_sae.py --out interp_assert/builtin_saes/smollm2-135m-res14-topk --force
 
 What it does, seeded and deterministic for a given environment (the corpus is read from the
 installed packages, so a different set of installed packages gives a different corpus):
@@ -65,6 +65,9 @@ def corpus(seed: int, chunk: int, tokenizer: Any) -> tuple[list[list[int]], dict
     return chunks, info
 
 
+OUTPUTS = ("sae_weights.safetensors", "cfg.json", "training.json")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True)
@@ -76,12 +79,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="replace an SAE already saved in --out")
     args = parser.parse_args(argv)
+    written = [args.out / name for name in OUTPUTS]
+    held = [path.name for path in written if path.exists()]
+    if held and not args.force:  # said before minutes of training, not after
+        parser.error(f"{args.out} already holds {', '.join(held)}; pass --force to replace them")
 
     sys.path.insert(0, str(REPO_ROOT))
     import torch
     from safetensors.torch import save_file
 
+    from interp_assert import atomic
     from interp_assert.measure.loading.models import LoadOptions, load_model
 
     torch.manual_seed(args.seed)
@@ -93,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{acts.shape[0]} activations in {time.perf_counter() - started:.0f} s", flush=True)
     weights, log = train(acts, args.width, args.k, args.epochs, args.batch, args.lr, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    save_file({name: t.half().contiguous() for name, t in weights.items()}, str(args.out / "sae_weights.safetensors"))
+    with atomic.replacing(args.out / "sae_weights.safetensors") as temporary:  # each file whole, or as it was
+        save_file({name: t.half().contiguous() for name, t in weights.items()}, str(temporary))
     cfg = {
         "architecture": "topk",
         "d_in": int(acts.shape[1]),
@@ -110,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         "prepend_bos": False,
         "context_size": 64,
     }
-    (args.out / "cfg.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    atomic.write_text(args.out / "cfg.json", json.dumps(cfg, indent=2) + "\n")
     record = {
         "script": "scripts/train_sae.py",
         "arguments": {k: str(v) for k, v in vars(args).items()},
@@ -120,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         "seconds": round(time.perf_counter() - started, 1),
         "torch": torch.__version__,
     }
-    (args.out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+    atomic.write_text(args.out / "training.json", json.dumps(record, indent=2) + "\n")
     print(f"saved to {args.out} in {record['seconds']} s", flush=True)
     return 0
 

@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 from tests.conftest import REPO
 
 
@@ -34,3 +36,15 @@ def test_train_sae_is_deterministic_for_a_seed(smollm2_dir: Path, tmp_path: Path
     assert log["activations"] == 2048 and log["log"], "it trained (8 steps, logged from step 0)"
     other, _ = tiny_run(tmp_path / "c", seed=1)
     assert other != first, "the seed matters: the test would notice a run that ignores it"
+
+
+def test_train_sae_keeps_a_saved_sae_without_force(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """An SAE already in --out is not replaced unless --force says so; refused at once, before the model loads."""
+    out = tmp_path / "sae"
+    out.mkdir()
+    (out / "cfg.json").write_text("mine\n")
+    with pytest.raises(SystemExit) as refused:
+        script().main(["--out", str(out), "--tokens", "2048"])
+    assert refused.value.code == 2
+    assert "already holds cfg.json; pass --force" in capsys.readouterr().err
+    assert (out / "cfg.json").read_text() == "mine\n" and sorted(p.name for p in out.iterdir()) == ["cfg.json"]
