@@ -202,6 +202,18 @@ class Bounded(Expectation):
 # ---- helpers the built-in properties share ----
 
 
+def measured_extra(context: CheckContext, request: object, what: str) -> dict[str, Any]:
+    """What ``request`` (a :class:`~interp_assert.measure.measurements.MeasureRequest`) measured on the
+    prompt set, or :class:`CheckInputError`: ``what`` was not measured, or the measurement said why not."""
+    found = context.measurements.extras.get(request)
+    if found is None:
+        raise CheckInputError(f"{what} was not measured on this prompt set")
+    if "error" in found:
+        raise CheckInputError(found["error"])
+    result: dict[str, Any] = found
+    return result
+
+
 def resolve_index(index: int, count: int, what: str) -> int:
     """A Python-style index (negative from the end) into ``count`` items, or :class:`CheckInputError`."""
     resolved = index + count if index < 0 else index

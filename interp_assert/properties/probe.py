@@ -32,7 +32,7 @@ from interp_assert.errors import CheckInputError
 from interp_assert.measure.measurements import CaptureRequest
 from interp_assert.measure.probe_math import balance_problem, cosine
 from interp_assert.outcome import Outcome
-from interp_assert.properties.base import Bounded, CheckContext
+from interp_assert.properties.base import Bounded, CheckContext, measured_extra
 from interp_assert.properties.representation import load_direction, other_prompts, resolve_file
 from interp_assert.strict import Strict
 
@@ -140,11 +140,7 @@ class Probe(Bounded):
         return CaptureRequest(extras=frozenset([self.request()]))
 
     def check(self, context: CheckContext) -> Outcome:
-        found = context.measurements.extras.get(self.request())
-        if found is None:
-            raise CheckInputError("this probe was not measured on this prompt set")
-        if "error" in found:
-            raise CheckInputError(found["error"])
+        found = measured_extra(context, self.request(), "this probe")
         auroc = float(found["auroc"])
         where = f"block {self.layer} output, position {self.position}"
         passed, line = self.within(f"held-out AUROC of the {self.prompts}/{self.negative} probe ({where})", auroc)

@@ -23,7 +23,7 @@ from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_
 from interp_assert.errors import CheckInputError
 from interp_assert.measure.measurements import CaptureRequest
 from interp_assert.outcome import Outcome
-from interp_assert.properties.base import Bounded, CheckContext
+from interp_assert.properties.base import Bounded, CheckContext, measured_extra
 from interp_assert.properties.findings import DiscoverSettings, Section, lower_bound, round_outward, unique_name
 from interp_assert.properties.representation import other_prompts, resolve_file, resolve_sae
 
@@ -140,11 +140,7 @@ class SaeFeature(Bounded):
         return CaptureRequest(extras=frozenset([self.request()]))
 
     def check(self, context: CheckContext) -> Outcome:
-        found = context.measurements.extras.get(self.request())
-        if found is None:
-            raise CheckInputError("this SAE feature was not measured on this prompt set")
-        if "error" in found:
-            raise CheckInputError(found["error"])
+        found = measured_extra(context, self.request(), "this SAE feature")
         identity = found["identity"]
         hint = "" if self.index is None else f"; hint {self.index} has cosine {found['hint_cosine']:.4f}"
         matched = f"latent {found['latent']} matches the stored direction with cosine {found['cosine']:.4f}{hint}"

@@ -18,10 +18,9 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import ValidationInfo, field_validator, model_validator
 
-from interp_assert.errors import CheckInputError
 from interp_assert.measure.measurements import CaptureRequest
 from interp_assert.outcome import Outcome
-from interp_assert.properties.base import Bounded, CheckContext
+from interp_assert.properties.base import Bounded, CheckContext, measured_extra
 from interp_assert.properties.findings import DiscoverSettings, Section, lower_bound, unique_name
 from interp_assert.properties.representation import resolve_sae
 
@@ -90,11 +89,7 @@ class SaeQuality(Bounded):
         return CaptureRequest(extras=frozenset([self.request()]))
 
     def check(self, context: CheckContext) -> Outcome:
-        found = context.measurements.extras.get(self.request())
-        if found is None:
-            raise CheckInputError("this SAE was not measured on this prompt set")
-        if "error" in found:
-            raise CheckInputError(found["error"])
+        found = measured_extra(context, self.request(), "this SAE")
         value = float(found[self.metric])
         identity = found["identity"]
         passed, line = self.within(f"{self.metric} of SAE {identity['hook']} ({identity['shape']})", value)
